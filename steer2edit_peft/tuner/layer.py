@@ -1,0 +1,201 @@
+"""Steer2Edit tuner layers: a sparse, component-level, low-rank edit of one output projection."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import torch
+from peft.tuners._buffer_dict import BufferDict
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+
+from ..errors import AdapterValidationError
+
+
+class Steer2EditLayer(BaseTunerLayer):
+    """Holds, per adapter, ``terms`` rank-one edits of one module.
+
+    Per adapter:
+      - ``steer2edit_u``      [terms, out_features]      unit output direction of each term
+      - ``steer2edit_k``      [components, component_size]  input direction of each edited component
+      - ``steer2edit_lambda`` [components]                 magnitude of each edited component
+      - ``steer2edit_indices`` [components] (not saved; from the config) component index (head or neuron)
+      - ``steer2edit_term``    [components] (not saved; from the config) the term each component belongs to
+
+    The edit is ``delta W = strength * sum_c lambda_c u_{term(c)} k_c^T`` placed on the input columns of
+    component c, so the unmerged forward adds ``strength * u * (x[cols] . k)`` and never forms a dense matrix.
+    """
+
+    adapter_layer_names = ("steer2edit_u", "steer2edit_k", "steer2edit_lambda")
+    other_param_names = ("steer2edit_indices", "steer2edit_term", "strength", "component_size")
+
+    def __init__(self, base_layer: nn.Module, fan_in_fan_out: bool = False, **kwargs: Any) -> None:
+        self.base_layer = base_layer
+        self.fan_in_fan_out = fan_in_fan_out
+        self.steer2edit_u = nn.ParameterDict({})
+        self.steer2edit_k = nn.ParameterDict({})
+        self.steer2edit_lambda = nn.ParameterDict({})
+        self.steer2edit_indices = BufferDict({}, persistent=False)
+        self.steer2edit_term = BufferDict({}, persistent=False)
+        self.strength: dict[str, float] = {}
+        self.component_size: dict[str, int] = {}
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        weight = base_layer.weight
+        if weight.ndim != 2:
+            raise TypeError(f"Steer2Edit edits 2-D weights; {type(base_layer).__name__} has shape {tuple(weight.shape)}")
+        self.out_features, self.in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
+        self.kwargs = kwargs
+
+    def update_layer(
+        self,
+        adapter_name: str,
+        component_size: int,
+        components: Optional[list[list[int]]],
+        strength: float,
+        init_weights: bool,
+        module_name: str = "",
+        inference_mode: bool = True,
+    ) -> list[list[int]]:
+        """Create the adapter's tensors; returns the component indices per term it now holds."""
+        if component_size <= 0 or self.in_features % component_size:
+            raise AdapterValidationError(
+                f"{module_name}: {self.in_features} input columns do not split into components of {component_size}"
+            )
+        num_components = self.in_features // component_size
+        if components is None:
+            components = self._random_components(num_components) if not init_weights else [[]]
+        for term in components:
+            bad = [index for index in term if not 0 <= index < num_components]
+            if bad:
+                raise AdapterValidationError(
+                    f"{module_name}: component indices {bad[:5]} out of range [0, {num_components})"
+                )
+        indices = torch.tensor([index for term in components for index in term], dtype=torch.long)
+        term_of = torch.tensor([t for t, term in enumerate(components) for _ in term], dtype=torch.long)
+        terms, count = len(components), len(indices)
+        if init_weights:
+            u = torch.zeros(terms, self.out_features)
+            k = torch.zeros(count, component_size)
+            magnitudes = torch.zeros(count)
+        else:
+            u = nn.functional.normalize(torch.randn(terms, self.out_features), dim=-1)
+            k = nn.functional.normalize(torch.randn(count, component_size), dim=-1)
+            magnitudes = torch.rand(count) + 0.5
+        self.steer2edit_u[adapter_name] = nn.Parameter(u, requires_grad=False)
+        self.steer2edit_k[adapter_name] = nn.Parameter(k, requires_grad=False)
+        self.steer2edit_lambda[adapter_name] = nn.Parameter(magnitudes, requires_grad=False)
+        self.steer2edit_indices[adapter_name] = indices
+        self.steer2edit_term[adapter_name] = term_of
+        self.strength[adapter_name] = float(strength)
+        self.component_size[adapter_name] = component_size
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+        return components
+
+    def _random_components(self, num_components: int) -> list[list[int]]:
+        chosen = torch.randperm(num_components)[: max(1, num_components // 4)]
+        return [sorted(int(index) for index in chosen)]
+
+    def set_strength(self, adapter_name: str, strength: float) -> None:
+        if adapter_name in self.strength:
+            self.strength[adapter_name] = float(strength)
+
+    def _input_columns(self, adapter_name: str) -> torch.Tensor:
+        """Input column of every (component, offset) pair, flattened: [components * component_size]."""
+        size = self.component_size[adapter_name]
+        indices = self.steer2edit_indices[adapter_name]
+        offsets = torch.arange(size, device=indices.device)
+        return (indices[:, None] * size + offsets).reshape(-1)
+
+    def _column_factor(self, adapter_name: str) -> torch.Tensor:
+        """lambda_c * k_c laid out per input column and term: [components * component_size, terms]."""
+        k = self.steer2edit_k[adapter_name]
+        weighted = (self.steer2edit_lambda[adapter_name][:, None] * k).reshape(-1)
+        terms = self.steer2edit_u[adapter_name].shape[0]
+        term_of_column = self.steer2edit_term[adapter_name].repeat_interleave(k.shape[1])
+        factor = torch.zeros(weighted.shape[0], terms, dtype=k.dtype, device=k.device)
+        factor[torch.arange(weighted.shape[0], device=k.device), term_of_column] = weighted
+        return factor
+
+    def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
+        """Dense ``delta W`` in the base weight's layout: strength * u^T K, K zero outside edited columns."""
+        u = self.steer2edit_u[adapter_name].float()
+        key = torch.zeros(u.shape[0], self.in_features, dtype=torch.float32, device=u.device)  # [terms, in]
+        key[:, self._input_columns(adapter_name)] = self._column_factor(adapter_name).float().T
+        delta = self.strength[adapter_name] * (u.T @ key)  # [out, in]
+        return delta.T if self.fan_in_fan_out else delta
+
+    def edit_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        """The edit's contribution to the output for input x: strength * u^T (x[cols] @ factor)."""
+        u = self.steer2edit_u[adapter_name]
+        selected = x.to(u.dtype).index_select(-1, self._input_columns(adapter_name))
+        coefficients = selected @ self._column_factor(adapter_name)  # [..., terms]
+        return self.strength[adapter_name] * (coefficients @ u)
+
+    def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
+        return True
+
+
+class Linear(nn.Module, Steer2EditLayer):
+    """Steer2Edit on an ``nn.Linear`` or a transformers ``Conv1D`` (``fan_in_fan_out=True``)."""
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        component_size: int,
+        components: Optional[list[list[int]]],
+        strength: float = 1.0,
+        init_weights: bool = True,
+        fan_in_fan_out: bool = False,
+        module_name: str = "",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        Steer2EditLayer.__init__(self, base_layer, fan_in_fan_out=fan_in_fan_out, **kwargs)
+        self._active_adapter = adapter_name
+        self.recorded_components = self.update_layer(
+            adapter_name, component_size, components, strength, init_weights, module_name=module_name
+        )
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        for adapter_name in adapter_names:
+            if adapter_name not in self.steer2edit_u:
+                continue
+            base_weight = self.get_base_weight()
+            merged = base_weight.float() + self.get_delta_weight(adapter_name)
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(f"NaNs or infs in the merged weights; adapter {adapter_name!r} seems broken")
+            self.set_base_weight(merged.to(base_weight.dtype))
+            self.merged_adapters.append(adapter_name)
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        while self.merged_adapters:
+            adapter_name = self.merged_adapters.pop()
+            if adapter_name in self.steer2edit_u:
+                base_weight = self.get_base_weight()
+                restored = base_weight.float() - self.get_delta_weight(adapter_name)
+                self.set_base_weight(restored.to(base_weight.dtype))
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        for adapter_name in self.active_adapters:
+            if adapter_name not in self.steer2edit_u or self.steer2edit_indices[adapter_name].numel() == 0:
+                continue
+            result = result + self.edit_output(x, adapter_name).to(result.dtype)
+        return result
+
+    def __repr__(self) -> str:
+        return "steer2edit." + super().__repr__()

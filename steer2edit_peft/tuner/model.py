@@ -1,0 +1,284 @@
+"""Steer2EditModel: PEFT's BaseTuner for Steer2Edit adapters."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from ..architectures import OUTPUT_PROJECTIONS, model_head_dim, model_signature, output_projections
+from ..errors import AdapterValidationError
+from .config import Steer2EditConfig
+from .layer import Linear, Steer2EditLayer
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+TENSOR_NAMES = ("steer2edit_u", "steer2edit_k", "steer2edit_lambda")
+
+
+def _editable(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def _base(module: nn.Module) -> nn.Module:
+    return module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+
+
+def _in_out(module: nn.Module) -> tuple[int, int]:
+    weight = _base(module).weight
+    return (weight.shape[0], weight.shape[1]) if isinstance(_base(module), Conv1D) else (weight.shape[1], weight.shape[0])
+
+
+def resolve_config(config: Steer2EditConfig, model: nn.Module) -> None:
+    """Fill families, target modules, head_dim and the model signature from the model, in place."""
+    model_config = getattr(model, "config", None)
+    if config.target_modules is None:
+        if model_config is None:
+            raise ValueError("the model has no transformers config: pass target_modules (and attention_modules)")
+        projections = output_projections(model_config)
+        config.attention_modules = config.attention_modules or [projections.attention]
+        config.mlp_modules = config.mlp_modules or [projections.mlp]
+        config.target_modules = config.family_targets(config.attention_modules, config.mlp_modules)
+    if config.attention_modules and config.head_dim is None:
+        if model_config is None:
+            raise ValueError("attention_modules are set but head_dim is not, and the model has no config to read it from")
+        config.head_dim = model_head_dim(model_config)
+    if model_config is not None:
+        signature = model_signature(model_config)
+        if config.head_dim is not None:
+            signature["head_dim"] = config.head_dim
+        if config.base_model_signature:
+            mismatched = {
+                key: (value, signature[key])
+                for key, value in config.base_model_signature.items()
+                if key in signature and signature[key] != value
+            }
+            if mismatched:
+                details = ", ".join(f"{key}: adapter {a!r} vs model {b!r}" for key, (a, b) in mismatched.items())
+                raise AdapterValidationError(
+                    f"this Steer2Edit adapter was made for another base model ({config.base_model_name_or_path}): "
+                    f"{details}"
+                )
+        else:
+            config.base_model_signature = signature
+
+
+def expected_tensor_shapes(config: Steer2EditConfig, model: nn.Module) -> dict[str, dict[str, tuple[int, ...]]]:
+    """Per targeted module of ``model``, the shape each saved tensor must have."""
+    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, BaseTunerLayer) or not _editable(module) or ".base_layer" in f".{name}":
+            continue
+        if not check_target_module_exists(config, name):
+            continue
+        in_features, out_features = _in_out(module)
+        size = config.head_dim if config.is_attention_module(name) else 1
+        assert size is not None
+        terms = config.edited_components.get(name, [[]])
+        count = sum(len(term) for term in terms)
+        shapes[name] = {
+            "steer2edit_u": (len(terms), out_features),
+            "steer2edit_k": (count, size),
+            "steer2edit_lambda": (count,),
+        }
+        num_components = in_features // size if in_features % size == 0 else -1
+        if num_components < 0:
+            raise AdapterValidationError(f"{name}: {in_features} input columns do not split into heads of {size}")
+        bad = sorted({i for term in terms for i in term if not 0 <= i < num_components})
+        if bad:
+            raise AdapterValidationError(
+                f"{name}: edited component indices {bad[:5]} out of range [0, {num_components})"
+            )
+    unknown = sorted(set(config.edited_components) - set(shapes))
+    if unknown:
+        raise AdapterValidationError(
+            f"the adapter edits modules this model does not have (or does not target): {unknown[:3]}"
+        )
+    return shapes
+
+
+def validate_tensors(
+    state_dict: dict[str, torch.Tensor], shapes: dict[str, dict[str, tuple[int, ...]]], prefix: str = ""
+) -> None:
+    """Check a checkpoint against the expected shapes: missing, extra, misshapen or non-finite tensors."""
+    expected = {f"{prefix}{module}.{tensor}": shape for module, tensors in shapes.items() for tensor, shape in tensors.items()}
+    missing = sorted(set(expected) - set(state_dict))
+    if missing:
+        raise AdapterValidationError(f"the adapter weights lack {len(missing)} tensor(s), e.g. {missing[0]}")
+    extra = sorted(set(state_dict) - set(expected))
+    if extra:
+        raise AdapterValidationError(f"the adapter weights hold {len(extra)} unexpected tensor(s), e.g. {extra[0]}")
+    for key, shape in expected.items():
+        tensor = state_dict[key]
+        if tuple(tensor.shape) != shape:
+            raise AdapterValidationError(f"{key}: shape {tuple(tensor.shape)} in the file, expected {shape}")
+        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+            raise AdapterValidationError(f"{key}: holds NaN/inf or non-float values")
+
+
+def read_adapter_weights(path: str) -> dict[str, torch.Tensor]:
+    """Load adapter_model.safetensors, turning a truncated or corrupt file into a clear error."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except Exception as error:  # safetensors raises its own error types for bad headers/sizes
+        raise AdapterValidationError(f"{path} is truncated or not a valid safetensors file: {error}") from error
+
+
+def _locate_weights(source: tuple[str, Optional[str], dict[str, Any]]) -> Optional[str]:
+    path, subfolder, hub_kwargs = source
+    local = os.path.join(path, WEIGHTS_NAME)
+    if os.path.isfile(local):
+        return local
+    if os.path.isdir(path):
+        return None
+    from huggingface_hub import hf_hub_download
+
+    repo_id = path if subfolder is None else path[: -len(subfolder) - 1]
+    return hf_hub_download(repo_id, WEIGHTS_NAME, subfolder=subfolder, **hub_kwargs)
+
+
+def remove_adapter_layers(model: nn.Module, adapter_name: str) -> None:
+    """Take an adapter's layers back out of ``model``, restoring wrapped modules it alone created."""
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, Steer2EditLayer) or adapter_name not in module.steer2edit_u:
+            continue
+        if set(module.steer2edit_u.keys()) == {adapter_name}:
+            parent_name, _, child_name = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child_name, module.base_layer)
+        else:
+            module.delete_adapter(adapter_name)
+
+
+class Steer2EditModel(BaseTuner):
+    """Applies Steer2Edit adapters (sparse component-level rank-1 edits) to a transformers model."""
+
+    prefix: str = "steer2edit_"
+    tuner_layer_cls = Steer2EditLayer
+    target_module_mapping = {
+        model_type: [projections.attention, projections.mlp] for model_type, projections in OUTPUT_PROJECTIONS.items()
+    }
+
+    def _pre_injection_hook(self, model: nn.Module, config: Steer2EditConfig, adapter_name: str) -> None:
+        # Everything is checked here, before any module is replaced, so a bad adapter leaves the model as it was.
+        resolve_config(config, model)
+        shapes = expected_tensor_shapes(config, model)
+        if not shapes:
+            raise ValueError(f"no module of the model matches target_modules={config.target_modules!r}")
+        source = getattr(config, "_weights_source", None)
+        weights_path = _locate_weights(source) if source is not None else None
+        if weights_path is not None:
+            validate_tensors(read_adapter_weights(weights_path), shapes, prefix="base_model.model.")
+
+    def _create_and_replace(
+        self,
+        peft_config: Steer2EditConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **optional_kwargs: Any,
+    ) -> None:
+        if current_key is None:
+            raise ValueError("current_key must not be None")
+        base = _base(target)
+        if not _editable(base):
+            raise TypeError(
+                f"{current_key}: Steer2Edit edits nn.Linear and transformers Conv1D modules, not {type(base).__name__}"
+            )
+        is_conv1d = isinstance(base, Conv1D)
+        peft_config.fan_in_fan_out = peft_config.fan_in_fan_out or is_conv1d
+        component_size = peft_config.head_dim if peft_config.is_attention_module(current_key) else 1
+        assert component_size is not None
+        layer_kwargs = dict(
+            component_size=component_size,
+            components=peft_config.edited_components.get(current_key),
+            strength=peft_config.strength,
+            init_weights=peft_config.init_weights,
+        )
+        if isinstance(target, Steer2EditLayer):
+            components = target.update_layer(adapter_name, module_name=current_key, **layer_kwargs)  # type: ignore[arg-type]
+        else:
+            new_module = Linear(target, adapter_name, fan_in_fan_out=is_conv1d, module_name=current_key, **layer_kwargs)  # type: ignore[arg-type]
+            components = new_module.recorded_components
+            self._replace_module(parent, target_name, new_module, target)
+        if any(components):
+            peft_config.edited_components[current_key] = components
+
+    def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
+        # Steer2Edit is training-free: base weights and edits both stay frozen.
+        for parameter in model.parameters():
+            parameter.requires_grad = False
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: Steer2EditConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        shapes: dict[str, dict[str, tuple[int, ...]]] = {}
+        for name, module in model.named_modules():
+            if isinstance(module, Steer2EditLayer) and adapter_name in module.steer2edit_u:
+                shapes[name] = {
+                    tensor: tuple(getattr(module, tensor)[adapter_name].shape) for tensor in TENSOR_NAMES
+                }
+        ours = {
+            key.removesuffix(f".{adapter_name}"): value
+            for key, value in remapped.items()
+            if any(f".{tensor}." in key for tensor in TENSOR_NAMES)
+        }
+        try:
+            validate_tensors(ours, shapes)
+        except AdapterValidationError:
+            remove_adapter_layers(model, adapter_name)
+            getattr(model, "peft_config", {}).pop(adapter_name, None)
+            raise
+        return remapped
+
+    def set_strength(self, strength: float, adapter_name: Optional[str] = None) -> None:
+        """Set the runtime multiplier of an adapter (default: the active ones) on every layer."""
+        names = [adapter_name] if adapter_name else self.active_adapters
+        for name in names:
+            self.peft_config[name].strength = float(strength)
+            for module in self.model.modules():
+                if isinstance(module, Steer2EditLayer):
+                    module.set_strength(name, strength)
+
+    def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str) -> None:
+        """A new adapter equal to ``sum_i weights[i] * adapters[i]``, exactly: terms are concatenated."""
+        if len(adapters) != len(weights) or not adapters:
+            raise ValueError("add_weighted_adapter needs one weight per adapter")
+        if adapter_name in self.peft_config:
+            raise ValueError(f"adapter {adapter_name!r} already exists")
+        configs = [self.peft_config[name] for name in adapters]
+        if len({(c.head_dim, tuple(sorted(c.target_modules or []))) for c in configs}) != 1:
+            raise ValueError("add_weighted_adapter needs adapters with the same target modules and head_dim")
+        combined = copy.deepcopy(configs[0])
+        combined.init_weights = True
+        combined.strength = 1.0
+        combined.behaviour = " + ".join(f"{w:g}*{c.behaviour or n}" for n, c, w in zip(adapters, configs, weights))
+        combined.edited_components = {
+            module: [term for config in configs for term in config.edited_components.get(module, [[]])]
+            for module in sorted({m for config in configs for m in config.edited_components})
+        }
+        self.peft_config[adapter_name] = combined
+        self.inject_adapter(self.model, adapter_name)
+        for module in self.model.modules():
+            if not isinstance(module, Steer2EditLayer) or adapter_name not in module.steer2edit_u:
+                continue
+            if module.steer2edit_indices[adapter_name].numel() == 0:
+                continue
+            sources = [name for name in adapters if name in module.steer2edit_u]
+            scale = {name: w * module.strength[name] for name, w in zip(adapters, weights)}
+            with torch.no_grad():
+                module.steer2edit_u[adapter_name].copy_(torch.cat([module.steer2edit_u[n] for n in sources]))
+                module.steer2edit_k[adapter_name].copy_(torch.cat([module.steer2edit_k[n] for n in sources]))
+                module.steer2edit_lambda[adapter_name].copy_(
+                    torch.cat([scale[n] * module.steer2edit_lambda[n] for n in sources])
+                )
