@@ -15,7 +15,7 @@ def add_peft_type_member() -> PeftType:
     member = str.__new__(PeftType, PEFT_TYPE_NAME)
     member._name_ = PEFT_TYPE_NAME
     member._value_ = PEFT_TYPE_NAME
-    member.__objclass__ = PeftType  # type: ignore[misc]
+    member.__objclass__ = PeftType  # type: ignore[attr-defined]
     member._sort_order_ = len(PeftType._member_names_)  # type: ignore[attr-defined]
     PeftType._member_map_[PEFT_TYPE_NAME] = member
     PeftType._value2member_map_[PEFT_TYPE_NAME] = member

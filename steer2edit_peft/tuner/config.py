@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any
 
 from peft.config import PeftConfig
 from peft.utils import PeftType
@@ -15,7 +15,7 @@ from ..version import __version__
 FORMAT_VERSION = 1
 
 
-def _family_is_on(rho: Optional[float]) -> bool:
+def _family_is_on(rho: float | None) -> bool:
     return rho is not None and rho > 0
 
 
@@ -30,7 +30,7 @@ class Steer2EditConfig(PeftConfig):
     has one term (rank one); combining adapters concatenates terms.
     """
 
-    target_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
         default=None,
         metadata={
             "help": "Modules to edit (names or suffixes, or one regex). Left empty: the attention and MLP "
@@ -38,27 +38,27 @@ class Steer2EditConfig(PeftConfig):
             "those are empty too, from the architecture table."
         },
     )
-    attention_modules: Optional[list[str]] = field(
+    attention_modules: list[str] | None = field(
         default=None,
         metadata={"help": "Suffixes of attention output projections; edited per head of `head_dim` columns."},
     )
-    mlp_modules: Optional[list[str]] = field(
+    mlp_modules: list[str] | None = field(
         default=None,
         metadata={"help": "Suffixes of MLP output projections; edited per input column (neuron)."},
     )
-    head_dim: Optional[int] = field(
+    head_dim: int | None = field(
         default=None, metadata={"help": "Input columns per attention head; read from the model config when None."}
     )
-    rho_attn: Optional[float] = field(
+    rho_attn: float | None = field(
         default=1.0,
         metadata={"help": "Elastic-net strength for attention heads; None or <= 0 switches heads off."},
     )
-    rho_mlp: Optional[float] = field(
+    rho_mlp: float | None = field(
         default=4.0,
         metadata={"help": "Elastic-net strength for MLP neurons; None or <= 0 switches neurons off."},
     )
     alpha: float = field(
-        default=0.5,
+        default=0.75,
         metadata={"help": "Elastic-net mix in [0, 1): the L1 share, which sets the sparsity threshold rho*alpha."},
     )
     strength: float = field(
@@ -83,8 +83,8 @@ class Steer2EditConfig(PeftConfig):
         default_factory=dict,
         metadata={"help": "Shape facts of the base model (hidden size, layers, heads...); checked on load."},
     )
-    behaviour: Optional[str] = field(default=None, metadata={"help": "Name of the edited behaviour."})
-    probe_data: Optional[str] = field(default=None, metadata={"help": "Description of the probe data used."})
+    behaviour: str | None = field(default=None, metadata={"help": "Name of the edited behaviour."})
+    probe_data: str | None = field(default=None, metadata={"help": "Description of the probe data used."})
     library_version: str = field(default=__version__, metadata={"help": "steer2edit-peft version that wrote it."})
     format_version: int = field(default=FORMAT_VERSION, metadata={"help": "On-disk format version."})
 
@@ -122,12 +122,14 @@ class Steer2EditConfig(PeftConfig):
 
     def is_attention_module(self, module_name: str) -> bool:
         """Whether a module is edited per head (True) or per column (False)."""
-        return any(module_name == suffix or module_name.endswith("." + suffix) for suffix in self.attention_modules or [])
+        return any(
+            module_name == suffix or module_name.endswith("." + suffix) for suffix in self.attention_modules or []
+        )
 
     @classmethod
     def from_pretrained(
-        cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs: Any
-    ) -> "Steer2EditConfig":
+        cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any
+    ) -> Steer2EditConfig:
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         # Remember where the weights live so loading can validate them before touching the model.
         path = os.path.join(pretrained_model_name_or_path, subfolder) if subfolder else pretrained_model_name_or_path

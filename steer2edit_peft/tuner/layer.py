@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional
+from typing import Any, cast
 
 import torch
 from peft.tuners._buffer_dict import BufferDict
@@ -11,6 +11,15 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
 from ..errors import AdapterValidationError
+
+
+def weight_in_out(module: nn.Module, fan_in_fan_out: bool) -> tuple[int, int]:
+    """(in_features, out_features) of a 2-D weight stored (out, in), or (in, out) when fan_in_fan_out."""
+    weight = cast(torch.Tensor, module.weight)
+    if weight.ndim != 2:
+        raise TypeError(f"Steer2Edit edits 2-D weights; {type(module).__name__} has shape {tuple(weight.shape)}")
+    rows, columns = int(weight.shape[0]), int(weight.shape[1])
+    return (rows, columns) if fan_in_fan_out else (columns, rows)
 
 
 class Steer2EditLayer(BaseTunerLayer):
@@ -42,17 +51,14 @@ class Steer2EditLayer(BaseTunerLayer):
         self.component_size: dict[str, int] = {}
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
-        weight = base_layer.weight
-        if weight.ndim != 2:
-            raise TypeError(f"Steer2Edit edits 2-D weights; {type(base_layer).__name__} has shape {tuple(weight.shape)}")
-        self.out_features, self.in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
+        self.in_features, self.out_features = weight_in_out(base_layer, fan_in_fan_out)
         self.kwargs = kwargs
 
     def update_layer(
         self,
         adapter_name: str,
         component_size: int,
-        components: Optional[list[list[int]]],
+        components: list[list[int]] | None,
         strength: float,
         init_weights: bool,
         module_name: str = "",
@@ -97,6 +103,20 @@ class Steer2EditLayer(BaseTunerLayer):
     def _random_components(self, num_components: int) -> list[list[int]]:
         chosen = torch.randperm(num_components)[: max(1, num_components // 4)]
         return [sorted(int(index) for index in chosen)]
+
+    def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False) -> None:
+        super().set_adapter(adapter_names, inference_mode=inference_mode)
+        self._freeze_edits()
+
+    def set_requires_grad(self, adapter_names: Any, requires_grad: bool = True) -> None:
+        super().set_requires_grad(adapter_names, requires_grad=requires_grad)
+        self._freeze_edits()
+
+    def _freeze_edits(self) -> None:
+        # Training-free edits: PEFT makes active adapters trainable, Steer2Edit keeps them frozen.
+        for name in self.adapter_layer_names:
+            for parameter in getattr(self, name).values():
+                parameter.requires_grad_(False)
 
     def set_strength(self, adapter_name: str, strength: float) -> None:
         if adapter_name in self.strength:
@@ -146,7 +166,7 @@ class Linear(nn.Module, Steer2EditLayer):
         base_layer: nn.Module,
         adapter_name: str,
         component_size: int,
-        components: Optional[list[list[int]]],
+        components: list[list[int]] | None,
         strength: float = 1.0,
         init_weights: bool = True,
         fan_in_fan_out: bool = False,
@@ -160,7 +180,7 @@ class Linear(nn.Module, Steer2EditLayer):
             adapter_name, component_size, components, strength, init_weights, module_name=module_name
         )
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         adapter_names = check_adapters_to_merge(self, adapter_names)
         for adapter_name in adapter_names:
             if adapter_name not in self.steer2edit_u:
@@ -174,7 +194,7 @@ class Linear(nn.Module, Steer2EditLayer):
 
     def unmerge(self) -> None:
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         while self.merged_adapters:
             adapter_name = self.merged_adapters.pop()

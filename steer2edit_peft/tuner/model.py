@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Optional
+from typing import Any
 
 import torch
+from peft.config import PeftConfig
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -14,7 +15,7 @@ from transformers.pytorch_utils import Conv1D
 from ..architectures import OUTPUT_PROJECTIONS, model_head_dim, model_signature, output_projections
 from ..errors import AdapterValidationError
 from .config import Steer2EditConfig
-from .layer import Linear, Steer2EditLayer
+from .layer import Linear, Steer2EditLayer, weight_in_out
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 TENSOR_NAMES = ("steer2edit_u", "steer2edit_k", "steer2edit_lambda")
@@ -29,8 +30,8 @@ def _base(module: nn.Module) -> nn.Module:
 
 
 def _in_out(module: nn.Module) -> tuple[int, int]:
-    weight = _base(module).weight
-    return (weight.shape[0], weight.shape[1]) if isinstance(_base(module), Conv1D) else (weight.shape[1], weight.shape[0])
+    base = _base(module)
+    return weight_in_out(base, fan_in_fan_out=isinstance(base, Conv1D))
 
 
 def resolve_config(config: Steer2EditConfig, model: nn.Module) -> None:
@@ -45,12 +46,14 @@ def resolve_config(config: Steer2EditConfig, model: nn.Module) -> None:
         config.target_modules = config.family_targets(config.attention_modules, config.mlp_modules)
     if config.attention_modules and config.head_dim is None:
         if model_config is None:
-            raise ValueError("attention_modules are set but head_dim is not, and the model has no config to read it from")
+            raise ValueError(
+                "attention_modules are set but head_dim is not, and the model has no config to read it from"
+            )
         config.head_dim = model_head_dim(model_config)
     if model_config is not None:
         signature = model_signature(model_config)
-        if config.head_dim is not None:
-            signature["head_dim"] = config.head_dim
+        if config.attention_modules:
+            signature["head_dim"] = model_head_dim(model_config)
         if config.base_model_signature:
             mismatched = {
                 key: (value, signature[key])
@@ -59,9 +62,9 @@ def resolve_config(config: Steer2EditConfig, model: nn.Module) -> None:
             }
             if mismatched:
                 details = ", ".join(f"{key}: adapter {a!r} vs model {b!r}" for key, (a, b) in mismatched.items())
+                made_for = f" ({config.base_model_name_or_path})" if config.base_model_name_or_path else ""
                 raise AdapterValidationError(
-                    f"this Steer2Edit adapter was made for another base model ({config.base_model_name_or_path}): "
-                    f"{details}"
+                    f"this Steer2Edit adapter was made for another base model{made_for}: {details}"
                 )
         else:
             config.base_model_signature = signature
@@ -71,7 +74,7 @@ def expected_tensor_shapes(config: Steer2EditConfig, model: nn.Module) -> dict[s
     """Per targeted module of ``model``, the shape each saved tensor must have."""
     shapes: dict[str, dict[str, tuple[int, ...]]] = {}
     for name, module in model.named_modules():
-        if isinstance(module, BaseTunerLayer) or not _editable(module) or ".base_layer" in f".{name}":
+        if ".base_layer" in f".{name}" or not _editable(_base(module)):
             continue
         if not check_target_module_exists(config, name):
             continue
@@ -105,7 +108,9 @@ def validate_tensors(
     state_dict: dict[str, torch.Tensor], shapes: dict[str, dict[str, tuple[int, ...]]], prefix: str = ""
 ) -> None:
     """Check a checkpoint against the expected shapes: missing, extra, misshapen or non-finite tensors."""
-    expected = {f"{prefix}{module}.{tensor}": shape for module, tensors in shapes.items() for tensor, shape in tensors.items()}
+    expected = {
+        f"{prefix}{module}.{tensor}": shape for module, tensors in shapes.items() for tensor, shape in tensors.items()
+    }
     missing = sorted(set(expected) - set(state_dict))
     if missing:
         raise AdapterValidationError(f"the adapter weights lack {len(missing)} tensor(s), e.g. {missing[0]}")
@@ -130,7 +135,7 @@ def read_adapter_weights(path: str) -> dict[str, torch.Tensor]:
         raise AdapterValidationError(f"{path} is truncated or not a valid safetensors file: {error}") from error
 
 
-def _locate_weights(source: tuple[str, Optional[str], dict[str, Any]]) -> Optional[str]:
+def _locate_weights(source: tuple[str, str | None, dict[str, Any]]) -> str | None:
     path, subfolder, hub_kwargs = source
     local = os.path.join(path, WEIGHTS_NAME)
     if os.path.isfile(local):
@@ -165,8 +170,12 @@ class Steer2EditModel(BaseTuner):
         model_type: [projections.attention, projections.mlp] for model_type, projections in OUTPUT_PROJECTIONS.items()
     }
 
-    def _pre_injection_hook(self, model: nn.Module, config: Steer2EditConfig, adapter_name: str) -> None:
-        # Everything is checked here, before any module is replaced, so a bad adapter leaves the model as it was.
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+        # Everything is checked before any module is replaced, so a bad adapter leaves the model as it was.
+        self._check_before_injection(model, self._config(adapter_name))
+        super().inject_adapter(model, adapter_name, *args, **kwargs)
+
+    def _check_before_injection(self, model: nn.Module, config: Steer2EditConfig) -> None:
         resolve_config(config, model)
         shapes = expected_tensor_shapes(config, model)
         if not shapes:
@@ -178,16 +187,17 @@ class Steer2EditModel(BaseTuner):
 
     def _create_and_replace(
         self,
-        peft_config: Steer2EditConfig,
+        peft_config: PeftConfig,
         adapter_name: str,
         target: nn.Module,
         target_name: str,
         parent: nn.Module,
         current_key: str,
-        **optional_kwargs: Any,
+        parameter_name: str | None = None,
     ) -> None:
         if current_key is None:
             raise ValueError("current_key must not be None")
+        assert isinstance(peft_config, Steer2EditConfig)
         base = _base(target)
         if not _editable(base):
             raise TypeError(
@@ -217,17 +227,27 @@ class Steer2EditModel(BaseTuner):
         for parameter in model.parameters():
             parameter.requires_grad = False
 
+    def _config(self, adapter_name: str) -> Steer2EditConfig:
+        config = self.peft_config[adapter_name]
+        assert isinstance(config, Steer2EditConfig)
+        return config
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        # PEFT's upcast re-wraps parameters as trainable; keep the edits frozen.
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        for module in self.model.modules():
+            if isinstance(module, Steer2EditLayer):
+                module._freeze_edits()
+
     @classmethod
     def _remap_adapter_state_dict_for_load(
-        cls, model: nn.Module, config: Steer2EditConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+        cls, model: nn.Module, config: PeftConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
         shapes: dict[str, dict[str, tuple[int, ...]]] = {}
         for name, module in model.named_modules():
             if isinstance(module, Steer2EditLayer) and adapter_name in module.steer2edit_u:
-                shapes[name] = {
-                    tensor: tuple(getattr(module, tensor)[adapter_name].shape) for tensor in TENSOR_NAMES
-                }
+                shapes[name] = {tensor: tuple(getattr(module, tensor)[adapter_name].shape) for tensor in TENSOR_NAMES}
         ours = {
             key.removesuffix(f".{adapter_name}"): value
             for key, value in remapped.items()
@@ -241,11 +261,11 @@ class Steer2EditModel(BaseTuner):
             raise
         return remapped
 
-    def set_strength(self, strength: float, adapter_name: Optional[str] = None) -> None:
+    def set_strength(self, strength: float, adapter_name: str | None = None) -> None:
         """Set the runtime multiplier of an adapter (default: the active ones) on every layer."""
         names = [adapter_name] if adapter_name else self.active_adapters
         for name in names:
-            self.peft_config[name].strength = float(strength)
+            self._config(name).strength = float(strength)
             for module in self.model.modules():
                 if isinstance(module, Steer2EditLayer):
                     module.set_strength(name, strength)
@@ -256,7 +276,7 @@ class Steer2EditModel(BaseTuner):
             raise ValueError("add_weighted_adapter needs one weight per adapter")
         if adapter_name in self.peft_config:
             raise ValueError(f"adapter {adapter_name!r} already exists")
-        configs = [self.peft_config[name] for name in adapters]
+        configs = [self._config(name) for name in adapters]
         if len({(c.head_dim, tuple(sorted(c.target_modules or []))) for c in configs}) != 1:
             raise ValueError("add_weighted_adapter needs adapters with the same target modules and head_dim")
         combined = copy.deepcopy(configs[0])

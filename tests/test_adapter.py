@@ -1,0 +1,287 @@
+"""The Steer2Edit adapter against dense references, across architectures, and through PEFT's surface."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from peft import AutoPeftModelForCausalLM, PeftModel, get_peft_model
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+from peft.utils import PeftType
+from reference import assert_close_relative, dense_edit, densely_edited_copy
+from tiny_models import ARCHITECTURES, sample_input, tiny_config, tiny_model
+from transformers import AutoModelForCausalLM
+
+import steer2edit_peft
+from steer2edit_peft import Steer2EditConfig, Steer2EditModel, UnknownArchitectureError
+from steer2edit_peft.tuner import Steer2EditLayer
+
+
+def random_edit(arch: str, seed: int = 0, **config):
+    model = tiny_model(arch)
+    torch.manual_seed(seed)
+    return get_peft_model(model, Steer2EditConfig(init_weights=False, **config))
+
+
+def edit_layers(peft_model) -> dict[str, Steer2EditLayer]:
+    return {n: m for n, m in peft_model.named_modules() if isinstance(m, Steer2EditLayer)}
+
+
+def logits(model, inputs=None) -> torch.Tensor:
+    with torch.no_grad():
+        return model(sample_input() if inputs is None else inputs).logits
+
+
+# --- registration -------------------------------------------------------------------------------
+
+
+def test_import_registers_steer2edit_with_peft():
+    assert PeftType.STEER2EDIT == "STEER2EDIT"
+    assert PeftType("STEER2EDIT") is PeftType.STEER2EDIT
+    assert PEFT_TYPE_TO_CONFIG_MAPPING[PeftType.STEER2EDIT] is Steer2EditConfig
+    assert PEFT_TYPE_TO_TUNER_MAPPING[PeftType.STEER2EDIT] is Steer2EditModel
+
+
+def test_importing_twice_is_harmless():
+    members = len(PeftType)
+    importlib.reload(steer2edit_peft)
+    steer2edit_peft.registration.register()
+    assert len(PeftType) == members
+    assert Steer2EditConfig().peft_type is PeftType.STEER2EDIT
+
+
+# --- exactness on every architecture ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_unmerged_output_matches_dense_reference(arch):
+    peft_model = random_edit(arch)
+    reference = densely_edited_copy(peft_model, ["default"])
+    assert_close_relative(logits(peft_model), logits(reference))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_merged_output_matches_unmerged(arch):
+    peft_model = random_edit(arch)
+    unmerged = logits(peft_model)
+    peft_model.merge_adapter()
+    assert_close_relative(logits(peft_model), unmerged)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_merge_then_unmerge_restores_base_weights(arch):
+    peft_model = random_edit(arch)
+    before = {n: m.get_base_layer().weight.detach().clone() for n, m in edit_layers(peft_model).items()}
+    peft_model.merge_adapter()
+    assert any(not torch.equal(before[n], m.get_base_layer().weight) for n, m in edit_layers(peft_model).items())
+    peft_model.unmerge_adapter()
+    for name, module in edit_layers(peft_model).items():
+        torch.testing.assert_close(module.get_base_layer().weight, before[name], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_save_load_round_trip(arch, tmp_path):
+    peft_model = random_edit(arch)
+    expected = logits(peft_model)
+    peft_model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix in (".json", ".safetensors", ".bin")) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    loaded = PeftModel.from_pretrained(tiny_model(arch), tmp_path)
+    assert_close_relative(logits(loaded), expected)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_default_targets_are_the_output_projections(arch):
+    peft_model = random_edit(arch)
+    config = peft_model.peft_config["default"]
+    layers = tiny_config(arch).get_text_config().num_hidden_layers
+    assert len(edit_layers(peft_model)) == 2 * layers
+    head_layers = [m for m in edit_layers(peft_model).values() if m.component_size["default"] > 1]
+    assert len(head_layers) == layers
+    assert all(m.component_size["default"] == config.head_dim for m in head_layers)
+
+
+def test_dense_reference_is_rank_one_per_term():
+    peft_model = random_edit("llama")
+    for module in edit_layers(peft_model).values():
+        assert torch.linalg.matrix_rank(dense_edit(module, "default")).item() == 1
+        torch.testing.assert_close(module.get_delta_weight("default").double(), dense_edit(module, "default"))
+
+
+def test_unknown_architecture_error_says_how_to_target_by_hand():
+    model = tiny_model("llama")
+    model.config.model_type = "mystery"
+    with pytest.raises(UnknownArchitectureError, match="attention_modules=.*mlp_modules"):
+        get_peft_model(model, Steer2EditConfig())
+
+
+def test_modules_passed_by_hand_on_an_unknown_architecture():
+    model = tiny_model("llama")
+    model.config.model_type = "mystery"
+    config = Steer2EditConfig(attention_modules=["self_attn.o_proj"], mlp_modules=["mlp.down_proj"], init_weights=False)
+    peft_model = get_peft_model(model, config)
+    assert config.head_dim == 8 and len(edit_layers(peft_model)) == 4
+
+
+@pytest.mark.parametrize("family", ["rho_attn", "rho_mlp"])
+@pytest.mark.parametrize("off", [None, 0.0, -1.0])
+def test_rho_switches_a_family_off(family, off):
+    peft_model = random_edit("llama", **{family: off})
+    names = list(edit_layers(peft_model))
+    kept = "down_proj" if family == "rho_attn" else "o_proj"
+    assert names and all(n.endswith(kept) for n in names)
+
+
+def test_grouped_query_attention_with_wide_heads_splits_o_proj_by_head_dim():
+    peft_model = random_edit("qwen3")  # 4 heads of 16 on a 32-wide model, 2 KV heads
+    o_proj = next(m for n, m in edit_layers(peft_model).items() if n.endswith("o_proj"))
+    assert o_proj.in_features == 64 and o_proj.component_size["default"] == 16
+
+
+# --- runtime strength ---------------------------------------------------------------------------
+
+
+def test_strength_zero_is_identity_and_negative_reverses():
+    peft_model = random_edit("llama")
+    with peft_model.disable_adapter():
+        base = logits(peft_model)
+    solved = {n: dense_edit(m, "default") for n, m in edit_layers(peft_model).items()}
+    peft_model.base_model.set_strength(0.0)
+    torch.testing.assert_close(logits(peft_model), base)
+    peft_model.base_model.set_strength(-1.0)
+    for name, module in edit_layers(peft_model).items():
+        torch.testing.assert_close(module.get_delta_weight("default").double(), -solved[name])
+    assert peft_model.peft_config["default"].strength == -1.0
+
+
+def test_init_weights_true_is_an_identity_edit():
+    model = tiny_model("llama")
+    base = logits(model)
+    peft_model = get_peft_model(model, Steer2EditConfig())
+    torch.testing.assert_close(logits(peft_model), base)
+
+
+# --- PEFT surface -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("autocast, dtype", [(True, torch.float32), (False, torch.bfloat16)])
+def test_adapter_parameters_are_frozen_in_the_adapter_dtype(autocast, dtype):
+    # PEFT's convention: adapters are upcast to float32 unless autocast_adapter_dtype=False.
+    model = tiny_model("llama", dtype=torch.bfloat16)
+    config = Steer2EditConfig(init_weights=False)
+    peft_model = get_peft_model(model, config, autocast_adapter_dtype=autocast)
+    for module in edit_layers(peft_model).values():
+        for name in ("steer2edit_u", "steer2edit_k", "steer2edit_lambda"):
+            parameter = getattr(module, name)["default"]
+            assert isinstance(parameter, torch.nn.Parameter)
+            assert not parameter.requires_grad and parameter.dtype == dtype
+    assert not any(p.requires_grad for p in peft_model.parameters())
+    assert logits(peft_model).dtype == torch.bfloat16
+
+
+def test_multiple_adapters_set_adapter_and_delete():
+    peft_model = random_edit("llama", seed=0)
+    torch.manual_seed(5)
+    peft_model.add_adapter("other", Steer2EditConfig(init_weights=False))
+    first = logits(peft_model)
+    peft_model.set_adapter("other")
+    second = logits(peft_model)
+    assert not torch.allclose(first, second)
+    assert_close_relative(second, logits(densely_edited_copy(peft_model, ["other"])))
+    peft_model.delete_adapter("other")
+    assert peft_model.active_adapters == ["default"]
+    assert_close_relative(logits(peft_model), first)
+
+
+def test_disable_adapter_gives_the_base_model():
+    model = tiny_model("gpt2")
+    base = logits(model)
+    peft_model = get_peft_model(model, Steer2EditConfig(init_weights=False))
+    with peft_model.disable_adapter():
+        torch.testing.assert_close(logits(peft_model), base)
+    assert not torch.allclose(logits(peft_model), base)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_merge_and_unload_and_unload(arch):
+    peft_model = random_edit(arch)
+    edited = logits(peft_model)
+    with peft_model.disable_adapter():
+        base = logits(peft_model)
+    merged = peft_model.merge_and_unload()
+    assert not any(isinstance(m, Steer2EditLayer) for m in merged.modules())
+    assert_close_relative(logits(merged), edited)
+
+    peft_model = random_edit(arch)
+    plain = peft_model.unload()
+    assert not any(isinstance(m, Steer2EditLayer) for m in plain.modules())
+    torch.testing.assert_close(logits(plain), base)
+
+
+def test_safe_merge_refuses_nan():
+    peft_model = random_edit("llama")
+    module = next(iter(edit_layers(peft_model).values()))
+    with torch.no_grad():
+        module.steer2edit_lambda["default"][0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        peft_model.merge_adapter(safe_merge=True)
+
+
+def test_add_weighted_adapter_is_exact_concatenation():
+    peft_model = random_edit("llama", seed=0)
+    torch.manual_seed(7)
+    peft_model.add_adapter("other", Steer2EditConfig(init_weights=False))
+    peft_model.base_model.add_weighted_adapter(["default", "other"], [0.5, -2.0], "combo")
+    peft_model.set_adapter("combo")
+    for module in edit_layers(peft_model).values():
+        expected = 0.5 * dense_edit(module, "default") - 2.0 * dense_edit(module, "other")
+        torch.testing.assert_close(dense_edit(module, "combo"), expected)
+        assert module.steer2edit_u["combo"].shape[0] == 2
+    reference = densely_edited_copy(peft_model, ["combo"])
+    assert_close_relative(logits(peft_model), logits(reference))
+
+
+def test_supports_lora_conversion():
+    peft_model = random_edit("llama")
+    assert all(m.supports_lora_conversion() for m in edit_layers(peft_model).values())
+
+
+def test_low_cpu_mem_usage_loading(tmp_path):
+    peft_model = random_edit("mistral")
+    expected = logits(peft_model)
+    peft_model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_model("mistral"), tmp_path, low_cpu_mem_usage=True)
+    assert_close_relative(logits(loaded), expected)
+
+
+def test_auto_peft_model_loads_base_and_adapter(tmp_path):
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    tiny_model("qwen2").save_pretrained(base_dir)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_dir), Steer2EditConfig(init_weights=False))
+    peft_model.save_pretrained(adapter_dir)
+    loaded = AutoPeftModelForCausalLM.from_pretrained(adapter_dir)
+    assert_close_relative(logits(loaded), logits(peft_model))
+
+
+def test_transformers_load_adapter(tmp_path):
+    peft_model = random_edit("llama")
+    expected = logits(peft_model)
+    peft_model.save_pretrained(tmp_path)
+    model = tiny_model("llama")
+    model.load_adapter(str(tmp_path))
+    assert_close_relative(logits(model), expected)
+
+
+def test_loading_a_second_named_adapter(tmp_path):
+    peft_model = random_edit("llama", seed=0)
+    peft_model.save_pretrained(tmp_path / "a")
+    torch.manual_seed(3)
+    other = get_peft_model(tiny_model("llama"), Steer2EditConfig(init_weights=False))
+    other.save_pretrained(tmp_path / "b")
+    loaded = PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "a")
+    loaded.load_adapter(tmp_path / "b", adapter_name="b")
+    loaded.set_adapter("b")
+    assert_close_relative(logits(loaded), logits(other))

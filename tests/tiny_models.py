@@ -1,0 +1,100 @@
+"""Tiny random decoder models, one per supported architecture, built from configs (no downloads)."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+from transformers import AutoModelForCausalLM
+
+VOCAB = 97
+
+# name -> (config class, kwargs). Several use head_dim != hidden/heads and grouped-query attention.
+TINY_CONFIGS: dict[str, tuple[str, dict]] = {
+    "llama": (
+        "LlamaConfig",
+        dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    ),
+    "mistral": (
+        "MistralConfig",
+        dict(
+            hidden_size=32,
+            intermediate_size=40,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=12,
+        ),
+    ),
+    "qwen2": (
+        "Qwen2Config",
+        dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1),
+    ),
+    "qwen3": (
+        "Qwen3Config",
+        dict(
+            hidden_size=32,
+            intermediate_size=40,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+        ),
+    ),
+    "gemma2": (
+        "Gemma2Config",
+        dict(
+            hidden_size=32,
+            intermediate_size=40,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+        ),
+    ),
+    "gemma3_text": (
+        "Gemma3TextConfig",
+        dict(
+            hidden_size=32,
+            intermediate_size=40,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+        ),
+    ),
+    "phi3": (
+        "Phi3Config",
+        dict(
+            hidden_size=32,
+            intermediate_size=40,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            pad_token_id=0,
+        ),
+    ),
+    "gpt2": ("GPT2Config", dict(n_embd=32, n_layer=2, n_head=4, n_inner=40)),
+    "gpt_neox": (
+        "GPTNeoXConfig",
+        dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4),
+    ),
+}
+ARCHITECTURES = list(TINY_CONFIGS)
+
+
+def tiny_config(name: str, **overrides):
+    class_name, kwargs = TINY_CONFIGS[name]
+    config_class = getattr(transformers, class_name)
+    return config_class(vocab_size=VOCAB, **{**kwargs, **overrides})
+
+
+def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
+    """A tiny random causal LM of the given architecture, in eval mode (dropout off)."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(name, **overrides), torch_dtype=dtype)
+    return model.eval()
+
+
+def sample_input(batch: int = 2, length: int = 7, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, length), generator=generator)
