@@ -4,16 +4,33 @@ from .registration import register as _register
 
 _register()
 
+from .data import ContrastiveDataset, ContrastiveExample, DataError  # noqa: E402
 from .errors import AdapterValidationError, Steer2EditError, UnknownArchitectureError  # noqa: E402
+from .extraction import extract_steering_vectors  # noqa: E402
+from .report import EditReport, edit_report  # noqa: E402
+from .solver import edit_model, elastic_net_magnitude, solve_edit  # noqa: E402
+from .steering import steer  # noqa: E402
 from .tuner import FORMAT_VERSION, Steer2EditConfig, Steer2EditModel  # noqa: E402
+from .vectors import SteeringVectors  # noqa: E402
 from .version import __version__  # noqa: E402
 
 __all__ = [
     "FORMAT_VERSION",
     "AdapterValidationError",
+    "ContrastiveDataset",
+    "ContrastiveExample",
+    "DataError",
+    "EditReport",
     "Steer2EditConfig",
     "Steer2EditError",
     "Steer2EditModel",
+    "SteeringVectors",
     "UnknownArchitectureError",
     "__version__",
+    "edit_model",
+    "edit_report",
+    "elastic_net_magnitude",
+    "extract_steering_vectors",
+    "solve_edit",
+    "steer",
 ]

@@ -50,11 +50,11 @@ class Steer2EditConfig(PeftConfig):
         default=None, metadata={"help": "Input columns per attention head; read from the model config when None."}
     )
     rho_attn: float | None = field(
-        default=1.0,
+        default=0.45,
         metadata={"help": "Elastic-net strength for attention heads; None or <= 0 switches heads off."},
     )
     rho_mlp: float | None = field(
-        default=4.0,
+        default=0.5,
         metadata={"help": "Elastic-net strength for MLP neurons; None or <= 0 switches neurons off."},
     )
     alpha: float = field(

@@ -1,0 +1,174 @@
+"""ContrastiveDataset: wanted (positive) and unwanted (negative) responses to prompts, and their tokenisation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import Steer2EditError
+
+_POSITIVE_LABELS = {"1", "positive", "pos", "true", "wanted"}
+_NEGATIVE_LABELS = {"0", "negative", "neg", "false", "unwanted"}
+
+
+class DataError(Steer2EditError):
+    """Probe data is empty, one-sided or malformed."""
+
+
+@dataclass(frozen=True)
+class ContrastiveExample:
+    prompt: str
+    response: str
+    positive: bool
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """Token ids of prompt + response, and where the response starts."""
+
+    input_ids: list[int]
+    response_start: int
+
+
+def _label(value: Any, where: str) -> bool:
+    text = str(value).strip().lower()
+    if text in _POSITIVE_LABELS:
+        return True
+    if text in _NEGATIVE_LABELS:
+        return False
+    raise DataError(f"{where}: label {value!r} is neither positive (1/'positive') nor negative (0/'negative')")
+
+
+def _text(record: dict[str, Any], key: str, where: str) -> str:
+    value = record.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+class ContrastiveDataset(Sequence[ContrastiveExample]):
+    """Positive (wanted) and negative (unwanted) examples, each a prompt plus a response.
+
+    Records are either ``{"prompt", "response", "label"}`` (label 1/0 or "positive"/"negative") or paired
+    ``{"prompt", "positive", "negative"}``, which yields one example of each class.
+    """
+
+    def __init__(self, examples: Iterable[ContrastiveExample], description: str = "") -> None:
+        self.examples = list(examples)
+        self.description = description
+        if not self.examples:
+            raise DataError("the contrastive dataset is empty")
+        missing = [name for name, flag in (("positive", True), ("negative", False)) if not any(e.positive == flag for e in self.examples)]
+        if missing:
+            raise DataError(f"the contrastive dataset has no {missing[0]} examples; both classes are needed")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self.examples[index]
+
+    def __repr__(self) -> str:
+        return f"ContrastiveDataset({self.num_positive} positive, {self.num_negative} negative{', ' + self.description if self.description else ''})"
+
+    @property
+    def num_positive(self) -> int:
+        return sum(e.positive for e in self.examples)
+
+    @property
+    def num_negative(self) -> int:
+        return len(self.examples) - self.num_positive
+
+    @classmethod
+    def from_lists(
+        cls,
+        positive_prompts: Sequence[str],
+        positive_responses: Sequence[str],
+        negative_prompts: Sequence[str],
+        negative_responses: Sequence[str],
+        description: str = "",
+    ) -> ContrastiveDataset:
+        """From parallel lists of prompts and responses for each class."""
+        if len(positive_prompts) != len(positive_responses) or len(negative_prompts) != len(negative_responses):
+            raise DataError("each class needs as many responses as prompts")
+        records = [{"prompt": p, "response": r, "label": 1} for p, r in zip(positive_prompts, positive_responses)]
+        records += [{"prompt": p, "response": r, "label": 0} for p, r in zip(negative_prompts, negative_responses)]
+        return cls.from_records(records, description=description)
+
+    @classmethod
+    def from_records(cls, records: Iterable[dict[str, Any]], description: str = "") -> ContrastiveDataset:
+        examples = []
+        for number, record in enumerate(records):
+            where = f"record {number}"
+            if not isinstance(record, dict):
+                raise DataError(f"{where}: expected a mapping, got {type(record).__name__}")
+            paired = "positive" in record or "negative" in record
+            if not paired and not ("response" in record and "label" in record) or "prompt" not in record:
+                raise DataError(
+                    f"{where}: needs either 'prompt', 'response', 'label' or 'prompt', 'positive', 'negative'; "
+                    f"got keys {sorted(record)}"
+                )
+            prompt = _text(record, "prompt", where)
+            if paired:
+                examples.append(ContrastiveExample(prompt, _text(record, "positive", where), True))
+                examples.append(ContrastiveExample(prompt, _text(record, "negative", where), False))
+            else:
+                examples.append(ContrastiveExample(prompt, _text(record, "response", where), _label(record["label"], where)))
+        return cls(examples, description=description)
+
+    @classmethod
+    def from_file(cls, path: str | Path, description: str | None = None) -> ContrastiveDataset:
+        """From a JSONL, JSON (list of records) or CSV file."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"probe data file {path} does not exist")
+        suffix = path.suffix.lower()
+        try:
+            if suffix == ".jsonl":
+                lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+                records = [json.loads(line) for line in lines]
+            elif suffix == ".json":
+                records = json.loads(path.read_text(encoding="utf-8"))
+            elif suffix == ".csv":
+                with path.open(newline="", encoding="utf-8") as handle:
+                    records = list(csv.DictReader(handle))
+            else:
+                raise DataError(f"{path}: unsupported probe data format {suffix!r} (use .jsonl, .json or .csv)")
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: malformed JSON ({error})") from error
+        return cls.from_records(records, description=description if description is not None else path.name)
+
+    @classmethod
+    def from_hf(cls, dataset: Any, description: str = "") -> ContrastiveDataset:
+        """From a ``datasets.Dataset`` (or any iterable of row dicts) with one of the record schemas."""
+        name = description or getattr(getattr(dataset, "info", None), "dataset_name", None) or "datasets object"
+        return cls.from_records((dict(row) for row in dataset), description=name)
+
+
+def encode_prompt(tokenizer: Any, prompt: str, system_prompt: str | None = None) -> list[int]:
+    """Prompt token ids: through the chat template (with generation prompt) when there is one."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(encoded, dict) or hasattr(encoded, "keys"):
+            encoded = encoded["input_ids"]
+        return list(encoded)
+    text = f"{system_prompt}\n\n{prompt}" if system_prompt else prompt
+    return list(tokenizer(text).input_ids)
+
+
+def encode_example(
+    tokenizer: Any, example: ContrastiveExample, system_prompt: str | None = None, where: str = "example"
+) -> EncodedExample:
+    """Prompt and response tokenised apart, so the response tokens are known exactly."""
+    prompt_ids = encode_prompt(tokenizer, example.prompt, system_prompt)
+    response_ids = list(tokenizer(example.response, add_special_tokens=False).input_ids)
+    if not response_ids:
+        raise DataError(f"{where}: the response {example.response!r} tokenises to nothing")
+    return EncodedExample(prompt_ids + response_ids, len(prompt_ids))

@@ -1,0 +1,358 @@
+"""Extraction and solving against slow per-sample / per-component references; steering; bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reference import assert_close_relative
+from tiny_models import VOCAB, tiny_model
+
+from steer2edit_peft import (
+    ContrastiveDataset,
+    DataError,
+    Steer2EditConfig,
+    Steer2EditError,
+    SteeringVectors,
+    edit_model,
+    elastic_net_magnitude,
+    extract_steering_vectors,
+    steer,
+)
+from steer2edit_peft.extraction import decoder_model, edited_modules
+from steer2edit_peft.solver import solve_edit
+from steer2edit_peft.tuner import Steer2EditLayer
+
+
+class CharTokenizer:
+    """A deterministic character tokenizer with a BOS token and no chat template."""
+
+    bos_token_id, pad_token_id, eos_token_id = 1, 0, 2
+    chat_template = None
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = [3 + (ord(ch) % (VOCAB - 3)) for ch in text]
+        return type("Encoding", (), {"input_ids": ([self.bos_token_id] if add_special_tokens else []) + ids})()
+
+
+def ragged_dataset(count: int = 5) -> ContrastiveDataset:
+    records = []
+    for i in range(count):
+        records.append({"prompt": "q" * (2 + i), "positive": "yes" + "!" * (i % 3), "negative": "no thanks" + "." * i})
+    return ContrastiveDataset.from_records(records, description="ragged test pairs")
+
+
+def reference_means(model, tokenizer, dataset, config=None) -> dict[str, dict[str, torch.Tensor]]:
+    """Batch size 1, no padding, float64 sums over response tokens, one example at a time."""
+    modules = edited_modules(model, config)
+    sums: dict[str, dict[str, torch.Tensor]] = {}
+    counts = {"pos": 0, "neg": 0}
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    handles = [
+        module.register_forward_hook(lambda m, a, o, name=name: captured.__setitem__(name, (a[0][0], o[0])))
+        for name, module in modules.items()
+    ]
+    with torch.no_grad():
+        for example in dataset:
+            prompt_ids = tokenizer(example.prompt).input_ids
+            response_ids = tokenizer(example.response, add_special_tokens=False).input_ids
+            model(torch.tensor([prompt_ids + response_ids]))
+            suffix = "pos" if example.positive else "neg"
+            counts[suffix] += len(response_ids)
+            for name, (pre, post) in captured.items():
+                for t in range(len(prompt_ids), len(prompt_ids) + len(response_ids)):
+                    for key, value in ((f"pre_{suffix}", pre[t]), (f"post_{suffix}", post[t])):
+                        entry = sums.setdefault(name, {})
+                        entry[key] = entry.get(key, 0) + value.double()
+    for handle in handles:
+        handle.remove()
+    return {name: {k: v / counts[k[-3:]] for k, v in entry.items()} for name, entry in sums.items()}
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen3"])
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_extraction_matches_per_sample_reference(arch, padding_side):
+    model, tokenizer, dataset = tiny_model(arch), CharTokenizer(), ragged_dataset()
+    vectors = extract_steering_vectors(model, tokenizer, dataset, batch_size=3, padding_side=padding_side, show_progress=False)
+    expected = reference_means(model, tokenizer, dataset)
+    assert vectors.modules == list(expected)
+    for name, entry in expected.items():
+        for key, value in entry.items():
+            assert_close_relative(getattr(vectors, key)[name], value)
+        assert_close_relative(vectors.direction(name), entry["post_pos"] - entry["post_neg"])
+
+
+def test_extraction_counts_only_response_tokens():
+    vectors = extract_steering_vectors(tiny_model("llama"), CharTokenizer(), ragged_dataset(3), show_progress=False)
+    assert vectors.token_counts == {"positive": 3 + 4 + 5, "negative": 9 + 10 + 11}
+    assert vectors.example_counts == {"positive": 3, "negative": 3}
+
+
+def test_extraction_in_bfloat16_accumulates_in_float32():
+    model = tiny_model("llama", dtype=torch.bfloat16)
+    vectors = extract_steering_vectors(model, CharTokenizer(), ragged_dataset(), show_progress=False)
+    assert all(v.dtype == torch.float32 for v in vectors.post_pos.values())
+
+
+def test_extraction_on_a_model_with_an_adapter_records_what_it_computes():
+    torch.manual_seed(0)
+    from peft import get_peft_model
+
+    peft_model = get_peft_model(tiny_model("llama"), Steer2EditConfig(init_weights=False))
+    tokenizer, dataset = CharTokenizer(), ragged_dataset()
+    edited = extract_steering_vectors(peft_model, tokenizer, dataset, show_progress=False)
+    expected = reference_means(peft_model, tokenizer, dataset)
+    with peft_model.disable_adapter():
+        plain = extract_steering_vectors(peft_model, tokenizer, dataset, show_progress=False)
+    name = "model.layers.1.mlp.down_proj"
+    assert_close_relative(edited.post_pos[name], expected[name]["post_pos"])
+    assert not torch.allclose(edited.post_pos[name], plain.post_pos[name])
+
+
+# --- solver against per-component loops -----------------------------------------------------------
+
+
+def reference_solve(weight, x, v, rho, alpha, head_dim=None):
+    """Per head (or neuron), written out: g, lambda, k. Returns {component: (lambda, k)} for lambda != 0."""
+    v_hat = v / v.norm()
+    result = {}
+    components = weight.shape[1] // (head_dim or 1)
+    for j in range(components):
+        if head_dim:
+            block = weight[:, j * head_dim : (j + 1) * head_dim]
+            contribution = block @ x[j * head_dim : (j + 1) * head_dim]
+            key = block.T @ v_hat
+        else:
+            contribution = weight[:, j] * x[j]
+            key = torch.sign(weight[:, j] @ v_hat).reshape(1)
+        if contribution.norm() == 0 or key.norm() == 0:
+            continue
+        g = F.cosine_similarity(v_hat, contribution, dim=0).item()
+        magnitude = (1 if g > 0 else -1) * max(abs(g) - rho * alpha, 0.0) / (rho * (1 - alpha))
+        if magnitude != 0:
+            result[j] = (magnitude, key / key.norm() if head_dim else key)
+    return result
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen3"])
+def test_solver_matches_per_component_reference(arch):
+    model = tiny_model(arch)
+    vectors = extract_steering_vectors(model, CharTokenizer(), ragged_dataset(), show_progress=False)
+    config = Steer2EditConfig(rho_attn=0.3, rho_mlp=0.2, alpha=0.5)
+    edits = solve_edit(model, vectors, config)
+    modules = edited_modules(model, config)
+    for edit in edits:
+        weight = modules[edit.module].weight.detach().double()
+        weight = weight.T if arch == "gpt2" else weight
+        expected = reference_solve(
+            weight,
+            vectors.pre_mean(edit.module).double(),
+            vectors.direction(edit.module).double(),
+            config.rho_attn if edit.is_attention else config.rho_mlp,
+            config.alpha,
+            config.head_dim if edit.is_attention else None,
+        )
+        assert edit.indices.tolist() == sorted(expected)
+        for position, index in enumerate(edit.indices.tolist()):
+            magnitude, key = expected[index]
+            assert edit.magnitudes[position].item() == pytest.approx(magnitude, rel=1e-5, abs=1e-6)
+            torch.testing.assert_close(edit.input_directions[position].double(), key, rtol=1e-5, atol=1e-6)
+    assert sum(e.indices.numel() for e in edits) > 0
+
+
+def test_edit_model_writes_the_solved_factors_and_round_trips(tmp_path):
+    model = tiny_model("llama")
+    vectors = extract_steering_vectors(model, CharTokenizer(), ragged_dataset(), show_progress=False)
+    peft_model = edit_model(model, vectors, Steer2EditConfig(rho_attn=0.3, rho_mlp=0.2), behaviour="yes-saying")
+    report = peft_model.edit_reports["default"]
+    assert report.edited_heads + report.edited_neurons > 0
+    assert "total:" in report.to_table()
+    peft_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["behaviour"] == "yes-saying" and config["probe_data"] == "ragged test pairs"
+    layers = [m for m in peft_model.modules() if isinstance(m, Steer2EditLayer)]
+    for layer in layers:
+        if layer.steer2edit_indices["default"].numel():
+            assert torch.isclose(layer.steer2edit_u["default"].norm(), torch.tensor(1.0))
+
+
+def test_edit_model_adds_a_second_edit_to_a_peft_model():
+    model = tiny_model("llama")
+    vectors = extract_steering_vectors(model, CharTokenizer(), ragged_dataset(), show_progress=False)
+    peft_model = edit_model(model, vectors, Steer2EditConfig(rho_attn=0.3, rho_mlp=0.2))
+    edit_model(peft_model, vectors, Steer2EditConfig(rho_attn=0.5, rho_mlp=0.3), adapter_name="milder")
+    assert set(peft_model.peft_config) == {"default", "milder"}
+    assert set(peft_model.edit_reports) == {"default", "milder"}
+
+
+# --- properties -------------------------------------------------------------------------------------
+
+scores = st.lists(st.floats(-1, 1, allow_nan=False), min_size=1, max_size=20)
+
+
+@given(scores, st.floats(0.01, 5), st.floats(0, 0.99))
+def test_lambda_is_zero_exactly_when_score_is_within_threshold(values, rho, alpha):
+    g = torch.tensor(values, dtype=torch.float64)
+    magnitudes = elastic_net_magnitude(g, rho, alpha)
+    assert torch.equal(magnitudes == 0, g.abs() <= rho * alpha)
+    assert torch.all(torch.sign(magnitudes[magnitudes != 0]) == torch.sign(g[magnitudes != 0]))
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.floats(0.01, 100))
+def test_scaling_the_steering_vector_changes_nothing(scale):
+    model = tiny_model("llama")
+    vectors = extract_steering_vectors(model, CharTokenizer(), ragged_dataset(3), show_progress=False)
+    scaled = SteeringVectors.from_directions(
+        {m: scale * v for m, v in vectors.directions.items()}, {m: vectors.pre_mean(m) for m in vectors.modules}
+    )
+    config = Steer2EditConfig(rho_attn=0.3, rho_mlp=0.2)
+    for a, b in zip(solve_edit(model, vectors, config), solve_edit(model, scaled, config)):
+        assert torch.equal(a.indices, b.indices)
+        torch.testing.assert_close(a.magnitudes, b.magnitudes, rtol=1e-4, atol=1e-6)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10_000))
+def test_each_edit_moves_its_component_output_along_v(seed):
+    # At the mean input, lambda and k . x share the sign of g, so every edited component (lambda > 0 or
+    # lambda < 0) adds a positive multiple of v_hat.
+    from steer2edit_peft.solver import solve_module
+
+    torch.manual_seed(seed)
+    weight, x, v = torch.randn(12, 16), torch.randn(16), torch.randn(12)
+    vectors = SteeringVectors.from_directions({"m": v}, {"m": x})
+    v_hat = v / v.norm()
+    for is_attention, size in ((True, 4), (False, 1)):
+        edit = solve_module("m", weight, vectors, is_attention, rho=0.05, alpha=0.5, head_dim=size)
+        assert edit.indices.numel() > 0
+        for position, index in enumerate(edit.indices.tolist()):
+            k = edit.input_directions[position]
+            change = edit.magnitudes[position] * v_hat * (k @ x[index * size : (index + 1) * size])
+            assert change @ v_hat > 0
+            torch.testing.assert_close(change / change.norm(), v_hat)
+
+
+@pytest.mark.parametrize("family, rho", [("rho_attn", 0.0), ("rho_mlp", -1.0), ("rho_attn", None)])
+def test_rho_switches_a_family_off_in_the_solver(family, rho):
+    model = tiny_model("llama")
+    vectors = extract_steering_vectors(model, CharTokenizer(), ragged_dataset(3), show_progress=False)
+    edits = solve_edit(model, vectors, Steer2EditConfig(**{family: rho}))
+    assert all(e.is_attention == (family == "rho_mlp") for e in edits)
+
+
+def test_zero_steering_vector_is_skipped_not_nan():
+    weight, x = torch.randn(8, 8), torch.randn(8)
+    vectors = SteeringVectors.from_directions({"m": torch.zeros(8)}, {"m": x})
+    from steer2edit_peft.solver import solve_module
+
+    edit = solve_module("m", weight, vectors, True, rho=0.01, alpha=0.0, head_dim=4)
+    assert edit.indices.numel() == 0 and torch.isnan(edit.scores).all()
+
+
+# --- steering baseline --------------------------------------------------------------------------------
+
+
+def test_steer_adds_strength_times_v_and_removes_hooks_on_error():
+    model = tiny_model("llama")
+    vectors = extract_steering_vectors(model, CharTokenizer(), ragged_dataset(3), show_progress=False)
+    name = "model.layers.0.mlp.down_proj"
+    module = decoder_model(model).get_submodule(name)
+    x = torch.randn(1, 3, module.in_features)
+    with steer(model, vectors, 2.5, modules=[name]):
+        torch.testing.assert_close(module(x), F.linear(x, module.weight) + 2.5 * vectors.direction(name))
+    with pytest.raises(RuntimeError), steer(model, vectors, 1.0):
+        raise RuntimeError("boom")
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+# --- bad input -------------------------------------------------------------------------------------
+
+
+def test_empty_dataset_is_refused():
+    with pytest.raises(DataError, match="empty"):
+        ContrastiveDataset.from_records([])
+
+
+def test_one_class_missing_is_refused():
+    with pytest.raises(DataError, match="no negative examples"):
+        ContrastiveDataset.from_records([{"prompt": "a", "response": "b", "label": 1}])
+
+
+def test_malformed_record_is_refused():
+    with pytest.raises(DataError, match="record 0: needs either"):
+        ContrastiveDataset.from_records([{"question": "a"}])
+
+
+def test_response_that_tokenises_to_nothing_is_refused():
+    class EmptyResponses(CharTokenizer):
+        def __call__(self, text, add_special_tokens=True):
+            encoding = super().__call__(text, add_special_tokens)
+            encoding.input_ids = encoding.input_ids if add_special_tokens else []
+            return encoding
+
+    with pytest.raises(DataError, match="example 0: the response .* tokenises to nothing"):
+        extract_steering_vectors(tiny_model("llama"), EmptyResponses(), ragged_dataset(), show_progress=False)
+
+
+def test_prompt_longer_than_context_is_refused():
+    model = tiny_model("llama", max_position_embeddings=8)
+    with pytest.raises(DataError, match="longer than the model's context of 8"):
+        extract_steering_vectors(model, CharTokenizer(), ragged_dataset(), show_progress=False)
+
+
+def test_vectors_from_another_model_are_refused():
+    vectors = extract_steering_vectors(tiny_model("llama"), CharTokenizer(), ragged_dataset(3), show_progress=False)
+    with pytest.raises(Steer2EditError, match="extracted on a different model.*hidden_size"):
+        edit_model(tiny_model("llama", hidden_size=48), vectors)
+
+
+def test_alpha_outside_range_is_refused():
+    with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\)"):
+        elastic_net_magnitude(torch.zeros(3), 1.0, 1.0)
+
+
+# --- data loading and vectors I/O -------------------------------------------------------------------
+
+
+def test_dataset_from_jsonl_csv_lists_and_datasets(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"prompt": "p", "response": "r", "label": "positive"}\n{"prompt": "p", "response": "s", "label": 0}\n')
+    (tmp_path / "d.csv").write_text("prompt,positive,negative\np,good,bad\n")
+    assert ContrastiveDataset.from_file(tmp_path / "d.jsonl").num_positive == 1
+    assert len(ContrastiveDataset.from_file(tmp_path / "d.csv")) == 2
+    assert ContrastiveDataset.from_lists(["a"], ["b"], ["c"], ["d"]).num_negative == 1
+    datasets = pytest.importorskip("datasets")
+    hf = datasets.Dataset.from_list([{"prompt": "p", "positive": "x", "negative": "y"}])
+    assert len(ContrastiveDataset.from_hf(hf)) == 2
+
+
+def test_chat_template_is_used_with_a_system_prompt():
+    from steer2edit_peft.data import encode_prompt
+
+    class Templated(CharTokenizer):
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+            text = "|".join(f"{m['role']}:{m['content']}" for m in messages) + ("|assistant:" if add_generation_prompt else "")
+            return self(text).input_ids
+
+    ids = encode_prompt(Templated(), "hi", system_prompt="be kind")
+    assert ids == Templated()("system:be kind|user:hi|assistant:").input_ids
+
+
+def test_vectors_save_load_and_similarity(tmp_path):
+    vectors = extract_steering_vectors(tiny_model("gpt2"), CharTokenizer(), ragged_dataset(), show_progress=False)
+    loaded = SteeringVectors.load(vectors.save(tmp_path))
+    assert loaded.modules == vectors.modules and loaded.token_counts == vectors.token_counts
+    for name in vectors.modules:
+        assert torch.equal(loaded.direction(name), vectors.direction(name))
+    assert all(abs(s - 1) < 1e-6 for s in loaded.cosine_similarity(vectors).values())
+
+
+def test_vectors_with_nan_are_refused():
+    with pytest.raises(Steer2EditError, match="NaN"):
+        SteeringVectors.from_directions({"m": torch.tensor([1.0, float("nan")])})
