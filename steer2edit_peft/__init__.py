@@ -4,7 +4,7 @@ from .registration import register as _register
 
 _register()
 
-from .data import ContrastiveDataset, ContrastiveExample, DataError  # noqa: E402
+from .data import ContrastiveDataset, ContrastiveExample, DataError, builtin_probe  # noqa: E402
 from .errors import AdapterValidationError, Steer2EditError, UnknownArchitectureError  # noqa: E402
 from .extraction import extract_steering_vectors  # noqa: E402
 from .report import EditReport, edit_report  # noqa: E402
@@ -27,6 +27,7 @@ __all__ = [
     "SteeringVectors",
     "UnknownArchitectureError",
     "__version__",
+    "builtin_probe",
     "edit_model",
     "edit_report",
     "elastic_net_magnitude",

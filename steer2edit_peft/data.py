@@ -62,7 +62,11 @@ class ContrastiveDataset(Sequence[ContrastiveExample]):
         self.description = description
         if not self.examples:
             raise DataError("the contrastive dataset is empty")
-        missing = [name for name, flag in (("positive", True), ("negative", False)) if not any(e.positive == flag for e in self.examples)]
+        missing = [
+            name
+            for name, flag in (("positive", True), ("negative", False))
+            if not any(e.positive == flag for e in self.examples)
+        ]
         if missing:
             raise DataError(f"the contrastive dataset has no {missing[0]} examples; both classes are needed")
 
@@ -117,7 +121,9 @@ class ContrastiveDataset(Sequence[ContrastiveExample]):
                 examples.append(ContrastiveExample(prompt, _text(record, "positive", where), True))
                 examples.append(ContrastiveExample(prompt, _text(record, "negative", where), False))
             else:
-                examples.append(ContrastiveExample(prompt, _text(record, "response", where), _label(record["label"], where)))
+                examples.append(
+                    ContrastiveExample(prompt, _text(record, "response", where), _label(record["label"], where))
+                )
         return cls(examples, description=description)
 
     @classmethod
@@ -172,3 +178,19 @@ def encode_example(
     if not response_ids:
         raise DataError(f"{where}: the response {example.response!r} tokenises to nothing")
     return EncodedExample(prompt_ids + response_ids, len(prompt_ids))
+
+
+def builtin_probe(name: str) -> ContrastiveDataset:
+    """A probe set shipped with steer2edit-peft (written by the project), e.g. ``"refusal"``."""
+    from importlib.resources import files
+
+    probe = files("steer2edit_peft") / "probes" / f"{name}.jsonl"
+    if not probe.is_file():
+        available = sorted(
+            p.name.removesuffix(".jsonl")
+            for p in (files("steer2edit_peft") / "probes").iterdir()
+            if p.name.endswith(".jsonl")
+        )
+        raise DataError(f"no built-in probe set {name!r}; available: {available}")
+    records = [json.loads(line) for line in probe.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return ContrastiveDataset.from_records(records, description=f"steer2edit-peft built-in probe set '{name}'")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -154,7 +154,8 @@ def extract_steering_vectors(
     labels = torch.tensor([example.positive for example in dataset])
     # Similar lengths together: less padding, fewer wasted tokens.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    device = decoder_model(model).get_input_embeddings().weight.device
+    base: Any = decoder_model(model)
+    device = base.get_input_embeddings().weight.device
     accumulator = _Accumulator()
     was_training = model.training
     model.eval()
@@ -168,15 +169,13 @@ def extract_steering_vectors(
                 )
                 accumulator.positive_rows = labels[rows]
                 accumulator.response_mask = response_mask
-                try:
+                with suppress(_StopForward):
                     model(
                         input_ids=input_ids.to(device),
                         attention_mask=attention_mask.to(device),
                         position_ids=position_ids.to(device),
                         use_cache=False,
                     )
-                except _StopForward:
-                    pass
     finally:
         model.train(was_training)
 
@@ -188,7 +187,6 @@ def extract_steering_vectors(
         for key, total in accumulator.sums[name].items():
             count = token_counts["positive" if key.endswith("pos") else "negative"]
             means[key][name] = (total / count).cpu()
-    base = decoder_model(model)
     return SteeringVectors(
         **means,
         model_name=getattr(getattr(base, "config", None), "_name_or_path", None) or None,

@@ -28,19 +28,20 @@ def embedded_gguf_file() -> Path:
     return files[0]
 
 
-def load_model(name_or_path: str = EMBEDDED_MODEL, dtype: torch.dtype = torch.bfloat16, **kwargs: Any) -> tuple[Any, Any]:
+def load_model(
+    name_or_path: str = EMBEDDED_MODEL, dtype: torch.dtype = torch.bfloat16, **kwargs: Any
+) -> tuple[Any, Any]:
     """(model, tokenizer) in eval mode: the embedded model, a .gguf file, or a transformers id or folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name_or_path == EMBEDDED_MODEL:
-        path = embedded_gguf_file()
-    else:
-        path = Path(name_or_path)
+    path = embedded_gguf_file() if name_or_path == EMBEDDED_MODEL else Path(name_or_path)
     if path.suffix == ".gguf":
         folder, gguf = str(path.parent), path.name
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=dtype, **kwargs)
-        model.config._name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct" if name_or_path == EMBEDDED_MODEL else str(path)
+        model.config._name_or_path = (
+            "HuggingFaceTB/SmolLM2-135M-Instruct" if name_or_path == EMBEDDED_MODEL else str(path)
+        )
     else:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kwargs)

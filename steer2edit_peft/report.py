@@ -50,7 +50,9 @@ class EditReport:
             short = m.module.split(".", 3)[-1] if m.layer is not None else m.module
             tops = ", ".join(f"{i}: {value:+.3f}" for i, value in m.top_components[:top])
             edited = f"{m.num_edited}/{m.num_components}"
-            lines.append(f"{m.layer if m.layer is not None else '-':>5}  {short:<28} {edited:>13}  {m.max_magnitude:>12.4f}  {tops}")
+            lines.append(
+                f"{m.layer if m.layer is not None else '-':>5}  {short:<28} {edited:>13}  {m.max_magnitude:>12.4f}  {tops}"
+            )
         lines.append("-" * len(header))
         lines.append(
             f"total: {self.edited_heads}/{self.total_heads} heads, {self.edited_neurons}/{self.total_neurons} neurons edited"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_model
@@ -70,9 +71,9 @@ def neuron_scores(
     return scores, dots
 
 
-def effective_weight(module: nn.Module) -> torch.Tensor:
+def effective_weight(module: Any) -> torch.Tensor:
     """The weight the module really applies, [out, in], float32: base plus unmerged active adapters."""
-    base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+    base: Any = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
     weight = base.weight.detach().float()
     if isinstance(module, BaseTunerLayer):
         for adapter_name in module.active_adapters:
@@ -84,7 +85,13 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
 
 
 def solve_module(
-    name: str, weight: torch.Tensor, vectors: SteeringVectors, is_attention: bool, rho: float, alpha: float, head_dim: int
+    name: str,
+    weight: torch.Tensor,
+    vectors: SteeringVectors,
+    is_attention: bool,
+    rho: float,
+    alpha: float,
+    head_dim: int,
 ) -> ModuleEdit:
     """Scores, elastic-net magnitudes and rank-1 factors for every head (or neuron) of one module."""
     device = weight.device
@@ -125,7 +132,9 @@ def check_vectors_fit(model: nn.Module, vectors: SteeringVectors) -> None:
     if config is None or not vectors.model_signature:
         return
     signature = model_signature(config)
-    mismatched = {k: (v, signature[k]) for k, v in vectors.model_signature.items() if k in signature and signature[k] != v}
+    mismatched = {
+        k: (v, signature[k]) for k, v in vectors.model_signature.items() if k in signature and signature[k] != v
+    }
     if mismatched:
         details = ", ".join(f"{k}: vectors {a!r} vs model {b!r}" for k, (a, b) in mismatched.items())
         raise Steer2EditError(f"these steering vectors were extracted on a different model ({details})")
@@ -172,13 +181,19 @@ def edit_model(
     config.behaviour = behaviour or config.behaviour
     config.probe_data = config.probe_data or vectors.options.get("probe_data")
     base = decoder_model(model)
-    config.base_model_name_or_path = config.base_model_name_or_path or getattr(base.config, "_name_or_path", None) or None
+    config.base_model_name_or_path = (
+        config.base_model_name_or_path or getattr(base.config, "_name_or_path", None) or None
+    )
     if isinstance(model, PeftModel):
         model.add_adapter(adapter_name, config)
         peft_model = model
     else:
         peft_model = get_peft_model(model, config, adapter_name=adapter_name)
-    layers = {name: module for name, module in decoder_model(peft_model).named_modules() if isinstance(module, Steer2EditLayer)}
+    layers = {
+        name: module
+        for name, module in decoder_model(peft_model).named_modules()
+        if isinstance(module, Steer2EditLayer)
+    }
     for edit in edits:
         if not edit.indices.numel():
             continue
@@ -189,6 +204,5 @@ def edit_model(
         layer.steer2edit_lambda[adapter_name].copy_(edit.magnitudes.to(u))
     reports = getattr(peft_model, "edit_reports", {})
     reports[adapter_name] = edit_report(peft_model, adapter_name)
-    peft_model.edit_reports = reports
+    setattr(peft_model, "edit_reports", reports)  # noqa: B010  (nn.Module typing rejects new attributes)
     return peft_model
-

@@ -18,12 +18,18 @@ def _chosen_modules(vectors: SteeringVectors, modules: str | Sequence[str] | Non
     if modules is None or modules == "all":
         return vectors.modules
     if isinstance(modules, str):
-        chosen = [name for name in vectors.modules if name == modules or name.endswith("." + modules) or modules in name.split(".")]
+        chosen = [
+            name
+            for name in vectors.modules
+            if name == modules or name.endswith("." + modules) or modules in name.split(".")
+        ]
     else:
         chosen = list(modules)
     unknown = [name for name in chosen if name not in vectors.post_pos]
     if unknown or not chosen:
-        raise Steer2EditError(f"no steering vector for module(s) {unknown or modules!r}; known: {vectors.modules[:4]}...")
+        raise Steer2EditError(
+            f"no steering vector for module(s) {unknown or modules!r}; known: {vectors.modules[:4]}..."
+        )
     return chosen
 
 

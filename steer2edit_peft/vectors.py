@@ -132,7 +132,9 @@ class SteeringVectors:
                 raise Steer2EditError(f"{directory / VECTORS_FILE}: unexpected tensor {key!r}")
             statistics[statistic][module] = tensor.float()
         order = {module: i for i, module in enumerate(metadata.get("modules", []))}
-        ordered = {s: dict(sorted(d.items(), key=lambda kv: order.get(kv[0], len(order)))) for s, d in statistics.items()}
+        ordered = {
+            s: dict(sorted(d.items(), key=lambda kv: order.get(kv[0], len(order)))) for s, d in statistics.items()
+        }
         return cls(
             **ordered,
             model_name=metadata.get("model_name"),

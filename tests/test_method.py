@@ -77,7 +77,9 @@ def reference_means(model, tokenizer, dataset, config=None) -> dict[str, dict[st
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_extraction_matches_per_sample_reference(arch, padding_side):
     model, tokenizer, dataset = tiny_model(arch), CharTokenizer(), ragged_dataset()
-    vectors = extract_steering_vectors(model, tokenizer, dataset, batch_size=3, padding_side=padding_side, show_progress=False)
+    vectors = extract_steering_vectors(
+        model, tokenizer, dataset, batch_size=3, padding_side=padding_side, show_progress=False
+    )
     expected = reference_means(model, tokenizer, dataset)
     assert vectors.modules == list(expected)
     for name, entry in expected.items():
@@ -320,7 +322,9 @@ def test_alpha_outside_range_is_refused():
 
 
 def test_dataset_from_jsonl_csv_lists_and_datasets(tmp_path):
-    (tmp_path / "d.jsonl").write_text('{"prompt": "p", "response": "r", "label": "positive"}\n{"prompt": "p", "response": "s", "label": 0}\n')
+    (tmp_path / "d.jsonl").write_text(
+        '{"prompt": "p", "response": "r", "label": "positive"}\n{"prompt": "p", "response": "s", "label": 0}\n'
+    )
     (tmp_path / "d.csv").write_text("prompt,positive,negative\np,good,bad\n")
     assert ContrastiveDataset.from_file(tmp_path / "d.jsonl").num_positive == 1
     assert len(ContrastiveDataset.from_file(tmp_path / "d.csv")) == 2
@@ -337,7 +341,9 @@ def test_chat_template_is_used_with_a_system_prompt():
         chat_template = "x"
 
         def apply_chat_template(self, messages, add_generation_prompt, tokenize):
-            text = "|".join(f"{m['role']}:{m['content']}" for m in messages) + ("|assistant:" if add_generation_prompt else "")
+            text = "|".join(f"{m['role']}:{m['content']}" for m in messages) + (
+                "|assistant:" if add_generation_prompt else ""
+            )
             return self(text).input_ids
 
     ids = encode_prompt(Templated(), "hi", system_prompt="be kind")
