@@ -285,3 +285,14 @@ def test_loading_a_second_named_adapter(tmp_path):
     loaded.load_adapter(tmp_path / "b", adapter_name="b")
     loaded.set_adapter("b")
     assert_close_relative(logits(loaded), logits(other))
+
+
+def test_plain_torch_module_with_targets_by_hand():
+    # PEFT's test battery style: a bare nn.Module without a transformers config.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4)).eval()
+    x = torch.randn(3, 6)
+    peft_model = get_peft_model(model, Steer2EditConfig(target_modules=["2"], init_weights=False))
+    layer = peft_model.base_model.model[2]
+    expected = model[0:2](x) @ (layer.get_base_layer().weight.double() + dense_edit(layer, "default")).float().T
+    assert_close_relative(peft_model(x), expected + layer.get_base_layer().bias)

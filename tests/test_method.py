@@ -362,3 +362,60 @@ def test_vectors_save_load_and_similarity(tmp_path):
 def test_vectors_with_nan_are_refused():
     with pytest.raises(Steer2EditError, match="NaN"):
         SteeringVectors.from_directions({"m": torch.tensor([1.0, float("nan")])})
+
+
+# --- adapters and device maps ----------------------------------------------------------------------
+
+
+def lora_model(arch: str = "llama"):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    config = LoraConfig(target_modules=["down_proj", "o_proj"], r=4, init_lora_weights=False)
+    return get_peft_model(tiny_model(arch), config)
+
+
+def test_extraction_on_a_lora_model_records_the_lora_outputs():
+    model, tokenizer, dataset = lora_model(), CharTokenizer(), ragged_dataset()
+    vectors = extract_steering_vectors(model, tokenizer, dataset, show_progress=False)
+    expected = reference_means(model, tokenizer, dataset)
+    for name, entry in expected.items():
+        assert_close_relative(vectors.post_pos[name], entry["post_pos"])
+    with model.disable_adapter():
+        plain = extract_steering_vectors(model, tokenizer, dataset, show_progress=False)
+    assert not torch.allclose(vectors.post_neg[name], plain.post_neg[name])
+
+
+def test_solver_uses_the_effective_weights_of_a_lora_model():
+    model = lora_model()
+    vectors = extract_steering_vectors(model, CharTokenizer(), ragged_dataset(), show_progress=False)
+    config = Steer2EditConfig(rho_attn=0.3, rho_mlp=0.2)
+    on_lora = solve_edit(model, vectors, config)
+    merged = model.merge_and_unload()
+    on_merged = solve_edit(merged, vectors, Steer2EditConfig(rho_attn=0.3, rho_mlp=0.2))
+    for a, b in zip(on_lora, on_merged):
+        assert torch.equal(a.indices, b.indices)
+        torch.testing.assert_close(a.magnitudes, b.magnitudes, rtol=1e-5, atol=1e-6)
+
+
+def test_extraction_on_a_model_dispatched_over_devices(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tiny_model("llama").save_pretrained(tmp_path / "model")
+    device_map = {
+        "model.embed_tokens": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": "disk",
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
+    offloaded = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "model", device_map=device_map, offload_folder=tmp_path / "offload"
+    )
+    tokenizer, dataset = CharTokenizer(), ragged_dataset()
+    vectors = extract_steering_vectors(offloaded, tokenizer, dataset, show_progress=False)
+    expected = reference_means(tiny_model("llama"), tokenizer, dataset)
+    for name, entry in expected.items():
+        assert_close_relative(vectors.pre_neg[name], entry["pre_neg"])
+        assert_close_relative(vectors.post_pos[name], entry["post_pos"])
