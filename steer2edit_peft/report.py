@@ -27,21 +27,24 @@ class EditReport:
     adapter_name: str
     modules: list[ModuleReport] = field(default_factory=list)
 
+    def _total(self, kind: str, count: str) -> int:
+        return sum(getattr(m, count) for m in self.modules if m.kind == kind)
+
     @property
     def edited_heads(self) -> int:
-        return sum(m.num_edited for m in self.modules if m.kind == "attention")
+        return self._total("attention", "num_edited")
 
     @property
     def edited_neurons(self) -> int:
-        return sum(m.num_edited for m in self.modules if m.kind == "mlp")
+        return self._total("mlp", "num_edited")
 
     @property
     def total_heads(self) -> int:
-        return sum(m.num_components for m in self.modules if m.kind == "attention")
+        return self._total("attention", "num_components")
 
     @property
     def total_neurons(self) -> int:
-        return sum(m.num_components for m in self.modules if m.kind == "mlp")
+        return self._total("mlp", "num_components")
 
     def to_table(self, top: int = 3) -> str:
         header = f"{'layer':>5}  {'module':<28} {'edited':>13}  {'max |lambda|':>12}  top components (index: lambda)"

@@ -8,76 +8,19 @@ from transformers import AutoModelForCausalLM
 
 VOCAB = 97
 
+_DECODER = dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4)
+
 # name -> (config class, kwargs). Several use head_dim != hidden/heads and grouped-query attention.
 TINY_CONFIGS: dict[str, tuple[str, dict]] = {
-    "llama": (
-        "LlamaConfig",
-        dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
-    ),
-    "mistral": (
-        "MistralConfig",
-        dict(
-            hidden_size=32,
-            intermediate_size=40,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=12,
-        ),
-    ),
-    "qwen2": (
-        "Qwen2Config",
-        dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1),
-    ),
-    "qwen3": (
-        "Qwen3Config",
-        dict(
-            hidden_size=32,
-            intermediate_size=40,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-        ),
-    ),
-    "gemma2": (
-        "Gemma2Config",
-        dict(
-            hidden_size=32,
-            intermediate_size=40,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-        ),
-    ),
-    "gemma3_text": (
-        "Gemma3TextConfig",
-        dict(
-            hidden_size=32,
-            intermediate_size=40,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=1,
-            head_dim=16,
-        ),
-    ),
-    "phi3": (
-        "Phi3Config",
-        dict(
-            hidden_size=32,
-            intermediate_size=40,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            pad_token_id=0,
-        ),
-    ),
-    "gpt2": ("GPT2Config", dict(n_embd=32, n_layer=2, n_head=4, n_inner=40)),
-    "gpt_neox": (
-        "GPTNeoXConfig",
-        dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4),
-    ),
+    "llama": ("LlamaConfig", {**_DECODER, "num_key_value_heads": 2}),
+    "mistral": ("MistralConfig", {**_DECODER, "num_key_value_heads": 2, "head_dim": 12}),
+    "qwen2": ("Qwen2Config", {**_DECODER, "num_key_value_heads": 1}),
+    "qwen3": ("Qwen3Config", {**_DECODER, "num_key_value_heads": 2, "head_dim": 16}),
+    "gemma2": ("Gemma2Config", {**_DECODER, "num_key_value_heads": 2, "head_dim": 16}),
+    "gemma3_text": ("Gemma3TextConfig", {**_DECODER, "num_key_value_heads": 1, "head_dim": 16}),
+    "phi3": ("Phi3Config", {**_DECODER, "num_key_value_heads": 4, "pad_token_id": 0}),
+    "gpt2": ("GPT2Config", {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_inner": 40}),
+    "gpt_neox": ("GPTNeoXConfig", dict(_DECODER)),
 }
 ARCHITECTURES = list(TINY_CONFIGS)
 
