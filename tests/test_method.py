@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import assert_close_relative
-from tiny_models import VOCAB, tiny_model
+from tiny_models import CharTokenizer, tiny_model
 
 from steer2edit_peft import (
     ContrastiveDataset,
@@ -26,17 +26,6 @@ from steer2edit_peft import (
 from steer2edit_peft.extraction import decoder_model, edited_modules
 from steer2edit_peft.solver import solve_edit
 from steer2edit_peft.tuner import Steer2EditLayer
-
-
-class CharTokenizer:
-    """A deterministic character tokenizer with a BOS token and no chat template."""
-
-    bos_token_id, pad_token_id, eos_token_id = 1, 0, 2
-    chat_template = None
-
-    def __call__(self, text, add_special_tokens=True):
-        ids = [3 + (ord(ch) % (VOCAB - 3)) for ch in text]
-        return type("Encoding", (), {"input_ids": ([self.bos_token_id] if add_special_tokens else []) + ids})()
 
 
 def ragged_dataset(count: int = 5) -> ContrastiveDataset:

@@ -41,3 +41,18 @@ def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, **o
 def sample_input(batch: int = 2, length: int = 7, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (batch, length), generator=generator)
+
+
+class CharTokenizer:
+    """A deterministic character tokenizer with a BOS token and no chat template."""
+
+    bos_token_id, pad_token_id, eos_token_id = 1, 0, 2
+    chat_template = None
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = [3 + (ord(ch) % (VOCAB - 3)) for ch in text]
+        return type("Encoding", (), {"input_ids": ([self.bos_token_id] if add_special_tokens else []) + ids})()
+
+    def decode(self, ids, skip_special_tokens=False):
+        special = {self.bos_token_id, self.pad_token_id, self.eos_token_id} if skip_special_tokens else set()
+        return "".join(chr(ord("!") + int(i)) for i in ids if int(i) not in special)

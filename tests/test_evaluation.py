@@ -1,0 +1,116 @@
+"""Evaluation metrics against per-example references on tiny models."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from peft import get_peft_model
+from tiny_models import CharTokenizer, tiny_model
+
+from steer2edit_peft import Steer2EditConfig
+from steer2edit_peft.evaluation import (
+    RefusalMatcher,
+    generate_responses,
+    mean_token_kl,
+    perplexity,
+    refusal_rate,
+    truthfulqa_mc,
+)
+
+PROMPTS = ["ab", "hello there", "xyz?"]
+RESPONSES = ["fine", "no way at all", "ok!"]
+SHARED_MC = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "truthfulqa" / "mc_task.json"
+
+
+def edited_llama():
+    torch.manual_seed(0)
+    return get_peft_model(tiny_model("llama"), Steer2EditConfig(init_weights=False))
+
+
+def sequence_log_probs(model, ids: list[int]) -> torch.Tensor:
+    """Log-distributions at every position of one unpadded sequence [len, vocab]."""
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+
+
+def test_refusal_matcher_and_a_pluggable_judge():
+    matcher = RefusalMatcher()
+    assert matcher("q", "I can\u2019t help with that.") and matcher("q", "Sorry, but no.")
+    assert not matcher("q", "Sure, here is how.")
+    assert refusal_rate(["a", "b"], ["I cannot do that", "Sure"]) == 0.5
+    assert refusal_rate(["a", "b"], ["x", "y"], judge=lambda prompt, response: response == "y") == 0.5
+
+
+def test_batched_left_padded_generation_matches_one_at_a_time():
+    model, tokenizer = tiny_model("llama"), CharTokenizer()
+    batched = generate_responses(model, tokenizer, PROMPTS, max_new_tokens=5, batch_size=3, show_progress=False)
+    single = [generate_responses(model, tokenizer, [p], max_new_tokens=5, show_progress=False)[0] for p in PROMPTS]
+    assert batched == single and all(batched)
+
+
+def test_mean_token_kl_matches_per_example_reference():
+    peft_model, tokenizer = edited_llama(), CharTokenizer()
+    fast = mean_token_kl(peft_model, tokenizer, PROMPTS, RESPONSES, reference=peft_model.disable_adapter, batch_size=2)
+    total, count = 0.0, 0
+    for prompt, response in zip(PROMPTS, RESPONSES):
+        prompt_ids = tokenizer(prompt).input_ids
+        ids = prompt_ids + tokenizer(response, add_special_tokens=False).input_ids
+        edited = sequence_log_probs(peft_model, ids)
+        with peft_model.disable_adapter():
+            base = sequence_log_probs(peft_model, ids)
+        for t in range(len(prompt_ids), len(ids)):
+            total += float((base[t - 1].exp() * (base[t - 1] - edited[t - 1])).sum())
+            count += 1
+    assert fast == pytest.approx(total / count, rel=1e-5)
+    assert mean_token_kl(peft_model, tokenizer, PROMPTS, RESPONSES) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_perplexity_matches_per_text_reference():
+    model, tokenizer = tiny_model("gpt2"), CharTokenizer()
+    nll, count = 0.0, 0
+    for text in RESPONSES:
+        ids = tokenizer(text).input_ids
+        log_probs = sequence_log_probs(model, ids)
+        nll -= sum(float(log_probs[t - 1, ids[t]]) for t in range(1, len(ids)))
+        count += len(ids) - 1
+    assert perplexity(model, tokenizer, RESPONSES, batch_size=2) == pytest.approx(math.exp(nll / count), rel=1e-5)
+
+
+def test_truthfulqa_mc_matches_reference(tmp_path):
+    items = [
+        {
+            "question": "sky?",
+            "mc1_targets": {"blue": 1, "green": 0, "red": 0},
+            "mc2_targets": {"blue": 1, "azure": 1, "green": 0},
+        },
+        {"question": "one plus one?", "mc1_targets": {"two": 1, "three": 0}, "mc2_targets": {"two": 1, "five": 0}},
+    ]
+    path = tmp_path / "mc_task.json"
+    path.write_text(json.dumps(items))
+    model, tokenizer = tiny_model("llama"), CharTokenizer()
+
+    def score(question, answer):
+        prompt_ids = tokenizer(question).input_ids
+        ids = prompt_ids + tokenizer(answer, add_special_tokens=False).input_ids
+        log_probs = sequence_log_probs(model, ids)
+        return sum(float(log_probs[t - 1, ids[t]]) for t in range(len(prompt_ids), len(ids)))
+
+    mc1, mc2 = [], []
+    for item in items:
+        answers = list(item["mc1_targets"])
+        best = max(answers, key=lambda a: score(item["question"], a))
+        mc1.append(item["mc1_targets"][best])
+        weights = {a: math.exp(score(item["question"], a)) for a in item["mc2_targets"]}
+        mc2.append(sum(w for a, w in weights.items() if item["mc2_targets"][a]) / sum(weights.values()))
+    result = truthfulqa_mc(model, tokenizer, path, batch_size=3)
+    assert result["mc1"] == pytest.approx(sum(mc1) / 2) and result["mc2"] == pytest.approx(sum(mc2) / 2, rel=1e-5)
+
+
+@pytest.mark.skipif(not SHARED_MC.is_file(), reason="../shared/datasets/truthfulqa is not beside the repo")
+def test_truthfulqa_mc_reads_the_shared_file():
+    result = truthfulqa_mc(tiny_model("llama"), CharTokenizer(), SHARED_MC, questions=[0, 1, 2])
+    assert result["questions"] == 3 and 0 <= result["mc1"] <= 1 and 0 < result["mc2"] < 1
