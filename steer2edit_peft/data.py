@@ -155,6 +155,13 @@ class ContrastiveDataset(Sequence[ContrastiveExample]):
         return cls.from_records((dict(row) for row in dataset), description=name)
 
 
+def pad_token_id(tokenizer: Any) -> int:
+    """The id used for padding: the tokenizer's pad token, else its end-of-sequence token, else 0."""
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return int(tokenizer.eos_token_id or 0)
+
+
 def encode_prompt(tokenizer: Any, prompt: str, system_prompt: str | None = None) -> list[int]:
     """Prompt token ids: through the chat template (with generation prompt) when there is one."""
     if getattr(tokenizer, "chat_template", None):

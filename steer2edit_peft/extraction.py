@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .architectures import model_signature
-from .data import ContrastiveDataset, DataError, EncodedExample, encode_example
+from .data import ContrastiveDataset, DataError, EncodedExample, encode_example, pad_token_id
 from .tuner import Steer2EditConfig
 from .tuner.model import resolve_config
 from .vectors import SteeringVectors
@@ -26,6 +26,12 @@ class _StopForward(Exception):
 def decoder_model(model: nn.Module) -> nn.Module:
     """The transformers model under any PEFT wrapping (adapter layers stay in place)."""
     return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where input ids must go: the device of the input embeddings (also under a device_map)."""
+    base: Any = decoder_model(model)
+    return base.get_input_embeddings().weight.device
 
 
 def edited_modules(model: nn.Module, config: Steer2EditConfig | None = None) -> dict[str, nn.Module]:
@@ -150,12 +156,11 @@ def extract_steering_vectors(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     modules = edited_modules(model, config)
     encoded = encode_dataset(tokenizer, dataset, system_prompt, context_length(model))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    pad_id = pad_token_id(tokenizer)
     labels = torch.tensor([example.positive for example in dataset])
     # Similar lengths together: less padding, fewer wasted tokens.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    base: Any = decoder_model(model)
-    device = base.get_input_embeddings().weight.device
+    device = input_device(model)
     accumulator = _Accumulator()
     was_training = model.training
     model.eval()
@@ -187,6 +192,7 @@ def extract_steering_vectors(
         for key, total in accumulator.sums[name].items():
             count = token_counts["positive" if key.endswith("pos") else "negative"]
             means[key][name] = (total / count).cpu()
+    base: Any = decoder_model(model)
     return SteeringVectors(
         **means,
         model_name=getattr(getattr(base, "config", None), "_name_or_path", None) or None,

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..data import encode_prompt
+from ..data import encode_prompt, pad_token_id
+from ..extraction import input_device
 
 
 @torch.no_grad()
@@ -23,9 +24,9 @@ def generate_responses(
     show_progress: bool = True,
 ) -> list[str]:
     """Greedy responses to ``prompts`` (chat template when the tokenizer has one), in prompt order."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     encoded = [encode_prompt(tokenizer, prompt, system_prompt) for prompt in prompts]
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     responses: list[str] = []
     for start in tqdm(range(0, len(encoded), batch_size), desc="generating", unit="batch", disable=not show_progress):
         batch = encoded[start : start + batch_size]

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ..data import ContrastiveExample, EncodedExample, encode_example
-from ..extraction import collate
+from ..data import ContrastiveExample, EncodedExample, encode_example, pad_token_id
+from ..extraction import collate, input_device
 
 # Openings that mark a refusal. Matched case-insensitively in the first `window` characters.
 REFUSAL_PHRASES = (
@@ -74,7 +74,7 @@ def response_lengths(tokenizer: Any, responses: Sequence[str]) -> list[int]:
 def _response_batches(
     tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], batch_size: int, system_prompt: str | None
 ) -> Iterator[tuple[torch.Tensor, ...]]:
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    pad_id = pad_token_id(tokenizer)
     encoded = [
         encode_example(tokenizer, ContrastiveExample(p, r, True), system_prompt, where=f"pair {i}")
         for i, (p, r) in enumerate(zip(prompts, responses))
@@ -86,7 +86,7 @@ def _response_batches(
 def _response_log_probs(model: Any, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-distributions predicting each response token [N, vocab], the tokens [N], their rows [N]."""
     input_ids, attention_mask, position_ids, response_mask = batch
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     logits = model(
         input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), position_ids=position_ids.to(device)
     ).logits.float()
@@ -128,7 +128,7 @@ def mean_token_kl(
 @torch.no_grad()
 def perplexity(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 8) -> float:
     """exp(mean negative log-likelihood) of every token of ``texts`` after the first."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id or 0
+    pad_id = pad_token_id(tokenizer)
     encoded = [EncodedExample(list(tokenizer(text).input_ids), 1) for text in texts]
     nll, count = 0.0, 0
     for start in range(0, len(encoded), batch_size):
