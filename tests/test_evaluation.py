@@ -114,3 +114,63 @@ def test_truthfulqa_mc_matches_reference(tmp_path):
 def test_truthfulqa_mc_reads_the_shared_file():
     result = truthfulqa_mc(tiny_model("llama"), CharTokenizer(), SHARED_MC, questions=[0, 1, 2])
     assert result["questions"] == 3 and 0 <= result["mc1"] <= 1 and 0 < result["mc2"] < 1
+
+
+def test_kl_against_a_separate_reference_model_matches_the_context_form():
+    from peft import PeftModel
+
+    peft_model = edited_llama()
+    with peft_model.disable_adapter():
+        base_copy = tiny_model("llama")  # same seed: the same weights as the unedited model
+    tokenizer = CharTokenizer()
+    in_contexts = mean_token_kl(peft_model, tokenizer, PROMPTS, RESPONSES, reference=peft_model.disable_adapter)
+    two_models = mean_token_kl(peft_model, tokenizer, PROMPTS, RESPONSES, reference_model=base_copy)
+    assert isinstance(peft_model, PeftModel) and in_contexts > 0
+    assert two_models == pytest.approx(in_contexts, rel=1e-5)
+
+
+def test_evaluate_conditions_lines_up_base_and_edit():
+    from steer2edit_peft.evaluation.suite import Condition, EvaluationPrompts, evaluate_conditions, results_table
+
+    peft_model = edited_llama()
+    tokenizer = CharTokenizer()
+    prompts = EvaluationPrompts(attribute=PROMPTS, benign=["tell me", "what is up"], texts=RESPONSES)
+    base = Condition("base", peft_model, peft_model.disable_adapter)
+    results = evaluate_conditions(
+        [base, Condition("edit", peft_model)], tokenizer, prompts, max_new_tokens=3, batch_size=2, show_progress=False
+    )
+    base_result, edit_result = results
+    with peft_model.disable_adapter():
+        base_benign = generate_responses(peft_model, tokenizer, prompts.benign, max_new_tokens=3, show_progress=False)
+        base_ppl = perplexity(peft_model, tokenizer, RESPONSES)
+    assert base_result.benign_responses == base_benign
+    assert base_result.kl_from_reference == pytest.approx(0.0, abs=1e-7)
+    expected_kl = mean_token_kl(
+        peft_model, tokenizer, prompts.benign, base_benign, reference=peft_model.disable_adapter
+    )
+    assert edit_result.kl_from_reference == pytest.approx(expected_kl, rel=1e-6)
+    assert base_result.perplexity == pytest.approx(base_ppl, rel=1e-6)
+    assert edit_result.mean_length == pytest.approx(
+        sum(len(CharTokenizer()(r, add_special_tokens=False).input_ids) for r in edit_result.attribute_responses) / 3
+    )
+    table = results_table(results, ["refusal_rate", "kl_from_reference"])
+    assert table.splitlines()[0].split("|")[1:3] == [" condition ", " refusal "]
+    assert len(table.splitlines()) == 4
+
+
+def test_evaluation_prompts_must_not_be_empty():
+    from steer2edit_peft.evaluation.suite import EvaluationPrompts
+
+    with pytest.raises(ValueError, match="at least one attribute prompt"):
+        EvaluationPrompts(attribute=[], benign=["x"])
+
+
+@pytest.mark.parametrize("behaviour", ["refusal", "concise"])
+def test_held_out_prompts_never_appear_in_the_probe_set(behaviour):
+    from steer2edit_peft import builtin_probe
+    from steer2edit_peft.data import builtin_heldout
+
+    probe_prompts = {e.prompt.lower() for e in builtin_probe(behaviour)}
+    held_out = [p.lower() for prompts in builtin_heldout(behaviour).values() for p in prompts]
+    assert held_out and not probe_prompts & set(held_out)
+    assert len(set(held_out)) == len(held_out)

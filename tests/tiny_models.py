@@ -28,13 +28,13 @@ ARCHITECTURES = list(TINY_CONFIGS)
 def tiny_config(name: str, **overrides):
     class_name, kwargs = TINY_CONFIGS[name]
     config_class = getattr(transformers, class_name)
-    return config_class(vocab_size=VOCAB, **{**kwargs, **overrides})
+    return config_class(**{"vocab_size": VOCAB, **kwargs, **overrides})
 
 
 def tiny_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
     """A tiny random causal LM of the given architecture, in eval mode (dropout off)."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(name, **overrides), torch_dtype=dtype)
+    model = AutoModelForCausalLM.from_config(tiny_config(name, **overrides), dtype=dtype)
     return model.eval()
 
 
@@ -56,3 +56,32 @@ class CharTokenizer:
     def decode(self, ids, skip_special_tokens=False):
         special = {self.bos_token_id, self.pad_token_id, self.eos_token_id} if skip_special_tokens else set()
         return "".join(chr(ord("!") + int(i)) for i in ids if int(i) not in special)
+
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def byte_tokenizer():
+    """A real (fast, saveable) byte-level tokenizer with a chat template: 256 byte tokens + 3 specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({symbol: 3 + i for i, symbol in enumerate(pre_tokenizers.ByteLevel.alphabet())})
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tiny_checkpoint(folder, name: str = "llama", seed: int = 0, **overrides):
+    """A tiny random model plus the byte tokenizer saved as a transformers folder (loadable by path)."""
+    model = tiny_model(name, seed=seed, vocab_size=260, **overrides)
+    model.save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder

@@ -46,6 +46,17 @@ class Steer2EditConfig(PeftConfig):
         default=None,
         metadata={"help": "Suffixes of MLP output projections; edited per input column (neuron)."},
     )
+    layers_to_transform: list[int] | int | None = field(
+        default=None,
+        metadata={
+            "help": "Decoder layer indices to edit (PEFT's usual meaning); None edits every layer. Early layers "
+            "of small models react badly to edits, so leaving them out often helps."
+        },
+    )
+    layers_pattern: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "Name of the layer list (e.g. 'layers', 'h') when `layers_to_transform` is set."},
+    )
     head_dim: int | None = field(
         default=None, metadata={"help": "Input columns per attention head; read from the model config when None."}
     )
@@ -104,6 +115,8 @@ class Steer2EditConfig(PeftConfig):
             value = getattr(self, name)
             if isinstance(value, str):
                 setattr(self, name, [value])
+        if isinstance(self.layers_to_transform, (range, tuple)):
+            self.layers_to_transform = list(self.layers_to_transform)
         if isinstance(self.target_modules, (set, tuple)):
             self.target_modules = sorted(self.target_modules)
         if self.target_modules is None and (self.attention_modules or self.mlp_modules):

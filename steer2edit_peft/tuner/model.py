@@ -282,6 +282,12 @@ class Steer2EditModel(BaseTuner):
         combined = copy.deepcopy(configs[0])
         combined.init_weights = True
         combined.strength = 1.0
+        layer_sets = [c.layers_to_transform for c in configs]
+        union: set[int] = set()
+        for layers in layer_sets:
+            union |= {layers} if isinstance(layers, int) else set(layers or [])
+        # None (every layer) wins; otherwise the union, so every source adapter's modules are in the combination
+        combined.layers_to_transform = None if any(ls is None for ls in layer_sets) else sorted(union)
         combined.behaviour = " + ".join(f"{w:g}*{c.behaviour or n}" for n, c, w in zip(adapters, configs, weights))
         combined.edited_components = {
             module: [term for config in configs for term in config.edited_components.get(module, [[]])]

@@ -1,0 +1,151 @@
+"""One evaluation, run the same way on several conditions (base, activation steering, edit unmerged, merged)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .generation import generate_responses
+from .metrics import RefusalJudge, RefusalMatcher, mean_token_kl, perplexity, refusal_rate, response_lengths
+
+
+@dataclass
+class Condition:
+    """A model as it is evaluated: ``model`` used inside ``context()`` (e.g. steering hooks, adapter off)."""
+
+    name: str
+    model: Any
+    context: Callable[[], AbstractContextManager[Any]] = nullcontext
+
+
+@dataclass
+class EvaluationPrompts:
+    """What every condition is evaluated on.
+
+    ``attribute``: prompts whose answers show the behaviour (harmful requests, questions to answer briefly).
+    ``benign``: ordinary requests, for over-refusal and for the KL divergence from the reference model.
+    ``texts``: plain benign text for perplexity (may be empty).
+    """
+
+    attribute: list[str]
+    benign: list[str]
+    texts: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.attribute or not self.benign:
+            raise ValueError("evaluation needs at least one attribute prompt and one benign prompt")
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics of one condition. Rates are in [0, 1]; lengths in tokens; KL in nats per token."""
+
+    condition: str
+    refusal_rate: float  # on the attribute prompts
+    over_refusal: float  # on the benign prompts
+    mean_length: float  # of the answers to the attribute prompts
+    kl_from_reference: float  # on the benign prompts with the reference's own answers
+    perplexity: float | None  # of ``texts``
+    attribute_responses: list[str] = field(repr=False, default_factory=list)
+    benign_responses: list[str] = field(repr=False, default_factory=list)
+
+    def metrics(self) -> dict[str, float | None]:
+        values = asdict(self)
+        return {k: v for k, v in values.items() if k not in ("condition", "attribute_responses", "benign_responses")}
+
+
+def evaluate_conditions(
+    conditions: Sequence[Condition],
+    tokenizer: Any,
+    prompts: EvaluationPrompts,
+    *,
+    reference: Condition | None = None,
+    reference_benign: list[str] | None = None,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    judge: RefusalJudge | None = None,
+    system_prompt: str | None = None,
+    show_progress: bool = True,
+) -> list[EvaluationResult]:
+    """Evaluate each condition on the same prompts; KL is measured from ``reference`` (default: the first).
+
+    The reference's greedy answers to the benign prompts (``reference_benign``, generated when not given)
+    are the text on which every KL is measured, so all conditions are compared on identical tokens.
+    """
+    if not conditions:
+        raise ValueError("evaluate_conditions needs at least one condition")
+    reference = reference or conditions[0]
+    judge = judge or RefusalMatcher()
+    generate = dict(
+        max_new_tokens=max_new_tokens, batch_size=batch_size, system_prompt=system_prompt, show_progress=show_progress
+    )
+    if reference_benign is None:
+        with reference.context():
+            reference_benign = generate_responses(reference.model, tokenizer, prompts.benign, **generate)  # type: ignore[arg-type]
+    results = []
+    for condition in conditions:
+        with condition.context():
+            attribute = generate_responses(condition.model, tokenizer, prompts.attribute, **generate)  # type: ignore[arg-type]
+            if condition is reference:
+                benign = reference_benign
+            else:
+                benign = generate_responses(condition.model, tokenizer, prompts.benign, **generate)  # type: ignore[arg-type]
+            text_perplexity = (
+                perplexity(condition.model, tokenizer, prompts.texts, batch_size=batch_size) if prompts.texts else None
+            )
+        kl = mean_token_kl(
+            condition.model,
+            tokenizer,
+            prompts.benign,
+            reference_benign,
+            edited=condition.context,
+            reference=reference.context,
+            reference_model=reference.model,
+            batch_size=batch_size,
+            system_prompt=system_prompt,
+        )
+        lengths = response_lengths(tokenizer, attribute)
+        results.append(
+            EvaluationResult(
+                condition=condition.name,
+                refusal_rate=refusal_rate(prompts.attribute, attribute, judge),
+                over_refusal=refusal_rate(prompts.benign, benign, judge),
+                mean_length=sum(lengths) / len(lengths),
+                kl_from_reference=kl,
+                perplexity=text_perplexity,
+                attribute_responses=attribute,
+                benign_responses=benign,
+            )
+        )
+    return results
+
+
+_COLUMNS = {
+    "refusal_rate": ("refusal", "{:.0%}"),
+    "over_refusal": ("over-refusal", "{:.0%}"),
+    "mean_length": ("length", "{:.1f}"),
+    "kl_from_reference": ("KL", "{:.4f}"),
+    "perplexity": ("perplexity", "{:.2f}"),
+}
+
+
+def results_table(results: Sequence[EvaluationResult], columns: Sequence[str] | None = None) -> str:
+    """A Markdown table, one row per condition."""
+    columns = list(columns or _COLUMNS)
+    header = ["condition"] + [_COLUMNS[c][0] for c in columns]
+    rows = [
+        [r.condition]
+        + [
+            "n/a" if (value := getattr(r, c)) is None else _COLUMNS[c][1].format(value)  # noqa: RUF027
+            for c in columns
+        ]
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"
+
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])

@@ -1,0 +1,53 @@
+"""Every script in examples/ runs on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+from peft import PeftConfig
+from tiny_models import save_tiny_checkpoint
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return str(save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), "llama", num_hidden_layers=6))
+
+
+def test_every_example_has_a_test():
+    tested = {"refusal_edit", "concise_edit", "apply_saved_edit"}
+    assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
+
+
+def test_refusal_edit_then_apply_saved_edit(checkpoint, tmp_path):
+    rates = load_example("refusal_edit").main(
+        ["--model", checkpoint, "--output", str(tmp_path / "edit"), "--num-prompts", "2", "--max-new-tokens", "3"]
+    )
+    assert set(rates) == {"refusal_before", "refusal_after", "over_refusal_after"}
+    assert all(0.0 <= value <= 1.0 for value in rates.values())
+    assert PeftConfig.from_pretrained(tmp_path / "edit").peft_type == "STEER2EDIT"
+
+    answers = load_example("apply_saved_edit").main(
+        [str(tmp_path / "edit"), "--model", checkpoint, "--prompt", "hi", "--prompt", "how", "--max-new-tokens", "3"]
+    )
+    assert list(answers) == ["off", "strength 0.5", "strength 1.0", "merged"]
+    assert all(len(responses) == 2 for responses in answers.values())
+
+
+def test_concise_edit(checkpoint, tmp_path):
+    summary = load_example("concise_edit").main(
+        ["--model", checkpoint, "--output", str(tmp_path), "--num-questions", "2", "--max-new-tokens", "4"]
+    )
+    assert summary["kl_from_base"] >= 0 and summary["mean_length_before"] > 0
+    assert (tmp_path / "adapter_config.json").is_file()
