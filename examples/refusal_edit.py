@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # 1. Steering vectors from the built-in probe set (harmful requests + refusals vs benign requests + answers).
     vectors = extract_steering_vectors(model, tokenizer, builtin_probe("refusal"), batch_size=16)
-    # 2. The edit: heads and neurons of the last layers whose output aligns with the refusal direction.
+    # 2. The edit: attention heads of the upper half whose output aligns with the refusal direction.
     num_layers = model.config.num_hidden_layers
     config = Steer2EditConfig(
-        rho_attn=0.11, rho_mlp=0.32, alpha=0.74, layers_to_transform=list(range(num_layers * 5 // 6, num_layers))
+        rho_attn=0.1, rho_mlp=None, alpha=0.6, layers_to_transform=list(range(num_layers // 2, num_layers))
     )
     peft_model = edit_model(model, vectors, config, behaviour="refusal")
     print(peft_model.edit_reports["default"].to_table(top=2, edited_only=True))

@@ -16,8 +16,9 @@ examples:
   steer2edit demo                                   # edit the embedded SmolLM2 to refuse harmful requests
   steer2edit demo --behaviour concise               # or to answer briefly
   steer2edit extract --probe refusal --output outputs/vectors
-  steer2edit edit --vectors outputs/vectors --rho-attn 0.11 --first-layer 25 --output outputs/refusal-edit
+  steer2edit edit --vectors outputs/vectors --rho-attn 0.1 --rho-mlp off --first-layer 14 --output outputs/refusal-edit
   steer2edit eval --adapter outputs/refusal-edit --vectors outputs/vectors --steering-strength 2
+  steer2edit sweep --max-kl 0.05 --trials 20 --compare-steering --output outputs/sweep
   steer2edit inspect outputs/refusal-edit --heatmap outputs/refusal-edit/heatmap.png
   steer2edit merge outputs/refusal-edit --output outputs/refusal-merged
 
@@ -59,22 +60,22 @@ def _add_model(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_solver(parser: argparse.ArgumentParser) -> None:
-    from .demo import DEMO_EDIT
+    from .demo import DemoSettings
+
+    defaults = DemoSettings()
 
     group = parser.add_argument_group("edit (elastic net: lambda = sign(g) max(|g| - rho*alpha, 0) / (rho (1-alpha)))")
     group.add_argument(
-        "--rho-attn", type=_rho, default=DEMO_EDIT["rho_attn"], help="heads; 'off' to skip (default: %(default)s)"
+        "--rho-attn", type=_rho, default=defaults.rho_attn, help="heads; 'off' to skip (default: %(default)s)"
     )
     group.add_argument(
-        "--rho-mlp", type=_rho, default=DEMO_EDIT["rho_mlp"], help="neurons; 'off' to skip (default: %(default)s)"
+        "--rho-mlp", type=_rho, default=defaults.rho_mlp, help="neurons; 'off' to skip (default: %(default)s)"
     )
-    group.add_argument(
-        "--alpha", type=_alpha, default=DEMO_EDIT["alpha"], help="L1 share in [0, 1) (default: %(default)s)"
-    )
+    group.add_argument("--alpha", type=_alpha, default=defaults.alpha, help="L1 share in [0, 1) (default: %(default)s)")
     group.add_argument(
         "--first-layer",
         type=int,
-        default=int(DEMO_EDIT["first_layer"]),
+        default=defaults.first_layer,
         help="edit only this layer and the ones after it; 0 = every layer (default: %(default)s)",
     )
 
@@ -156,6 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--behaviour", choices=["refusal", "concise"], default="refusal", help="held-out prompt set")
     evaluate.add_argument("--output", type=Path, help="write results.json here")
     _add_eval(evaluate)
+
+    sweep = command(
+        "sweep",
+        "search for the strongest edit whose KL from the base stays under a budget",
+        "Search rho_attn, rho_mlp, alpha and the first edited layer with optuna (two objectives: the behaviour on "
+        "held-out prompts, and the KL from the base on benign prompts), save the strongest edit within --max-kl, "
+        "and draw the Pareto frontier.",
+    )
+    _add_model(sweep)
+    sweep.add_argument("--behaviour", choices=["refusal", "concise"], default="refusal")
+    sweep.add_argument("--max-kl", type=float, default=0.05, help="KL budget in nats per token")
+    sweep.add_argument("--trials", type=_positive_int, default=20, help="optuna trials per method")
+    sweep.add_argument("--compare-steering", action="store_true", help="also search activation steering")
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--output", type=Path, required=True, help="folder for the adapter, trials.json, frontier.png")
+    _add_eval(sweep)
 
     inspect = command(
         "inspect",
@@ -293,8 +310,9 @@ def run_eval(args: argparse.Namespace) -> None:
 
     from peft import PeftModel
 
-    from .demo import _steering_context, evaluation_prompts
-    from .evaluation.suite import Condition, evaluate_conditions, results_table
+    from .demo import evaluation_prompts
+    from .evaluation.suite import Condition, combined, evaluate_conditions, results_table
+    from .steering import steer
     from .vectors import SteeringVectors
 
     model, tokenizer = _load(args)
@@ -305,13 +323,8 @@ def run_eval(args: argparse.Namespace) -> None:
     if args.vectors:
         vectors = SteeringVectors.load(args.vectors)
         off = reference or conditions[0].context
-        conditions.append(
-            Condition(
-                f"steering x{args.steering_strength:g}",
-                model,
-                lambda: _steering_context(model, vectors, args.steering_strength, vectors.modules, off),
-            )
-        )
+        steering = combined(off, lambda: steer(model, vectors, args.steering_strength))
+        conditions.append(Condition(f"steering x{args.steering_strength:g}", model, steering))
     if args.adapter:
         conditions.append(Condition(f"adapter {args.adapter.name}", model))
     prompts = evaluation_prompts(args.behaviour, args.num_eval)
@@ -323,6 +336,51 @@ def run_eval(args: argparse.Namespace) -> None:
         args.output.mkdir(parents=True, exist_ok=True)
         (args.output / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
         print(f"wrote {args.output / 'results.json'}")
+
+
+def run_sweep(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from .data import builtin_probe
+    from .demo import evaluation_prompts
+    from .evaluation.generation import generate_responses
+    from .extraction import extract_steering_vectors
+    from .plots import plot_frontiers, save_figure
+    from .solver import edit_model
+    from .sweep import best_under, edit_config_from, generation_measure, pareto_front, search
+
+    model, tokenizer = _load(args)
+    vectors = extract_steering_vectors(model, tokenizer, builtin_probe(args.behaviour), batch_size=args.batch_size)
+    prompts = evaluation_prompts(args.behaviour, args.num_eval)
+    prompts.texts = []
+    base_benign = generate_responses(
+        model, tokenizer, prompts.benign, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+    )
+    measure = generation_measure(
+        args.behaviour, tokenizer, prompts, base_benign, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
+    )
+    methods = ["Steer2Edit"] + (["steering"] if args.compare_steering else [])
+    trials = {m: search(model, vectors, measure, method=m, trials=args.trials, seed=args.seed) for m in methods}
+    args.output.mkdir(parents=True, exist_ok=True)
+    (args.output / "trials.json").write_text(
+        json.dumps({m: [asdict(t) for t in ts] for m, ts in trials.items()}, indent=2)
+    )
+    fronts = {m: [(t.kl, t.attribute) for t in pareto_front(ts)] for m, ts in trials.items()}
+    label = "refusal - over-refusal" if args.behaviour == "refusal" else "length reduction"
+    figure = plot_frontiers(fronts, "KL from base (nats/token)", label, f"{args.behaviour}: Pareto frontier")
+    print(f"wrote {save_figure(figure, args.output / 'frontier.png')}")
+    print(f"Pareto front of Steer2Edit ({label} vs KL):")
+    for t in pareto_front(trials["Steer2Edit"]):
+        print(f"  {label} {t.attribute:+.3f}  KL {t.kl:.4f}  {t.params}")
+    best = best_under(trials["Steer2Edit"], args.max_kl)
+    if best is None:
+        lowest = min(t.kl for t in trials["Steer2Edit"])
+        raise Steer2EditError(f"no edit tried stays under KL {args.max_kl}; the lowest KL reached was {lowest:.4f}")
+    num_layers = _num_layers(model)
+    peft_model = edit_model(model, vectors, edit_config_from(best.params, num_layers), behaviour=args.behaviour)
+    peft_model.save_pretrained(str(args.output / "adapter"), save_embedding_layers=False)
+    print(f"strongest edit under KL {args.max_kl}: {label} {best.attribute:+.3f}, KL {best.kl:.4f}, {best.params}")
+    print(f"adapter saved to {args.output / 'adapter'}")
 
 
 def run_inspect(args: argparse.Namespace) -> None:
@@ -360,6 +418,7 @@ COMMANDS = {
     "extract": run_extract,
     "edit": run_edit,
     "eval": run_eval,
+    "sweep": run_sweep,
     "inspect": run_inspect,
     "merge": run_merge,
 }

@@ -19,7 +19,14 @@ import torch
 from .data import ContrastiveDataset, builtin_heldout, builtin_probe
 from .evaluation.generation import generate_responses
 from .evaluation.metrics import mean_token_kl
-from .evaluation.suite import Condition, EvaluationPrompts, EvaluationResult, evaluate_conditions, results_table
+from .evaluation.suite import (
+    Condition,
+    EvaluationPrompts,
+    EvaluationResult,
+    combined,
+    evaluate_conditions,
+    results_table,
+)
 from .extraction import edited_modules, extract_steering_vectors
 from .models import EMBEDDED_MODEL, load_model
 from .solver import edit_model
@@ -27,20 +34,18 @@ from .steering import steer
 from .tuner import Steer2EditConfig
 from .vectors import SteeringVectors
 
-# Chosen on SmolLM2-135M-Instruct (see BENCHMARKS.md): heads and neurons of the upper layers only, since
-# edits in the first layers of a model this small derail every answer.
-DEMO_EDIT = {"rho_attn": 0.11, "rho_mlp": 0.32, "alpha": 0.74, "first_layer": 25}
-
 
 @dataclass
 class DemoSettings:
     model: str = EMBEDDED_MODEL
     behaviour: str = "refusal"  # a built-in probe set with held-out prompts: "refusal" or "concise"
     output: Path = Path("outputs/demo")
-    rho_attn: float | None = DEMO_EDIT["rho_attn"]
-    rho_mlp: float | None = DEMO_EDIT["rho_mlp"]
-    alpha: float = DEMO_EDIT["alpha"]
-    first_layer: int = int(DEMO_EDIT["first_layer"])  # edit layers first_layer..last; 0 edits all
+    # Chosen on SmolLM2-135M-Instruct (BENCHMARKS.md): attention heads of the upper half only, since edits in
+    # the first layers of a model this small derail every answer.
+    rho_attn: float | None = 0.1
+    rho_mlp: float | None = None
+    alpha: float = 0.6
+    first_layer: int = 14  # edit layers first_layer..last; 0 edits all
     steering_strength: float | None = None  # None: the strength whose KL matches the edit's
     num_eval: int = 30  # held-out prompts of each kind
     max_new_tokens: int = 48
@@ -101,7 +106,7 @@ def match_steering_strength(
             tokenizer,
             prompts,
             responses,
-            edited=lambda: _steering_context(model, vectors, strength, modules, reference),
+            edited=combined(reference, lambda: steer(model, vectors, strength, modules)),
             reference=reference,
             batch_size=batch_size,
         )
@@ -113,21 +118,6 @@ def match_steering_strength(
         middle = (low + high) / 2
         low, high = (middle, high) if kl_at(middle) < target_kl else (low, middle)
     return (low + high) / 2
-
-
-class _steering_context:  # noqa: N801  (used like a function returning a context manager)
-    """Adapter off (the reference state) plus steering hooks."""
-
-    def __init__(self, model: Any, vectors: SteeringVectors, strength: float, modules: list[str], reference: Any):
-        self.reference, self.steering = reference(), steer(model, vectors, strength, modules)
-
-    def __enter__(self) -> None:
-        self.reference.__enter__()
-        self.steering.__enter__()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.steering.__exit__(*exc)
-        self.reference.__exit__(*exc)
 
 
 def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> DemoOutcome:
@@ -202,7 +192,7 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
     steering = Condition(
         f"steering x{strength:.2f}",
         peft_model,
-        lambda: _steering_context(peft_model, vectors, strength, steered_modules, peft_model.disable_adapter),
+        combined(peft_model.disable_adapter, lambda: steer(peft_model, vectors, strength, steered_modules)),
     )
     (steering_result,) = evaluate([steering], base_result.benign_responses)
     stage("steering")

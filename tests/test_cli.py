@@ -31,11 +31,11 @@ def run(capsys, *args) -> tuple[int, str, str]:
 def test_help_lists_every_command():
     result = subprocess.run([sys.executable, "-m", "steer2edit_peft.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for command in ("demo", "extract", "edit", "eval", "inspect", "merge"):
+    for command in ("demo", "extract", "edit", "eval", "sweep", "inspect", "merge"):
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["demo", "extract", "edit", "eval", "inspect", "merge"])
+@pytest.mark.parametrize("command", ["demo", "extract", "edit", "eval", "sweep", "inspect", "merge"])
 def test_each_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -139,3 +139,25 @@ def test_bad_arguments_are_named(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_sweep_saves_the_strongest_edit_within_the_budget(checkpoint, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    args = ["sweep", "--model", checkpoint, "--dtype", "float32", "--batch-size", "4", "--num-eval", "2"]
+    args += ["--max-new-tokens", "3", "--trials", "3", "--max-kl", "1000", "--compare-steering", "--output", tmp_path]
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and "strongest edit under KL 1000" in out
+    trials = json.loads((tmp_path / "trials.json").read_text())
+    assert set(trials) == {"Steer2Edit", "steering"} and len(trials["Steer2Edit"]) == 3
+    best = max(trials["Steer2Edit"], key=lambda t: (t["attribute"], -t["kl"]))
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert config["alpha"] == pytest.approx(best["params"]["alpha"])
+    assert (tmp_path / "frontier.png").is_file()
+
+
+def test_sweep_with_an_impossible_budget_is_a_clear_error(checkpoint, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    args = ["sweep", "--model", checkpoint, "--dtype", "float32", "--batch-size", "4", "--num-eval", "2"]
+    args += ["--max-new-tokens", "3", "--trials", "2", "--max-kl", "-1", "--output", tmp_path]
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "no edit tried stays under KL -1" in err

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,6 +18,19 @@ class Condition:
     name: str
     model: Any
     context: Callable[[], AbstractContextManager[Any]] = nullcontext
+
+
+@contextmanager
+def _entered(factories: Sequence[Callable[[], AbstractContextManager[Any]]]) -> Iterator[None]:
+    with ExitStack() as stack:
+        for factory in factories:
+            stack.enter_context(factory())
+        yield
+
+
+def combined(*factories: Callable[[], AbstractContextManager[Any]]) -> Callable[[], AbstractContextManager[None]]:
+    """One context factory entering ``factories`` in order (e.g. adapter off, then steering hooks)."""
+    return lambda: _entered(factories)
 
 
 @dataclass

@@ -1,0 +1,63 @@
+"""Shared helpers for the benchmarks: the machine, interleaved timing, data from ../shared, JSON results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "date": date.today().isoformat(),
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def interleaved(candidates: dict[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per candidate, timed round-robin so machine noise hits every candidate alike."""
+    for _ in range(warmup):
+        for run in candidates.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def save_results(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
+    print(f"wrote {path}")
+    return path
+
+
+def advbench_goals() -> list[str]:
+    import csv
+
+    with open(SHARED / "advbench" / "harmful_behaviors.csv", newline="", encoding="utf-8") as handle:
+        return [row["goal"] for row in csv.DictReader(handle)]
+
+
+def alpaca_instructions() -> list[str]:
+    lines = (SHARED / "alpaca" / "benign_instructions.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["instruction"] for line in lines if line.strip()]

@@ -1,0 +1,85 @@
+"""Inference overhead: base vs Steer2Edit unmerged vs merged vs activation-steering hooks vs LoRA r=8.
+
+python benchmarks/inference.py [--repeats 5] [--prompt-tokens 128] [--new-tokens 32]
+
+SmolLM2-135M-Instruct in bfloat16 on the CPU. The edit and the LoRA cover the same modules (every o_proj and
+down_proj), so this is the worst case for the edit: the demo's edit touches 5 layers only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+from common import interleaved, save_results
+from peft import LoraConfig, get_peft_model
+
+from steer2edit_peft import Steer2EditConfig, builtin_probe, edit_model, extract_steering_vectors, steer
+from steer2edit_peft.models import load_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    base, tokenizer = load_model(dtype=torch.bfloat16)
+    vectors = extract_steering_vectors(base, tokenizer, builtin_probe("refusal"), show_progress=False)
+    edited = edit_model(copy.deepcopy(base), vectors, Steer2EditConfig(rho_attn=0.1, rho_mlp=0.3, alpha=0.6))
+    report = edited.edit_reports["default"]
+    merged = copy.deepcopy(edited).merge_and_unload()
+    lora = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=8, target_modules=["o_proj", "down_proj"], init_lora_weights=False)
+    )
+    models = {"base": base, "Steer2Edit unmerged": edited, "Steer2Edit merged": merged, "LoRA r=8 unmerged": lora}
+
+    def steered(run):
+        def go():
+            with steer(base, vectors, 1.0):
+                run(base)
+
+        return go
+
+    results = {"edited_heads": report.edited_heads, "edited_neurons": report.edited_neurons, "cases": {}}
+    with torch.no_grad():
+        for batch in (1, 8):
+            ids = torch.randint(100, 40000, (batch, args.prompt_tokens))
+            mask = torch.ones_like(ids)
+
+            def prefill(model, ids=ids, mask=mask):
+                model(input_ids=ids, attention_mask=mask, use_cache=False)
+
+            def decode(model, ids=ids, mask=mask):
+                model.generate(
+                    input_ids=ids[:, :16],
+                    attention_mask=mask[:, :16],
+                    max_new_tokens=args.new_tokens,
+                    min_new_tokens=args.new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+
+            for phase, run in (("prefill", prefill), ("decode", decode)):
+                candidates = {name: (lambda m=model, r=run: r(m)) for name, model in models.items()}
+                candidates["activation steering"] = steered(run)
+                seconds = interleaved(candidates, repeats=args.repeats)
+                key = f"{phase}, batch {batch}"
+                results["cases"][key] = {
+                    "seconds": seconds,
+                    "overhead_vs_base": {k: v / seconds["base"] - 1 for k, v in seconds.items()},
+                }
+                print(f"\n{key}")
+                for name, value in seconds.items():
+                    print(f"  {name:<22} {value * 1000:8.1f} ms  {100 * (value / seconds['base'] - 1):+6.1f}% vs base")
+        x = torch.randint(100, 40000, (2, 32))
+        results["merged_max_abs_logit_diff_vs_unmerged"] = float(
+            (merged(x).logits.float() - edited(x).logits.float()).abs().max()
+        )
+    save_results("inference", results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Peak memory of extraction as the probe data grows: it must stay flat (running sums, no stored activations).
+
+python benchmarks/memory.py [--sizes 32 128 512]
+
+Each size runs in a fresh process; the figure is the growth of peak resident memory during extraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from common import save_results
+
+CHILD = """
+import json, resource, sys, torch
+sys.path.insert(0, {here!r})
+from extraction import probe
+from steer2edit_peft import extract_steering_vectors
+from steer2edit_peft.models import load_model
+model, tokenizer = load_model(dtype=torch.bfloat16)
+dataset = probe({size})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+extract_steering_vectors(model, tokenizer, dataset, batch_size=16, show_progress=False)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"peak_before_kib": before, "peak_after_kib": after}}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 512])
+    args = parser.parse_args()
+    here = str(Path(__file__).resolve().parent)
+    rows = {}
+    for size in args.sizes:
+        output = (
+            subprocess.run(
+                [sys.executable, "-c", CHILD.format(here=here, size=size)], capture_output=True, text=True, check=True
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        values = json.loads(output)
+        growth = (values["peak_after_kib"] - values["peak_before_kib"]) / 1024
+        rows[size] = {**values, "extraction_growth_mib": growth}
+        print(
+            f"{size:5} examples: peak grows by {growth:7.1f} MiB during extraction (peak {values['peak_after_kib'] / 1024:.0f} MiB)"
+        )
+    save_results("memory", rows)
+
+
+if __name__ == "__main__":
+    main()

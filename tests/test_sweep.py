@@ -1,0 +1,102 @@
+"""The trade-off search: Pareto front and budget picks against brute force, and a real optuna run on a tiny model."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from tiny_models import CharTokenizer, tiny_model
+
+from steer2edit_peft import ContrastiveDataset, extract_steering_vectors
+from steer2edit_peft.evaluation import mean_token_kl
+from steer2edit_peft.sweep import Trial, attribute_at_matched_kl, best_under, pareto_front, search
+
+pytest.importorskip("optuna")
+
+
+def random_trials(seed: int, count: int = 40) -> list[Trial]:
+    rng = random.Random(seed)
+    return [Trial("m", {"i": i}, round(rng.random(), 2), round(rng.random(), 2)) for i in range(count)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pareto_front_matches_brute_force(seed):
+    trials = random_trials(seed)
+
+    def dominated(t: Trial) -> bool:
+        for other in trials:
+            no_worse = other.attribute >= t.attribute and other.kl <= t.kl
+            better = other.attribute > t.attribute or other.kl < t.kl
+            if no_worse and better:
+                return True
+        return False
+
+    expected = {t.params["i"] for t in trials if not dominated(t)}
+    front = pareto_front(trials)
+    assert {t.params["i"] for t in front} == expected
+    assert [t.kl for t in front] == sorted(t.kl for t in front)
+
+
+@pytest.mark.parametrize(("seed", "budget"), itertools.product(range(3), [0.0, 0.2, 0.5, 1.0]))
+def test_best_under_a_budget_matches_a_scan(seed, budget):
+    trials = random_trials(seed)
+    allowed = [t for t in trials if t.kl <= budget]
+    best = best_under(trials, budget)
+    if not allowed:
+        assert best is None
+    else:
+        assert best is not None and best.kl <= budget
+        assert best.attribute == max(t.attribute for t in allowed)
+    row = attribute_at_matched_kl({"m": trials}, [budget])[0]
+    assert (row["m"] is None) == (best is None)
+
+
+def test_search_runs_both_methods_and_leaves_the_model_unchanged():
+    model = tiny_model("llama", num_hidden_layers=3)
+    tokenizer = CharTokenizer()
+    dataset = ContrastiveDataset.from_lists(["ab", "cd"], ["no!", "never"], ["ef", "gh"], ["yes ok", "sure"])
+    vectors = extract_steering_vectors(model, tokenizer, dataset, show_progress=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randint(3, 90, (2, 6))
+    with torch.no_grad():
+        reference_logits = model(x).logits
+
+    def measure(condition, reference):
+        with condition.context(), torch.no_grad():
+            shift = float((condition.model(x).logits - reference_logits).abs().mean())
+        kl = mean_token_kl(
+            condition.model, tokenizer, ["ab"], ["yes"], edited=condition.context, reference=reference.context
+        )
+        return shift, kl, {"shift": shift}
+
+    edits = search(
+        model,
+        vectors,
+        measure,
+        method="Steer2Edit",
+        trials=4,
+        seed=0,
+        show_progress=False,
+        enqueue=[{"families": "both", "first_layer": 0, "rho_attn": 0.05, "rho_mlp": 0.05, "alpha": 0.5}],
+    )
+    steering = search(model, vectors, measure, method="steering", trials=3, seed=0, show_progress=False)
+    assert len(edits) == 4 and len(steering) == 3
+    assert edits[0].params["rho_attn"] == 0.05 and edits[0].attribute > 0 and edits[0].kl > 0
+    assert all(t.method == "steering" and t.params["strength"] > 0 for t in steering)
+    assert "edited_heads" in edits[0].details
+    assert not any(isinstance(module, BaseTunerLayer) for module in model.modules())
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    torch.testing.assert_close(model(x).logits, reference_logits)
+
+
+def test_search_rejects_an_unknown_method():
+    model = tiny_model("llama")
+    vectors = extract_steering_vectors(
+        model, CharTokenizer(), ContrastiveDataset.from_lists(["a"], ["b"], ["c"], ["d"]), show_progress=False
+    )
+    with pytest.raises(ValueError, match="method must be"):
+        search(model, vectors, lambda c, r: (0.0, 0.0, {}), method="lora", trials=1)
