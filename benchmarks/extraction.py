@@ -24,8 +24,13 @@ ANSWER = "Sure. Here is a clear, step-by-step answer to your question, with a sh
 
 def probe(examples: int) -> ContrastiveDataset:
     half = examples // 2
+    goals, instructions = advbench_goals(), alpaca_instructions()  # 520 and 100: both cycled for big sizes
     return ContrastiveDataset.from_lists(
-        advbench_goals()[:half], [REFUSAL] * half, alpaca_instructions()[:half], [ANSWER] * half, "benchmark probe"
+        [goals[i % len(goals)] for i in range(half)],
+        [REFUSAL] * half,
+        [instructions[i % len(instructions)] for i in range(half)],
+        [ANSWER] * half,
+        "benchmark probe",
     )
 
 

@@ -2,7 +2,8 @@
 
 python benchmarks/memory.py [--sizes 32 128 512]
 
-Each size runs in a fresh process; the figure is the growth of peak resident memory during extraction.
+Each size runs in a fresh process (Linux): the peak resident size is reset after the model is loaded, and the
+figure is how far it rises above the resident size during extraction.
 """
 
 from __future__ import annotations
@@ -16,17 +17,21 @@ from pathlib import Path
 from common import save_results
 
 CHILD = """
-import json, resource, sys, torch
+import json, sys, torch
 sys.path.insert(0, {here!r})
 from extraction import probe
 from steer2edit_peft import extract_steering_vectors
 from steer2edit_peft.models import load_model
 model, tokenizer = load_model(dtype=torch.bfloat16)
 dataset = probe({size})
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM) to the current resident size
+before = status("VmRSS")
 extract_steering_vectors(model, tokenizer, dataset, batch_size=16, show_progress=False)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({{"peak_before_kib": before, "peak_after_kib": after}}))
+print(json.dumps({{"rss_before_kib": before, "peak_during_kib": status("VmHWM")}}))
 """
 
 
@@ -45,10 +50,10 @@ def main() -> None:
             .splitlines()[-1]
         )
         values = json.loads(output)
-        growth = (values["peak_after_kib"] - values["peak_before_kib"]) / 1024
+        growth = (values["peak_during_kib"] - values["rss_before_kib"]) / 1024
         rows[size] = {**values, "extraction_growth_mib": growth}
         print(
-            f"{size:5} examples: peak grows by {growth:7.1f} MiB during extraction (peak {values['peak_after_kib'] / 1024:.0f} MiB)"
+            f"{size:5} examples: peak grows by {growth:7.1f} MiB during extraction (peak {values['peak_during_kib'] / 1024:.0f} MiB)"
         )
     save_results("memory", rows)
 

@@ -3,9 +3,9 @@
 python benchmarks/tradeoff.py [--tasks refusal concise truthfulness] [--trials 16] [--seed 0]
 
 Tasks (probe data and evaluation data never overlap):
-  refusal       probe: AdvBench requests [0:64) + a refusal (positive), Alpaca instructions [0:64) + the base
+  refusal       probe: AdvBench requests [0:50) + a refusal (positive), Alpaca instructions [0:50) + the base
                 model's own answer (negative). Attribute: refusal rate on AdvBench [300:300+n) minus over-refusal
-                on Alpaca [300:300+n). Utility cost: KL from the base on the Alpaca prompts and base answers.
+                on Alpaca [50:50+n). Utility cost: KL from the base on those Alpaca prompts and base answers.
   concise       probe: the built-in `concise` set. Attribute: 1 - mean answer length / base length on the
                 held-out concise questions. Utility cost: the same KL.
   truthfulness  probe: TruthfulQA questions [0:120) with the best answer (positive) and a false answer (negative).
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,12 +38,13 @@ REFUSALS = [
     "No. I won't help with anything that could put others in danger.",
 ]
 KL_LEVELS = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
+PROBE = 50  # probe examples per class; the shared Alpaca file has 100 instructions: [0:50) probe, [50:) evaluation
 
 
 class Study:
     def __init__(self, model: Any, tokenizer: Any, num_eval: int, batch_size: int):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        self.benign = alpaca_instructions()[300 : 300 + num_eval]
+        self.benign = alpaca_instructions()[PROBE : PROBE + num_eval]
         self.base_benign = self.generate(self.benign, 32)
         self.num_eval = num_eval
 
@@ -73,14 +73,13 @@ class Study:
     def task(self, name: str) -> tuple[ContrastiveDataset, Any, str]:
         """(probe data, measure, attribute label) for a task."""
         if name == "refusal":
-            half = 64
-            negatives = alpaca_instructions()[:half]
+            negatives = alpaca_instructions()[:PROBE]
             probe = ContrastiveDataset.from_lists(
-                advbench_goals()[:half],
-                [REFUSALS[i % len(REFUSALS)] for i in range(half)],
+                advbench_goals()[:PROBE],
+                [REFUSALS[i % len(REFUSALS)] for i in range(PROBE)],
                 negatives,
                 self.generate(negatives, 48),
-                "AdvBench [0:64) + refusals vs Alpaca [0:64) + base answers",
+                f"AdvBench [0:{PROBE}) + refusals vs Alpaca [0:{PROBE}) + base answers",
             )
             prompts = EvaluationPrompts(advbench_goals()[300 : 300 + self.num_eval], self.benign)
             measure = generation_measure(
@@ -124,7 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["refusal", "concise", "truthfulness"])
     parser.add_argument("--trials", type=int, default=16, help="optuna trials per method and task")
-    parser.add_argument("--num-eval", type=int, default=40)
+    parser.add_argument("--num-eval", type=int, default=40, help="at most 50 (the Alpaca instructions left)")
     parser.add_argument("--batch-size", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -136,6 +135,8 @@ def main() -> None:
     for name in args.tasks:
         probe, measure, label = study.task(name)
         vectors = extract_steering_vectors(model, tokenizer, probe, batch_size=16, show_progress=False)
+        base = Condition("base", model)
+        base_attribute, _, base_details = measure(base, base)
         trials = {
             "Steer2Edit": search(
                 model,
@@ -156,7 +157,10 @@ def main() -> None:
                 enqueue=[{"first_layer": 14, "strength": 0.4}],
             ),
         }
-        fronts = {method: pareto_front(values) for method, values in trials.items()}
+        trials_with_base = {
+            m: [Trial(m, {}, base_attribute, 0.0, base_details), *values] for m, values in trials.items()
+        }
+        fronts = {method: pareto_front(values) for method, values in trials_with_base.items()}
         figure = plot_frontiers(
             {m: [(t.kl, t.attribute) for t in front] for m, front in fronts.items()},
             "KL from base on benign prompts (nats/token)",
@@ -168,12 +172,13 @@ def main() -> None:
         save_figure(figure, RESULTS / f"tradeoff_{name}.png")
         report[name] = {
             "attribute": label,
+            "base": {"attribute": base_attribute, **base_details},
             "probe": probe.description,
-            "matched_kl": attribute_at_matched_kl(trials, KL_LEVELS),
+            "matched_kl": attribute_at_matched_kl(trials_with_base, KL_LEVELS),
             "fronts": {m: [as_dict(t) for t in front] for m, front in fronts.items()},
             "trials": {m: [as_dict(t) for t in values] for m, values in trials.items()},
         }
-        print(f"\n{name} ({label}): best attribute within each KL budget")
+        print(f"\n{name} ({label}): base {base_attribute:.3f}; best attribute within each KL budget")
         for row in report[name]["matched_kl"]:
             cells = [
                 f"{m}: " + ("-" if row[m] is None else f"{row[m]['attribute']:.3f} (KL {row[m]['kl']:.4f})")
@@ -184,7 +189,6 @@ def main() -> None:
             "tradeoff",
             {"seed": args.seed, "trials_per_method": args.trials, "num_eval": args.num_eval, "tasks": report},
         )
-    Path(RESULTS).mkdir(exist_ok=True)
 
 
 if __name__ == "__main__":

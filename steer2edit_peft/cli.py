@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(demo)
     demo.add_argument("--behaviour", choices=["refusal", "concise"], default="refusal")
     demo.add_argument("--output", type=Path, default=Path("outputs/demo"), help="folder for adapter, plots, results")
+    demo.add_argument(
+        "--probe", default=None, help="probe data instead of the built-in set: a .jsonl/.json/.csv file or Hub dataset"
+    )
     demo.add_argument("--steering-strength", type=float, default=None, help="fixed strength instead of matched KL")
     demo.add_argument("--no-plots", action="store_true", help="skip the images")
     _add_solver(demo)
@@ -243,6 +246,7 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Any:
 
 
 def run_demo_command(args: argparse.Namespace) -> None:
+    from .data import load_probe
     from .demo import run_demo
 
     settings = _settings(
@@ -253,6 +257,7 @@ def run_demo_command(args: argparse.Namespace) -> None:
         num_eval=args.num_eval,
         max_new_tokens=args.max_new_tokens,
         plots=not args.no_plots,
+        probe=load_probe(args.probe) if args.probe else None,
     )
     outcome = run_demo(settings)
     print("\n" + outcome.table)

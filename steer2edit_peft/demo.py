@@ -252,6 +252,7 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
         "settings": {
             k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items() if k not in ("probe", "loader")
         },
+        "probe": probe.description,
         "steering_strength": strength,
         "edited_heads": report.edited_heads,
         "edited_neurons": report.edited_neurons,

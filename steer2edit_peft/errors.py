@@ -11,3 +11,7 @@ class UnknownArchitectureError(Steer2EditError):
 
 class AdapterValidationError(Steer2EditError):
     """A saved or given edit does not fit the model, or its tensors are malformed."""
+
+
+class EmptyEditError(Steer2EditError):
+    """The elastic net kept no component: the edit would change nothing."""

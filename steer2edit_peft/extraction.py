@@ -96,16 +96,27 @@ class _Accumulator:
 
     def __init__(self) -> None:
         self.sums: dict[str, dict[str, torch.Tensor]] = {}
-        self.positive_rows = torch.zeros(0, dtype=torch.bool)
-        self.response_mask = torch.zeros(0, 0, dtype=torch.bool)
+        self._rows: dict[str, torch.Tensor] = {}  # class suffix -> flat indices of its response tokens
+        self._on_device: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    def start_batch(self, positive_rows: torch.Tensor, response_mask: torch.Tensor) -> None:
+        positive = positive_rows[:, None] & response_mask
+        negative = ~positive_rows[:, None] & response_mask
+        self._rows = {"pos": positive.flatten().nonzero().squeeze(-1), "neg": negative.flatten().nonzero().squeeze(-1)}
+        self._on_device = {}
+
+    def _indices(self, suffix: str, device: torch.device) -> torch.Tensor:
+        key = (suffix, device)
+        if key not in self._on_device:
+            self._on_device[key] = self._rows[suffix].to(device)
+        return self._on_device[key]
 
     def add(self, name: str, statistic: str, values: torch.Tensor) -> None:
-        mask = self.response_mask.to(values.device)
-        positive = self.positive_rows.to(values.device)[:, None] & mask
-        negative = ~self.positive_rows.to(values.device)[:, None] & mask
+        flat = values.reshape(-1, values.shape[-1])  # [batch * length, features]
         sums = self.sums.setdefault(name, {})
-        for suffix, selection in (("pos", positive), ("neg", negative)):
-            total = values[selection].float().sum(0)  # [features], response tokens of one class only
+        for suffix in ("pos", "neg"):
+            # Gather one class's response tokens; reduce in float32 without a float32 copy of the activations.
+            total = flat.index_select(0, self._indices(suffix, values.device)).sum(0, dtype=torch.float32)
             key = f"{statistic}_{suffix}"
             sums[key] = sums[key] + total if key in sums else total
 
@@ -172,8 +183,7 @@ def extract_steering_vectors(
                 input_ids, attention_mask, position_ids, response_mask = collate(
                     [encoded[i] for i in rows], pad_id, padding_side
                 )
-                accumulator.positive_rows = labels[rows]
-                accumulator.response_mask = response_mask
+                accumulator.start_batch(labels[rows], response_mask)
                 with suppress(_StopForward):
                     model(
                         input_ids=input_ids.to(device),

@@ -29,6 +29,16 @@ def embedded_gguf_file() -> Path:
     return files[0]
 
 
+def _forget_gguf_quantizer(model: Any) -> None:
+    """GGUF weights arrive dequantised into plain tensors; drop the quantizer so the model saves like any other."""
+    if not all(isinstance(p, torch.Tensor) and p.dtype.is_floating_point for p in model.parameters()):
+        return
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
 def load_model(
     name_or_path: str = EMBEDDED_MODEL, dtype: torch.dtype = torch.bfloat16, **kwargs: Any
 ) -> tuple[Any, Any]:
@@ -40,6 +50,7 @@ def load_model(
         folder, gguf = str(path.parent), path.name
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=dtype, **kwargs)
+        _forget_gguf_quantizer(model)
         # Record the Hub id the GGUF was converted from, so adapters name their real base model.
         name = EMBEDDED_HUB_ID if name_or_path == EMBEDDED_MODEL else str(path)
         model.config._name_or_path = model.name_or_path = name

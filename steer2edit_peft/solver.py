@@ -13,7 +13,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .architectures import model_signature
-from .errors import Steer2EditError
+from .errors import EmptyEditError, Steer2EditError
 from .extraction import decoder_model, edited_modules
 from .tuner import Steer2EditConfig, Steer2EditLayer
 from .vectors import SteeringVectors
@@ -178,6 +178,13 @@ def edit_model(
     config.edited_components = {}
     edits = solve_edit(model, vectors, config)
     config.edited_components = {edit.module: [edit.indices.tolist()] for edit in edits if edit.indices.numel()}
+    if not config.edited_components:
+        raise EmptyEditError(
+            f"the elastic net kept no head or neuron (rho_attn={config.rho_attn}, rho_mlp={config.rho_mlp}, "
+            f"alpha={config.alpha}, threshold rho*alpha on |cos|): lower rho or alpha"
+        )
+    # Only edited modules are wrapped, so the others run at full speed.
+    config.target_modules = sorted(config.edited_components)
     config.behaviour = behaviour or config.behaviour
     config.probe_data = config.probe_data or vectors.options.get("probe_data")
     base = decoder_model(model)

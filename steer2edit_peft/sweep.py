@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .errors import Steer2EditError
+from .errors import EmptyEditError, Steer2EditError
 from .evaluation.suite import Condition, EvaluationPrompts, EvaluationResult, evaluate_conditions
 from .solver import edit_model
 from .steering import steer
@@ -119,25 +119,38 @@ def search(
     for params in enqueue:
         study.enqueue_trial(params)
     results: list[Trial] = []
+    unchanged: list[tuple[float, float, dict[str, Any]]] = []  # the base model's score, for empty edits
     bar = tqdm(total=trials, desc=f"searching {method}", unit="trial", disable=not show_progress)
+
+    def score_edit(params: dict[str, Any]) -> tuple[float, float, dict[str, Any]]:
+        try:
+            edited = edit_model(model, vectors, edit_config_from(params, num_layers))
+        except EmptyEditError:  # nothing passed the threshold: the model as it is
+            if not unchanged:
+                unchanged.append(measure(Condition("base", model), Condition("base", model)))
+            attribute, kl, details = unchanged[0]
+            return attribute, kl, {**details, "edited_heads": 0, "edited_neurons": 0}
+        try:
+            report = edited.edit_reports["default"]
+            attribute, kl, details = measure(
+                Condition("Steer2Edit", edited), Condition("base", edited, edited.disable_adapter)
+            )
+            return (
+                attribute,
+                kl,
+                {**details, "edited_heads": report.edited_heads, "edited_neurons": report.edited_neurons},
+            )
+        finally:
+            edited.unload()
 
     def objective(trial: Any) -> tuple[float, float]:
         if method == "steering":
             params = _suggest_steering(trial, max_first, max_strength)
-            attribute, kl, details = measure(
-                steering_condition(model, vectors, params, num_layers), Condition("base", model)
-            )
+            steering = steering_condition(model, vectors, params, num_layers)
+            attribute, kl, details = measure(steering, Condition("base", model))
         else:
             params = _suggest_edit(trial, num_layers, max_first)
-            edited = edit_model(model, vectors, edit_config_from(params, num_layers))
-            try:
-                report = edited.edit_reports["default"]
-                attribute, kl, details = measure(
-                    Condition("Steer2Edit", edited), Condition("base", edited, edited.disable_adapter)
-                )
-                details = {**details, "edited_heads": report.edited_heads, "edited_neurons": report.edited_neurons}
-            finally:
-                edited.unload()
+            attribute, kl, details = score_edit(params)
         results.append(Trial(method, params, attribute, kl, details))
         bar.update()
         bar.set_postfix(attribute=f"{attribute:.3f}", kl=f"{kl:.4f}")

@@ -296,3 +296,26 @@ def test_plain_torch_module_with_targets_by_hand():
     layer = peft_model.base_model.model[2]
     expected = model[0:2](x) @ (layer.get_base_layer().weight.double() + dense_edit(layer, "default")).float().T
     assert_close_relative(peft_model(x), expected + layer.get_base_layer().bias)
+
+
+def test_combining_an_edit_with_itself_doubles_it_although_every_column_is_shared():
+    peft_model = random_edit("llama", seed=0)
+    single = logits(peft_model)
+    peft_model.base_model.add_weighted_adapter(["default", "default"], [1.0, 1.0], "twice")
+    peft_model.set_adapter("twice")
+    for module in edit_layers(peft_model).values():
+        torch.testing.assert_close(module.get_delta_weight("twice"), 2 * module.get_delta_weight("default"))
+    reference = densely_edited_copy(peft_model, ["twice"])
+    assert_close_relative(logits(peft_model), logits(reference))
+    assert not torch.allclose(logits(peft_model), single)
+
+
+def test_changing_the_edit_in_place_reaches_the_forward_pass():
+    peft_model = random_edit("llama", seed=0)
+    before = logits(peft_model)
+    with torch.no_grad():
+        for module in edit_layers(peft_model).values():
+            module.steer2edit_lambda["default"].mul_(3.0)
+    reference = densely_edited_copy(peft_model, ["default"])
+    assert_close_relative(logits(peft_model), logits(reference))
+    assert not torch.allclose(logits(peft_model), before)

@@ -63,10 +63,14 @@ def test_demo_command_prints_the_table(tiny_checkpoint, tmp_path, capsys):
     args = ["demo", "--model", str(tiny_checkpoint), "--output", str(tmp_path), "--dtype", "float32"]
     args += ["--num-eval", "3", "--max-new-tokens", "3", "--batch-size", "3", "--no-plots", "--behaviour", "concise"]
     args += ["--rho-attn", "0.05", "--rho-mlp", "off", "--alpha", "0.5", "--first-layer", "0"]
-    assert main(args) == 0
+    probe = tmp_path / "probe.jsonl"
+    probe.write_text(json.dumps({"prompt": "Capital of Peru?", "positive": "Lima.", "negative": "It is Lima, a city..."}))
+    args += ["--probe", probe]
+    assert main([str(a) for a in args]) == 0
     output = capsys.readouterr().out
     assert "| condition" in output and "| base" in output and "length" in output
     assert "same greedy answers: True" in output
+    assert json.loads((tmp_path / "results.json").read_text())["probe"].endswith("probe.jsonl")
 
 
 @pytest.mark.slow

@@ -100,3 +100,20 @@ def test_search_rejects_an_unknown_method():
     )
     with pytest.raises(ValueError, match="method must be"):
         search(model, vectors, lambda c, r: (0.0, 0.0, {}), method="lora", trials=1)
+
+
+def test_a_trial_that_edits_nothing_scores_as_the_base_model():
+    model = tiny_model("llama")
+    vectors = extract_steering_vectors(
+        model, CharTokenizer(), ContrastiveDataset.from_lists(["a"], ["b"], ["c"], ["d"]), show_progress=False
+    )
+    calls = []
+
+    def measure(condition, reference):
+        calls.append(condition.name)
+        return 0.25, 0.0, {}
+
+    # rho * alpha = 0.95 * 0.8 > any |cos| that a random model gives: nothing is edited.
+    empty = {"families": "both", "first_layer": 0, "rho_attn": 0.8, "rho_mlp": 0.8, "alpha": 0.95}
+    trials = search(model, vectors, measure, trials=1, enqueue=[empty], show_progress=False)
+    assert calls == ["base"] and trials[0].attribute == 0.25 and trials[0].details["edited_heads"] == 0

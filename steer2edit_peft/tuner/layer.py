@@ -47,6 +47,8 @@ class Steer2EditLayer(BaseTunerLayer):
         self.steer2edit_lambda = nn.ParameterDict({})
         self.steer2edit_indices = BufferDict({}, persistent=False)
         self.steer2edit_term = BufferDict({}, persistent=False)
+        # adapter -> (stamp, key, scaled u): see _forward_factors
+        self._factor_cache: dict[str, tuple[Any, torch.Tensor, torch.Tensor]] = {}
         self.strength: dict[str, float] = {}
         self.component_size: dict[str, int] = {}
         self._disable_adapters = False
@@ -143,16 +145,47 @@ class Steer2EditLayer(BaseTunerLayer):
         """Dense ``delta W`` in the base weight's layout: strength * u^T K, K zero outside edited columns."""
         u = self.steer2edit_u[adapter_name].float()
         key = torch.zeros(u.shape[0], self.in_features, dtype=torch.float32, device=u.device)  # [terms, in]
-        key[:, self._input_columns(adapter_name)] = self._column_factor(adapter_name).float().T
+        key.index_add_(1, self._input_columns(adapter_name), self._column_factor(adapter_name).float().T)
         delta = self.strength[adapter_name] * (u.T @ key)  # [out, in]
         return delta.T if self.fan_in_fan_out else delta
 
+    def _forward_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(key [in, terms], strength * u [terms, out]): the edit as two thin matrices, as a LoRA applies them.
+
+        Cached until the edit's tensors or strength change (tracked by version counters), so a forward pass
+        costs two thin matmuls and no bookkeeping.
+        """
+        u, k, magnitudes = (
+            self.steer2edit_u[adapter_name],
+            self.steer2edit_k[adapter_name],
+            self.steer2edit_lambda[adapter_name],
+        )
+        stamp = (
+            u._version,
+            k._version,
+            magnitudes._version,
+            u.data_ptr(),
+            k.data_ptr(),
+            magnitudes.data_ptr(),
+            u.dtype,
+            u.device,
+            self.strength[adapter_name],
+        )
+        cached = self._factor_cache.get(adapter_name)
+        if cached is not None and cached[0] == stamp and not (u.requires_grad or k.requires_grad):
+            return cached[1], cached[2]
+        key = torch.zeros(self.in_features, u.shape[0], dtype=u.dtype, device=u.device)
+        key.index_add_(
+            0, self._input_columns(adapter_name), self._column_factor(adapter_name)
+        )  # terms may share columns
+        factors = (key, self.strength[adapter_name] * u)
+        self._factor_cache[adapter_name] = (stamp, *factors)
+        return factors
+
     def edit_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        """The edit's contribution to the output for input x: strength * u^T (x[cols] @ factor)."""
-        u = self.steer2edit_u[adapter_name]
-        selected = x.to(u.dtype).index_select(-1, self._input_columns(adapter_name))
-        coefficients = selected @ self._column_factor(adapter_name)  # [..., terms]
-        return self.strength[adapter_name] * (coefficients @ u)
+        """The edit's contribution to the output for input x: (x @ key) @ (strength * u)."""
+        key, scaled_u = self._forward_factors(adapter_name)
+        return (x.to(key.dtype) @ key) @ scaled_u
 
     def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
         return True

@@ -277,9 +277,14 @@ class Steer2EditModel(BaseTuner):
         if adapter_name in self.peft_config:
             raise ValueError(f"adapter {adapter_name!r} already exists")
         configs = [self._config(name) for name in adapters]
-        if len({(c.head_dim, tuple(sorted(c.target_modules or []))) for c in configs}) != 1:
-            raise ValueError("add_weighted_adapter needs adapters with the same target modules and head_dim")
+        if len({c.head_dim for c in configs}) != 1:
+            raise ValueError("add_weighted_adapter needs adapters with the same head_dim")
+        targets = [c.target_modules for c in configs]
+        if any(isinstance(t, str) for t in targets) and len({str(t) for t in targets}) != 1:
+            raise ValueError("add_weighted_adapter needs equal target_modules when one of them is a regex")
         combined = copy.deepcopy(configs[0])
+        if not isinstance(combined.target_modules, str):
+            combined.target_modules = sorted({name for t in targets for name in (t or [])})
         combined.init_weights = True
         combined.strength = 1.0
         layer_sets = [c.layers_to_transform for c in configs]
