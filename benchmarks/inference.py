@@ -9,7 +9,6 @@ down_proj), so this is the worst case for the edit: the demo's edit touches 5 la
 from __future__ import annotations
 
 import argparse
-import copy
 
 import torch
 from common import interleaved, save_results
@@ -28,11 +27,14 @@ def main() -> None:
     torch.manual_seed(0)
     base, tokenizer = load_model(dtype=torch.bfloat16)
     vectors = extract_steering_vectors(base, tokenizer, builtin_probe("refusal"), show_progress=False)
-    edited = edit_model(copy.deepcopy(base), vectors, Steer2EditConfig(rho_attn=0.1, rho_mlp=0.3, alpha=0.6))
+    # Fresh loads, not deep copies, so every variant has the same memory layout as the base.
+    edit = Steer2EditConfig(rho_attn=0.1, rho_mlp=0.3, alpha=0.6)
+    edited = edit_model(load_model(dtype=torch.bfloat16)[0], vectors, edit)
     report = edited.edit_reports["default"]
-    merged = copy.deepcopy(edited).merge_and_unload()
+    merged = edit_model(load_model(dtype=torch.bfloat16)[0], vectors, edit).merge_and_unload()
     lora = get_peft_model(
-        copy.deepcopy(base), LoraConfig(r=8, target_modules=["o_proj", "down_proj"], init_lora_weights=False)
+        load_model(dtype=torch.bfloat16)[0],
+        LoraConfig(r=8, target_modules=["o_proj", "down_proj"], init_lora_weights=False),
     )
     models = {"base": base, "Steer2Edit unmerged": edited, "Steer2Edit merged": merged, "LoRA r=8 unmerged": lora}
 

@@ -1,6 +1,6 @@
 """Peak memory of extraction as the probe data grows: it must stay flat (running sums, no stored activations).
 
-python benchmarks/memory.py [--sizes 32 128 512]
+python benchmarks/memory.py [--sizes 32 128 512 2048]
 
 Each size runs in a fresh process (Linux): the peak resident size is reset after the model is loaded, and the
 figure is how far it rises above the resident size during extraction.
@@ -20,10 +20,11 @@ CHILD = """
 import json, sys, torch
 sys.path.insert(0, {here!r})
 from extraction import probe
-from steer2edit_peft import extract_steering_vectors
+from steer2edit_peft import ContrastiveDataset, extract_steering_vectors
 from steer2edit_peft.models import load_model
 model, tokenizer = load_model(dtype=torch.bfloat16)
-dataset = probe({size})
+# The same 32 examples repeated: the data grows while batch shapes stay the same.
+dataset = ContrastiveDataset(list(probe(32)) * ({size} // 32))
 def status(field):
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
@@ -37,7 +38,7 @@ print(json.dumps({{"rss_before_kib": before, "peak_during_kib": status("VmHWM")}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 512])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 512, 2048])
     args = parser.parse_args()
     here = str(Path(__file__).resolve().parent)
     rows = {}

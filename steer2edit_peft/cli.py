@@ -20,6 +20,7 @@ examples:
   steer2edit eval --adapter outputs/refusal-edit --vectors outputs/vectors --steering-strength 2
   steer2edit sweep --max-kl 0.05 --trials 20 --compare-steering --output outputs/sweep
   steer2edit inspect outputs/refusal-edit --heatmap outputs/refusal-edit/heatmap.png
+  steer2edit export-lora outputs/refusal-edit --output outputs/refusal-lora --rank 8
   steer2edit merge outputs/refusal-edit --output outputs/refusal-merged
 
 MODEL is the embedded SmolLM2-135M-Instruct by default, or any transformers model id, folder or .gguf file.
@@ -185,6 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("adapter", type=Path, help="folder written by save_pretrained")
     inspect.add_argument("--top", type=_positive_int, default=5, help="components listed per module")
     inspect.add_argument("--heatmap", type=Path, help="write the edit heatmap (PNG) here")
+
+    export = command(
+        "export-lora",
+        "write the edit as a standard LoRA adapter (exact)",
+        "Write a PEFT LoRA adapter whose outputs equal the Steer2Edit adapter's (to float32 rounding); it loads "
+        "with plain PEFT, in multi-LoRA stacks, and in LoRA servers such as vLLM.",
+    )
+    export.add_argument("adapter", type=Path, help="Steer2Edit adapter folder")
+    export.add_argument("--model", default=None, help="base model (default: the one recorded in the adapter)")
+    export.add_argument("--output", type=Path, required=True, help="folder for the LoRA adapter")
+    export.add_argument("--rank", type=_positive_int, default=None, help="pad every module to this rank")
 
     merge = command(
         "merge",
@@ -397,22 +409,42 @@ def run_inspect(args: argparse.Namespace) -> None:
         print(f"wrote {save_figure(plot_edit_heatmap(EditReport.from_adapter_folder(args.adapter)), args.heatmap)}")
 
 
-def run_merge(args: argparse.Namespace) -> None:
+def _load_with_adapter(args: argparse.Namespace, dtype: str = "float32") -> tuple[Any, Any]:
+    """The base model recorded in (or given for) an adapter, with the adapter loaded on it."""
+    import torch
     from peft import PeftModel
 
-    from .models import EMBEDDED_HUB_ID, EMBEDDED_MODEL
+    from .models import EMBEDDED_HUB_ID, EMBEDDED_MODEL, load_model
     from .report import read_adapter_config
 
     config = read_adapter_config(args.adapter)
-    if args.output.exists() and any(args.output.iterdir()):
-        raise Steer2EditError(f"{args.output} exists and is not empty; choose a new folder")
     base_name = args.model or config.get("base_model_name_or_path")
     if base_name == EMBEDDED_HUB_ID and args.model is None:
         base_name = EMBEDDED_MODEL  # recorded under its Hub id, but here the embedded copy is used
     if not base_name:
         raise Steer2EditError("the adapter records no base model: pass --model")
-    model, tokenizer = _load(args, base_name)
-    merged = PeftModel.from_pretrained(model, args.adapter).merge_and_unload()
+    model, tokenizer = load_model(base_name, dtype=getattr(torch, dtype))
+    return PeftModel.from_pretrained(model, args.adapter), tokenizer
+
+
+def _check_empty(folder: Path) -> None:
+    if folder.exists() and any(folder.iterdir()):
+        raise Steer2EditError(f"{folder} exists and is not empty; choose a new folder")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from .export import to_lora
+
+    _check_empty(args.output)
+    model, _ = _load_with_adapter(args)
+    config, _ = to_lora(model, output=args.output, rank=args.rank)
+    print(f"LoRA adapter (r={config.r}, {len(config.target_modules or [])} modules) written to {args.output}")
+
+
+def run_merge(args: argparse.Namespace) -> None:
+    _check_empty(args.output)
+    model, tokenizer = _load_with_adapter(args, args.dtype)
+    merged = model.merge_and_unload()
     merged.save_pretrained(args.output, max_shard_size=args.max_shard_size)
     tokenizer.save_pretrained(args.output)
     print(f"merged model written to {args.output} (load it with AutoModelForCausalLM.from_pretrained)")
@@ -425,6 +457,7 @@ COMMANDS = {
     "eval": run_eval,
     "sweep": run_sweep,
     "inspect": run_inspect,
+    "export-lora": run_export,
     "merge": run_merge,
 }
 

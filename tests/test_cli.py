@@ -31,11 +31,11 @@ def run(capsys, *args) -> tuple[int, str, str]:
 def test_help_lists_every_command():
     result = subprocess.run([sys.executable, "-m", "steer2edit_peft.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for command in ("demo", "extract", "edit", "eval", "sweep", "inspect", "merge"):
+    for command in ("demo", "extract", "edit", "eval", "sweep", "inspect", "export-lora", "merge"):
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["demo", "extract", "edit", "eval", "sweep", "inspect", "merge"])
+@pytest.mark.parametrize("command", ["demo", "extract", "edit", "eval", "sweep", "inspect", "export-lora", "merge"])
 def test_each_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -88,6 +88,14 @@ def test_extract_edit_inspect_eval_merge_chain(checkpoint, tmp_path, capsys):
     expected = PeftModel.from_pretrained(base, adapter_dir)
     x = torch.randint(3, 250, (2, 6))
     torch.testing.assert_close(merged(x).logits, expected(x).logits, atol=1e-5, rtol=1e-5)
+
+    code, out, _ = run(
+        capsys, "export-lora", adapter_dir, "--model", checkpoint, "--output", tmp_path / "lora", "--rank", "4"
+    )
+    assert code == 0 and "r=4" in out
+    lora = PeftModel.from_pretrained(load_model(str(checkpoint), dtype=torch.float32)[0], tmp_path / "lora")
+    assert lora.peft_config["default"].peft_type == "LORA"
+    torch.testing.assert_close(lora(x).logits, expected(x).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_inspect_reads_a_saved_adapter_without_a_model(tmp_path, capsys):

@@ -64,7 +64,9 @@ def test_demo_command_prints_the_table(tiny_checkpoint, tmp_path, capsys):
     args += ["--num-eval", "3", "--max-new-tokens", "3", "--batch-size", "3", "--no-plots", "--behaviour", "concise"]
     args += ["--rho-attn", "0.05", "--rho-mlp", "off", "--alpha", "0.5", "--first-layer", "0"]
     probe = tmp_path / "probe.jsonl"
-    probe.write_text(json.dumps({"prompt": "Capital of Peru?", "positive": "Lima.", "negative": "It is Lima, a city..."}))
+    probe.write_text(
+        json.dumps({"prompt": "Capital of Peru?", "positive": "Lima.", "negative": "It is Lima, a city..."})
+    )
     args += ["--probe", probe]
     assert main([str(a) for a in args]) == 0
     output = capsys.readouterr().out

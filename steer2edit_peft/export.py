@@ -1,0 +1,159 @@
+"""Exporting an edit: as a standard PEFT LoRA adapter (exact), loadable where steer2edit_peft is not installed.
+
+Per module the edit is ``delta W = strength * u^T K`` with u [terms, out] and K [terms, in] (zero outside the
+edited columns), so a LoRA with ``lora_B = strength * u^T``, ``lora_A = K`` and scaling 1 (lora_alpha = r)
+reproduces it to float32 rounding. Ranks are the number of terms (one for a solved edit), or one uniform rank
+padded with zeros for servers that need it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig
+from safetensors.torch import save_file
+
+from .errors import Steer2EditError
+from .extraction import decoder_model
+from .solver import ModuleEdit
+from .tuner import Steer2EditLayer
+
+
+def lora_factors(layer: Steer2EditLayer, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lora_A [terms, in], lora_B [out, terms]) in float32, with B @ A equal to the layer's delta W (math layout)."""
+    u = layer.steer2edit_u[adapter_name].detach().float()  # [terms, out]
+    key = torch.zeros(u.shape[0], layer.in_features, dtype=torch.float32, device=u.device)
+    key.index_add_(1, layer._input_columns(adapter_name), layer._column_factor(adapter_name).detach().float().T)
+    return key.contiguous(), (layer.strength[adapter_name] * u.T).contiguous()
+
+
+def to_lora(
+    model: Any, adapter_name: str = "default", output: str | Path | None = None, rank: int | None = None
+) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
+    """A LoRA adapter equal to the Steer2Edit adapter ``adapter_name`` of ``model``; saved to ``output`` if given.
+
+    ``rank``: pad every module to this rank (zeros), e.g. for a multi-LoRA server; it must be at least the
+    number of terms of every module.
+    """
+    state: dict[str, torch.Tensor] = {}
+    ranks: dict[str, int] = {}
+    fan_in_fan_out = set()
+    for name, module in decoder_model(model).named_modules():
+        if not isinstance(module, Steer2EditLayer) or adapter_name not in module.steer2edit_u:
+            continue
+        if module.steer2edit_indices[adapter_name].numel() == 0:
+            continue
+        lora_a, lora_b = lora_factors(module, adapter_name)
+        terms = lora_a.shape[0]
+        if rank is not None:
+            if rank < terms:
+                raise Steer2EditError(f"{name}: the edit has {terms} rank-one terms, more than the asked rank {rank}")
+            lora_a = torch.cat([lora_a, lora_a.new_zeros(rank - terms, lora_a.shape[1])])
+            lora_b = torch.cat([lora_b, lora_b.new_zeros(lora_b.shape[0], rank - terms)], dim=1)
+        ranks[name] = lora_a.shape[0]
+        fan_in_fan_out.add(module.fan_in_fan_out)
+        state[f"base_model.model.{name}.lora_A.weight"] = lora_a.cpu()
+        state[f"base_model.model.{name}.lora_B.weight"] = lora_b.cpu()
+    if not ranks:
+        raise Steer2EditError(f"adapter {adapter_name!r} edits nothing on this model: there is nothing to export")
+    if len(fan_in_fan_out) > 1:
+        raise Steer2EditError("the edit mixes Conv1D and Linear modules, which one LoRA config cannot describe")
+    top = max(ranks.values())
+    source = _source_config(model, adapter_name)
+    config = LoraConfig(
+        r=top,
+        lora_alpha=top,  # scaling lora_alpha / r = 1; alpha_pattern keeps it 1 where the rank differs
+        target_modules=sorted(ranks),
+        rank_pattern={n: r for n, r in ranks.items() if r != top},
+        alpha_pattern={n: r for n, r in ranks.items() if r != top},
+        lora_dropout=0.0,
+        bias="none",
+        fan_in_fan_out=fan_in_fan_out.pop(),
+        base_model_name_or_path=getattr(source, "base_model_name_or_path", None),
+        task_type=getattr(source, "task_type", None),
+    )
+    if output is not None:
+        output = Path(output)
+        config.save_pretrained(str(output))
+        save_file(state, str(output / "adapter_model.safetensors"), metadata={"format": "pt"})
+        provenance = {"exported_from": "steer2edit", "behaviour": getattr(source, "behaviour", None), "ranks": ranks}
+        (output / "steer2edit_export.json").write_text(json.dumps(provenance, indent=2))
+    return config, state
+
+
+def _source_config(model: Any, adapter_name: str) -> Any:
+    configs = getattr(model, "peft_config", {})
+    return configs.get(adapter_name)
+
+
+def _edit_factors(edit: ModuleEdit, in_features: int, component_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(lora_A [1, in], lora_B [out, 1]) of one solved module: A holds lambda_c k_c on component c's columns."""
+    offsets = torch.arange(component_size)
+    columns = (edit.indices[:, None] * component_size + offsets).reshape(-1)
+    lora_a = torch.zeros(1, in_features)
+    lora_a[0, columns] = (edit.magnitudes[:, None] * edit.input_directions).reshape(-1).float()
+    return lora_a, edit.direction.float()[:, None]
+
+
+def edit_as_lora(model: Any, vectors: Any, config: Any = None, adapter_name: str = "edit") -> Any:
+    """Solve an edit on a LoRA-tuned ``PeftModel`` and add it there as one more LoRA adapter, active with the rest.
+
+    The edit is solved on the effective weights (base plus the active LoRA deltas), its rank-one factors become
+    a LoRA adapter of rank one, and both adapters stay unmerged; ``merge_and_unload`` merges them in any order.
+    A warning lists the modules the fine-tune and the edit both change, since the two then interact.
+    """
+    import copy
+    import warnings
+
+    from peft import PeftModel
+
+    from .solver import solve_edit
+    from .tuner import Steer2EditConfig
+
+    if not isinstance(model, PeftModel) or any(c.peft_type != "LORA" for c in model.peft_config.values()):
+        raise Steer2EditError("edit_as_lora needs a PeftModel holding LoRA adapters; use edit_model otherwise")
+    if adapter_name in model.peft_config:
+        raise Steer2EditError(f"adapter {adapter_name!r} already exists")
+    config = copy.deepcopy(config) if config is not None else Steer2EditConfig()
+    tuner: Any = model.base_model  # the LoraModel
+    active = list(tuner.active_adapters)
+    edits = [edit for edit in solve_edit(model, vectors, config) if edit.indices.numel()]
+    if not edits:
+        raise Steer2EditError("the elastic net kept no head or neuron: lower rho or alpha")
+    base: Any = decoder_model(model)
+    modules: dict[str, Any] = {edit.module: base.get_submodule(edit.module) for edit in edits}
+    shared = sorted(name for name, module in modules.items() if any(a in getattr(module, "lora_A", {}) for a in active))
+    fan_in_fan_out = {type(getattr(m, "base_layer", m)).__name__ == "Conv1D" for m in modules.values()}
+    if len(fan_in_fan_out) > 1:
+        raise Steer2EditError("the edit mixes Conv1D and Linear modules, which one LoRA config cannot describe")
+    lora_config = LoraConfig(
+        r=1,
+        lora_alpha=1,
+        target_modules=sorted(modules),
+        lora_dropout=0.0,
+        fan_in_fan_out=fan_in_fan_out.pop(),
+        base_model_name_or_path=getattr(model.peft_config[active[0]], "base_model_name_or_path", None),
+    )
+    model.add_adapter(adapter_name, lora_config)
+    with torch.no_grad():
+        for edit in edits:
+            module = base.get_submodule(edit.module)  # wrapped by add_adapter just now
+            size = config.head_dim if edit.is_attention else 1
+            lora_a, lora_b = _edit_factors(edit, module.in_features, size)
+            module.lora_A[adapter_name].weight.copy_(lora_a)
+            module.lora_B[adapter_name].weight.copy_(lora_b)
+    tuner.set_adapter([*active, adapter_name])
+    for name, parameter in model.named_parameters():
+        if f".{adapter_name}." in name:
+            parameter.requires_grad_(False)  # training-free
+    if shared:
+        warnings.warn(
+            f"{len(shared)} module(s) carry both the LoRA fine-tune and the edit, which then interact: "
+            + ", ".join(shared[:5])
+            + (" ..." if len(shared) > 5 else ""),
+            stacklevel=2,
+        )
+    return model
