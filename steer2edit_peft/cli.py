@@ -20,6 +20,7 @@ examples:
   steer2edit eval --adapter outputs/refusal-edit --vectors outputs/vectors --steering-strength 2
   steer2edit sweep --max-kl 0.05 --trials 20 --compare-steering --output outputs/sweep
   steer2edit inspect outputs/refusal-edit --heatmap outputs/refusal-edit/heatmap.png
+  steer2edit push outputs/refusal-edit your-name/smollm2-refusal-edit
   steer2edit export-lora outputs/refusal-edit --output outputs/refusal-lora --rank 8
   steer2edit merge outputs/refusal-edit --output outputs/refusal-merged
 
@@ -186,6 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("adapter", type=Path, help="folder written by save_pretrained")
     inspect.add_argument("--top", type=_positive_int, default=5, help="components listed per module")
     inspect.add_argument("--heatmap", type=Path, help="write the edit heatmap (PNG) here")
+
+    push = command(
+        "push",
+        "upload a saved adapter to the Hugging Face Hub with a model card and its heatmap",
+        "Upload a saved Steer2Edit adapter, a model card (README.md) and the edit heatmap. Every push is a new "
+        "commit; load an older one with PeftModel.from_pretrained(base, REPO_ID, revision=COMMIT).",
+    )
+    push.add_argument("adapter", type=Path, help="adapter folder")
+    push.add_argument("repo_id", help="user/name on the Hub (HF_ENDPOINT chooses the server)")
+    push.add_argument("--revision", default=None, help="branch to push to (created if missing)")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--commit-message", default=None)
+    push.add_argument(
+        "--results", type=Path, default=None, help="results.json of `steer2edit demo`/`eval` for the card"
+    )
 
     export = command(
         "export-lora",
@@ -432,6 +448,21 @@ def _check_empty(folder: Path) -> None:
         raise Steer2EditError(f"{folder} exists and is not empty; choose a new folder")
 
 
+def run_push(args: argparse.Namespace) -> None:
+    from .hub import push_adapter_folder, results_markdown
+
+    results = results_markdown(args.results) if args.results else None
+    commit = push_adapter_folder(
+        args.adapter,
+        args.repo_id,
+        revision=args.revision,
+        private=args.private or None,
+        commit_message=args.commit_message,
+        results=results,
+    )
+    print(f"pushed {args.adapter} to {commit.commit_url} (revision {commit.oid})")
+
+
 def run_export(args: argparse.Namespace) -> None:
     from .export import to_lora
 
@@ -457,6 +488,7 @@ COMMANDS = {
     "eval": run_eval,
     "sweep": run_sweep,
     "inspect": run_inspect,
+    "push": run_push,
     "export-lora": run_export,
     "merge": run_merge,
 }

@@ -31,11 +31,13 @@ def run(capsys, *args) -> tuple[int, str, str]:
 def test_help_lists_every_command():
     result = subprocess.run([sys.executable, "-m", "steer2edit_peft.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for command in ("demo", "extract", "edit", "eval", "sweep", "inspect", "export-lora", "merge"):
+    for command in ("demo", "extract", "edit", "eval", "sweep", "inspect", "push", "export-lora", "merge"):
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["demo", "extract", "edit", "eval", "sweep", "inspect", "export-lora", "merge"])
+@pytest.mark.parametrize(
+    "command", ["demo", "extract", "edit", "eval", "sweep", "inspect", "push", "export-lora", "merge"]
+)
 def test_each_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
