@@ -73,8 +73,11 @@ def neuron_scores(
 
 def effective_weight(module: Any) -> torch.Tensor:
     """The weight the module really applies, [out, in], float32: base plus unmerged active adapters."""
+    from accelerate.utils import align_module_device
+
     base: Any = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
-    weight = base.weight.detach().float()
+    with align_module_device(base, torch.device("cpu") if base.weight.device.type == "meta" else None):
+        weight = base.weight.detach().to(torch.float32, copy=True)  # offloaded weights are brought in, then copied
     if isinstance(module, BaseTunerLayer):
         for adapter_name in module.active_adapters:
             if adapter_name in module.merged_adapters or not hasattr(module, "get_delta_weight"):

@@ -14,12 +14,30 @@ from ..errors import AdapterValidationError
 
 
 def weight_in_out(module: nn.Module, fan_in_fan_out: bool) -> tuple[int, int]:
-    """(in_features, out_features) of a 2-D weight stored (out, in), or (in, out) when fan_in_fan_out."""
+    """(in_features, out_features) of a 2-D weight stored (out, in), or (in, out) when fan_in_fan_out.
+
+    Layers that declare ``in_features``/``out_features`` (nn.Linear, quantized linears whose packed weight
+    has another shape) are taken at their word.
+    """
+    if not fan_in_fan_out and isinstance(getattr(module, "in_features", None), int):
+        return int(module.in_features), int(module.out_features)  # type: ignore[arg-type]
     weight = cast(torch.Tensor, module.weight)
     if weight.ndim != 2:
         raise TypeError(f"Steer2Edit edits 2-D weights; {type(module).__name__} has shape {tuple(weight.shape)}")
     rows, columns = int(weight.shape[0]), int(weight.shape[1])
     return (rows, columns) if fan_in_fan_out else (columns, rows)
+
+
+def offload_execution_device(base_layer: nn.Module) -> torch.device | None:
+    """Where an offloaded base layer (weights on "meta", loaded by an accelerate hook) runs; None otherwise.
+
+    The edit's small tensors live there for good, so the whole weight is never gathered for them.
+    """
+    weight = getattr(base_layer, "weight", None)
+    if weight is None or weight.device.type != "meta":
+        return None
+    device = getattr(getattr(base_layer, "_hf_hook", None), "execution_device", None)  # else the block's hook loads it
+    return torch.device(device) if device is not None else torch.device("cpu")
 
 
 class Steer2EditLayer(BaseTunerLayer):
@@ -98,7 +116,7 @@ class Steer2EditLayer(BaseTunerLayer):
         self.steer2edit_term[adapter_name] = term_of
         self.strength[adapter_name] = float(strength)
         self.component_size[adapter_name] = component_size
-        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self._move_adapter_to_device_of_base_layer(adapter_name, device=offload_execution_device(self.get_base_layer()))
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
         return components
 
@@ -219,6 +237,12 @@ class Linear(nn.Module, Steer2EditLayer):
             if adapter_name not in self.steer2edit_u:
                 continue
             base_weight = self.get_base_weight()
+            if not base_weight.dtype.is_floating_point:
+                raise TypeError(
+                    f"cannot merge into a quantized {type(self.get_base_layer()).__name__} (weight dtype "
+                    f"{base_weight.dtype}): use the edit unmerged, load the base model unquantized to merge, "
+                    "or export it with to_lora"
+                )
             merged = base_weight.float() + self.get_delta_weight(adapter_name)
             if safe_merge and not torch.isfinite(merged).all():
                 raise ValueError(f"NaNs or infs in the merged weights; adapter {adapter_name!r} seems broken")

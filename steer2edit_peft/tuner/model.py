@@ -15,7 +15,7 @@ from transformers.pytorch_utils import Conv1D
 from ..architectures import OUTPUT_PROJECTIONS, model_head_dim, model_signature, output_projections
 from ..errors import AdapterValidationError
 from .config import Steer2EditConfig
-from .layer import Linear, Steer2EditLayer, weight_in_out
+from .layer import Linear, Steer2EditLayer, offload_execution_device, weight_in_out
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 TENSOR_NAMES = ("steer2edit_u", "steer2edit_k", "steer2edit_lambda")
@@ -184,6 +184,22 @@ class Steer2EditModel(BaseTuner):
         weights_path = _locate_weights(source) if source is not None else None
         if weights_path is not None:
             validate_tensors(read_adapter_weights(weights_path), shapes, prefix="base_model.model.")
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: Any, child: Any) -> None:
+        # PEFT parks adapter tensors on the base weight's device, "meta" for an offloaded layer, which would
+        # drop their values. The edit's tensors are small: they stay on the layer's execution device.
+        device = offload_execution_device(child.get_base_layer() if isinstance(child, BaseTunerLayer) else child)
+        if device is None or not isinstance(new_module, Steer2EditLayer):
+            return super()._replace_module(parent, child_name, new_module, child)
+        kept = {
+            name: {key: value.detach().to(device) for key, value in getattr(new_module, name).items()}
+            for name in ("steer2edit_u", "steer2edit_k", "steer2edit_lambda", "steer2edit_indices", "steer2edit_term")
+        }
+        super()._replace_module(parent, child_name, new_module, child)
+        for name, values in kept.items():
+            container = getattr(new_module, name)
+            for key, value in values.items():
+                container[key] = nn.Parameter(value, requires_grad=False) if value.is_floating_point() else value
 
     def _create_and_replace(
         self,
