@@ -177,3 +177,33 @@ def test_an_edit_solved_on_a_lora_fine_tune_stacks_as_a_second_lora():
     merged = get_peft_model(tiny_model("llama"), lora_config).merge_and_unload()
     on_merged = edit_model(merged, vectors, config)
     assert_close_relative(logits(stacked), logits(on_merged), rtol=1e-4)
+
+
+def test_exported_lora_has_the_layout_multi_lora_servers_read(tmp_path):
+    from safetensors import safe_open
+
+    to_lora(random_edit("llama"), output=tmp_path, rank=8)
+    config = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 8 and config["lora_alpha"] == 8
+    assert not config["rank_pattern"] and not config["alpha_pattern"] and not config.get("modules_to_save")
+    assert config["bias"] == "none"
+    assert {name.rsplit(".", 1)[-1] for name in config["target_modules"]} == {"o_proj", "down_proj"}
+    with safe_open(str(tmp_path / "adapter_model.safetensors"), framework="pt") as handle:
+        for key in handle.keys():  # noqa: SIM118
+            assert key.startswith("base_model.model.model.layers.") and key.endswith(
+                (".lora_A.weight", ".lora_B.weight")
+            )
+            shape = handle.get_slice(key).get_shape()
+            assert shape[0] == 8 if ".lora_A." in key else shape[1] == 8
+
+
+def test_exported_edits_hotswap_in_a_loaded_lora_model(tmp_path):
+    from peft.utils.hotswap import hotswap_adapter
+
+    first, second = random_edit("llama", seed=0), random_edit("llama", seed=1)
+    to_lora(first, output=tmp_path / "first", rank=4)
+    to_lora(second, output=tmp_path / "second", rank=4)
+    model = PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "first")
+    assert_close_relative(logits(model), logits(first))
+    hotswap_adapter(model, str(tmp_path / "second"), adapter_name="default")
+    assert_close_relative(logits(model), logits(second))
