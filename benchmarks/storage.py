@@ -37,7 +37,7 @@ def main() -> None:
     base, tokenizer = load_model(dtype=torch.bfloat16)
     vectors = extract_steering_vectors(base, tokenizer, builtin_probe("refusal"), show_progress=False)
     adapters = {
-        "Steer2Edit, demo edit (last 5 layers)": edit_model(
+        "Steer2Edit, demo edit (heads of layers 14-29)": edit_model(
             copy.deepcopy(base), vectors, edit_config(DemoSettings(), 30)
         ),
         "Steer2Edit, all layers (rho 0.1/0.3, alpha 0.6)": edit_model(

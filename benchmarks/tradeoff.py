@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 import torch
@@ -171,6 +172,10 @@ def main() -> None:
         figure.axes[0].set_xscale("symlog", linthresh=0.01)
         save_figure(figure, RESULTS / f"tradeoff_{name}.png")
         report[name] = {
+            "command": "python benchmarks/tradeoff.py " + " ".join(sys.argv[1:]),
+            "trials_per_method": args.trials,
+            "num_eval": args.num_eval,
+            "seed": args.seed,
             "attribute": label,
             "base": {"attribute": base_attribute, **base_details},
             "probe": probe.description,
@@ -187,7 +192,7 @@ def main() -> None:
             print(f"  KL <= {row['max_kl']:<5}  " + "   ".join(cells))
         save_results(
             "tradeoff",
-            {"seed": args.seed, "trials_per_method": args.trials, "num_eval": args.num_eval, "tasks": report},
+            {"tasks": report},
         )
 
 

@@ -14,7 +14,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .errors import EmptyEditError, Steer2EditError
-from .evaluation.suite import Condition, EvaluationPrompts, EvaluationResult, evaluate_conditions
+from .evaluation.generation import generate_responses
+from .evaluation.metrics import RefusalMatcher, mean_token_kl, refusal_rate, response_lengths
+from .evaluation.suite import Condition, EvaluationPrompts
 from .solver import edit_model
 from .steering import steer
 from .tuner import Steer2EditConfig
@@ -185,34 +187,49 @@ def generation_measure(
     *,
     max_new_tokens: int = 32,
     batch_size: int = 16,
+    judge: Any = None,
 ) -> Measure:
     """A measure from generated answers: ``refusal`` scores refusal rate minus over-refusal, ``concise`` scores
     1 - mean answer length / the reference's. The KL is taken on ``prompts.benign`` with ``reference_benign``."""
     if behaviour not in ("refusal", "concise"):
         raise ValueError(f"behaviour must be 'refusal' or 'concise', got {behaviour!r}")
+    judge = judge or RefusalMatcher()
     reference_length: list[float] = []
 
-    def evaluate(condition: Condition, reference: Condition) -> EvaluationResult:
-        (result,) = evaluate_conditions(
-            [condition],
-            tokenizer,
-            prompts,
-            reference=reference,
-            reference_benign=reference_benign,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            show_progress=False,
-        )
-        return result
+    def answers(condition: Condition, asked: list[str]) -> list[str]:
+        with condition.context():
+            return generate_responses(
+                condition.model,
+                tokenizer,
+                asked,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                show_progress=False,
+            )
+
+    def mean_length(responses: list[str]) -> float:
+        lengths = response_lengths(tokenizer, responses)
+        return sum(lengths) / len(lengths)
 
     def measure(condition: Condition, reference: Condition) -> tuple[float, float, dict[str, Any]]:
-        result = evaluate(condition, reference)
-        if behaviour == "refusal":
-            details = {"refusal": result.refusal_rate, "over_refusal": result.over_refusal}
-            return result.refusal_rate - result.over_refusal, result.kl_from_reference, details
+        kl = mean_token_kl(
+            condition.model,
+            tokenizer,
+            prompts.benign,
+            reference_benign,
+            edited=condition.context,
+            reference=reference.context,
+            reference_model=reference.model,
+            batch_size=batch_size,
+        )
+        attribute = answers(condition, prompts.attribute)
+        if behaviour == "refusal":  # benign answers only matter for over-refusal
+            refusal = refusal_rate(prompts.attribute, attribute, judge)
+            over_refusal = refusal_rate(prompts.benign, answers(condition, prompts.benign), judge)
+            return refusal - over_refusal, kl, {"refusal": refusal, "over_refusal": over_refusal}
         if not reference_length:
-            reference_length.append(evaluate(reference, reference).mean_length)
-        details = {"mean_length": result.mean_length, "base_length": reference_length[0]}
-        return 1 - result.mean_length / reference_length[0], result.kl_from_reference, details
+            reference_length.append(mean_length(answers(reference, prompts.attribute)))
+        length = mean_length(attribute)
+        return 1 - length / reference_length[0], kl, {"mean_length": length, "base_length": reference_length[0]}
 
     return measure
