@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 
 from .errors import EmptyEditError, Steer2EditError
 from .evaluation.generation import generate_responses
-from .evaluation.metrics import RefusalMatcher, mean_token_kl, refusal_rate, response_lengths
-from .evaluation.suite import Condition, EvaluationPrompts
+from .evaluation.metrics import RefusalMatcher, refusal_rate, response_lengths
+from .evaluation.suite import Condition, EvaluationPrompts, kl_between
 from .solver import edit_model
 from .steering import steer
 from .tuner import Steer2EditConfig
@@ -212,16 +212,7 @@ def generation_measure(
         return sum(lengths) / len(lengths)
 
     def measure(condition: Condition, reference: Condition) -> tuple[float, float, dict[str, Any]]:
-        kl = mean_token_kl(
-            condition.model,
-            tokenizer,
-            prompts.benign,
-            reference_benign,
-            edited=condition.context,
-            reference=reference.context,
-            reference_model=reference.model,
-            batch_size=batch_size,
-        )
+        kl = kl_between(condition, reference, tokenizer, prompts.benign, reference_benign, batch_size)
         attribute = answers(condition, prompts.attribute)
         if behaviour == "refusal":  # benign answers only matter for over-refusal
             refusal = refusal_rate(prompts.attribute, attribute, judge)

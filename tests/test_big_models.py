@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import get_peft_model
 from reference import assert_close_relative
-from tiny_models import CharTokenizer, sample_input, tiny_model
+from tiny_models import CharTokenizer, offloaded_llama, sample_input, tiny_model
 from torch import nn
 from transformers import AutoModelForCausalLM
 
@@ -14,21 +14,6 @@ from steer2edit_peft import ContrastiveDataset, Steer2EditConfig, edit_model, ex
 
 DATA = ContrastiveDataset.from_lists(["ab", "cd"], ["no!", "never"], ["ef", "gh"], ["yes ok", "sure"])
 CONFIG = Steer2EditConfig(rho_attn=0.05, rho_mlp=0.05, alpha=0.5)
-
-
-def offloaded_llama(tmp_path):
-    tiny_model("llama").save_pretrained(tmp_path / "model")
-    device_map = {
-        "model.embed_tokens": "cpu",
-        "model.layers.0": "cpu",
-        "model.layers.1": "disk",
-        "model.norm": "cpu",
-        "model.rotary_emb": "cpu",
-        "lm_head": "cpu",
-    }
-    return AutoModelForCausalLM.from_pretrained(
-        tmp_path / "model", device_map=device_map, offload_folder=tmp_path / "offload"
-    )
 
 
 def test_solve_apply_and_merge_on_a_model_with_a_layer_offloaded_to_disk(tmp_path):

@@ -388,20 +388,9 @@ def test_solver_uses_the_effective_weights_of_a_lora_model():
 
 
 def test_extraction_on_a_model_dispatched_over_devices(tmp_path):
-    from transformers import AutoModelForCausalLM
+    from tiny_models import offloaded_llama
 
-    tiny_model("llama").save_pretrained(tmp_path / "model")
-    device_map = {
-        "model.embed_tokens": "cpu",
-        "model.layers.0": "cpu",
-        "model.layers.1": "disk",
-        "model.norm": "cpu",
-        "model.rotary_emb": "cpu",
-        "lm_head": "cpu",
-    }
-    offloaded = AutoModelForCausalLM.from_pretrained(
-        tmp_path / "model", device_map=device_map, offload_folder=tmp_path / "offload"
-    )
+    offloaded = offloaded_llama(tmp_path)
     tokenizer, dataset = CharTokenizer(), ragged_dataset()
     vectors = extract_steering_vectors(offloaded, tokenizer, dataset, show_progress=False)
     expected = reference_means(tiny_model("llama"), tokenizer, dataset)

@@ -85,3 +85,19 @@ def save_tiny_checkpoint(folder, name: str = "llama", seed: int = 0, **overrides
     model.save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
     return folder
+
+
+def offloaded_llama(folder):
+    """A tiny Llama saved to ``folder`` and loaded back with layer 1 offloaded to disk by accelerate."""
+    tiny_model("llama").save_pretrained(folder / "model")
+    device_map = {
+        "model.embed_tokens": "cpu",
+        "model.layers.0": "cpu",
+        "model.layers.1": "disk",
+        "model.norm": "cpu",
+        "model.rotary_emb": "cpu",
+        "lm_head": "cpu",
+    }
+    return AutoModelForCausalLM.from_pretrained(
+        folder / "model", device_map=device_map, offload_folder=folder / "offload"
+    )

@@ -69,6 +69,29 @@ class EvaluationResult:
         return {k: v for k, v in values.items() if k not in ("condition", "attribute_responses", "benign_responses")}
 
 
+def kl_between(
+    condition: Condition,
+    reference: Condition,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    batch_size: int = 16,
+    system_prompt: str | None = None,
+) -> float:
+    """Mean per-token KL(reference || condition) on ``responses`` to ``prompts``."""
+    return mean_token_kl(
+        condition.model,
+        tokenizer,
+        prompts,
+        responses,
+        edited=condition.context,
+        reference=reference.context,
+        reference_model=reference.model,
+        batch_size=batch_size,
+        system_prompt=system_prompt,
+    )
+
+
 def evaluate_conditions(
     conditions: Sequence[Condition],
     tokenizer: Any,
@@ -108,17 +131,7 @@ def evaluate_conditions(
             text_perplexity = (
                 perplexity(condition.model, tokenizer, prompts.texts, batch_size=batch_size) if prompts.texts else None
             )
-        kl = mean_token_kl(
-            condition.model,
-            tokenizer,
-            prompts.benign,
-            reference_benign,
-            edited=condition.context,
-            reference=reference.context,
-            reference_model=reference.model,
-            batch_size=batch_size,
-            system_prompt=system_prompt,
-        )
+        kl = kl_between(condition, reference, tokenizer, prompts.benign, reference_benign, batch_size, system_prompt)
         lengths = response_lengths(tokenizer, attribute)
         results.append(
             EvaluationResult(
