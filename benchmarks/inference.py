@@ -3,7 +3,8 @@
 python benchmarks/inference.py [--repeats 5] [--prompt-tokens 128] [--new-tokens 32]
 
 SmolLM2-135M-Instruct in bfloat16 on the CPU. The edit and the LoRA cover the same modules (every o_proj and
-down_proj), so this is the worst case for the edit: the demo's edit touches 5 layers only.
+down_proj), so this is the worst case for the edit; "demo edit" is the demo's edit (heads of layers 14-29,
+16 wrapped modules).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from common import interleaved, save_results
 from peft import LoraConfig, get_peft_model
 
 from steer2edit_peft import Steer2EditConfig, builtin_probe, edit_model, extract_steering_vectors, steer
+from steer2edit_peft.demo import DemoSettings, edit_config
 from steer2edit_peft.models import load_model
 
 
@@ -32,11 +34,18 @@ def main() -> None:
     edited = edit_model(load_model(dtype=torch.bfloat16)[0], vectors, edit)
     report = edited.edit_reports["default"]
     merged = edit_model(load_model(dtype=torch.bfloat16)[0], vectors, edit).merge_and_unload()
+    demo_edit = edit_model(load_model(dtype=torch.bfloat16)[0], vectors, edit_config(DemoSettings(), 30))
     lora = get_peft_model(
         load_model(dtype=torch.bfloat16)[0],
         LoraConfig(r=8, target_modules=["o_proj", "down_proj"], init_lora_weights=False),
     )
-    models = {"base": base, "Steer2Edit unmerged": edited, "Steer2Edit merged": merged, "LoRA r=8 unmerged": lora}
+    models = {
+        "base": base,
+        "Steer2Edit unmerged": edited,
+        "Steer2Edit merged": merged,
+        "demo edit unmerged": demo_edit,
+        "LoRA r=8 unmerged": lora,
+    }
 
     def steered(run):
         def go():
@@ -45,7 +54,14 @@ def main() -> None:
 
         return go
 
-    results = {"edited_heads": report.edited_heads, "edited_neurons": report.edited_neurons, "cases": {}}
+    demo_report = demo_edit.edit_reports["default"]
+    results = {
+        "edited_heads": report.edited_heads,
+        "edited_neurons": report.edited_neurons,
+        "wrapped_modules": len(report.modules),
+        "demo_edit": {"edited_heads": demo_report.edited_heads, "wrapped_modules": len(demo_report.modules)},
+        "cases": {},
+    }
     with torch.no_grad():
         for batch in (1, 8):
             ids = torch.randint(100, 40000, (batch, args.prompt_tokens))

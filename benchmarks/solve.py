@@ -3,7 +3,7 @@
 python benchmarks/solve.py
 
 Models: a tiny random Llama, SmolLM2-135M-Instruct (real weights), and synthetic random Llama configs of about
-0.5B and 1.2B parameters (random weights and vectors: the solve cost depends on shapes only).
+0.4B and 1.1B parameters (random weights and vectors: the solve cost depends on shapes only).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from steer2edit_peft.solver import solve_edit
 
 SYNTHETIC = {
     "tiny (2 layers, d=32)": dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4),
-    "synthetic 0.5B (24 layers, d=1024)": dict(
+    "synthetic 0.4B (24 layers, d=1024)": dict(
         hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16
     ),
-    "synthetic 1.2B (16 layers, d=2048)": dict(
+    "synthetic 1.1B (16 layers, d=2048)": dict(
         hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32
     ),
 }

@@ -1,0 +1,128 @@
+"""Print the Markdown tables of BENCHMARKS.md from benchmarks/results/*.json.
+
+python benchmarks/report.py > /tmp/tables.md
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from common import RESULTS
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
+def extraction(data: dict[str, Any]) -> str:
+    rows = []
+    for dtype, entry in data["by_dtype"].items():
+        for name, seconds in entry["seconds"].items():
+            rows.append(
+                [
+                    dtype,
+                    name,
+                    f"{seconds:.3f}",
+                    f"{entry['tokens_per_second'][name]:.0f}",
+                    f"{entry['ratio_to_steer2edit'][name]:.2f}",
+                ]
+            )
+    agreement = ", ".join(f"{d}: {e['max_relative_difference_of_means']:.1e}" for d, e in data["by_dtype"].items())
+    note = f"\n\n{data['examples']} examples, batch size {data['batch_size']}; vectors agree with the per-sample ones to {agreement} (max relative difference)."
+    return table(["dtype", "method", "seconds", "tokens/s", "time / steer2edit"], rows) + note
+
+
+def inference(data: dict[str, Any]) -> str:
+    cases = data["cases"]
+    names = list(next(iter(cases.values()))["seconds"])
+    rows = [
+        [name]
+        + [
+            f"{cases[c]['seconds'][name] * 1000:.0f} ms ({100 * cases[c]['overhead_vs_base'][name]:+.1f}%)"
+            for c in cases
+        ]
+        for name in names
+    ]
+    return table(["model"] + list(cases), rows)
+
+
+def storage(data: dict[str, Any]) -> str:
+    rows = [
+        [name, f"{v['bytes'] / 1024:.1f} KiB", f"{v['load_seconds'] * 1000:.0f} ms" if "load_seconds" in v else "-"]
+        for name, v in data.items()
+        if name != "machine"
+    ]
+    return table(["what", "size on disk", "PeftModel.from_pretrained"], rows)
+
+
+def solve(data: dict[str, Any]) -> str:
+    rows = [
+        [name, f"{v['parameters'] / 1e6:.1f}M", v["heads"], v["neurons"], f"{v['seconds'] * 1000:.1f} ms"]
+        for name, v in data.items()
+        if name != "machine"
+    ]
+    return table(["model", "parameters", "heads", "neurons", "solve time"], rows)
+
+
+def memory(data: dict[str, Any]) -> str:
+    rows = [
+        [size, f"{v['extraction_growth_mib']:.1f} MiB", f"{v['peak_during_kib'] / 1024:.0f} MiB"]
+        for size, v in data.items()
+        if size != "machine"
+    ]
+    return table(["probe examples", "peak rise during extraction", "peak resident"], rows)
+
+
+def tradeoff(data: dict[str, Any]) -> str:
+    parts = []
+    for task, entry in data["tasks"].items():
+        methods = [m for m in entry["matched_kl"][0] if m != "max_kl"]
+        rows = []
+        for row in entry["matched_kl"]:
+            cells = []
+            for method in methods:
+                best = row[method]
+                if best is None:
+                    cells.append("-")
+                    continue
+                extra = ", ".join(
+                    f"{k} {best[k]:.2f}" for k in ("refusal", "over_refusal", "mean_length", "mc1") if k in best
+                )
+                cells.append(f"{best['attribute']:.3f} (KL {best['kl']:.3f}{'; ' + extra if extra else ''})")
+            rows.append([f"KL <= {row['max_kl']}"] + cells)
+        base = entry["base"]
+        parts.append(
+            f"**{task}** ({entry['attribute']}; base model: {base['attribute']:.3f}; "
+            f"{entry.get('trials_per_method', '?')} trials per method; `{entry.get('command', '')}`)\n\n"
+            + table(["utility budget"] + methods, rows)
+        )
+    return "\n\n".join(parts)
+
+
+def main() -> None:
+    for name, render in [
+        ("extraction", extraction),
+        ("inference", inference),
+        ("storage", storage),
+        ("solve", solve),
+        ("memory", memory),
+        ("tradeoff", tradeoff),
+    ]:
+        data = load(name)
+        if data is None:
+            continue
+        machine = data.get("machine", {})
+        print(
+            f"### {name}\n\n{render(data)}\n\n_{machine.get('date')}, {machine.get('cpu')}, {machine.get('cores')} cores, torch {machine.get('torch')}_\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
