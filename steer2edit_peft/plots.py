@@ -70,9 +70,12 @@ def plot_edit_heatmap(report: EditReport, title: str | None = None) -> Figure:
     neurons_axis.set(
         ylim=(layers - 0.5, -0.5), xlabel="edited neurons", title=f"MLP neurons: {report.edited_neurons} edited"
     )
-    mass_axis = neurons_axis.twiny()
-    mass_axis.plot(neuron_mass.numpy(), rows, color="tab:purple", marker=".", linewidth=1, label="sum |lambda|")
-    mass_axis.set_xlabel("sum |lambda|", color="tab:purple")
+    if report.edited_neurons:
+        mass_axis = neurons_axis.twiny()
+        mass_axis.plot(neuron_mass.numpy(), rows, color="tab:purple", marker=".", linewidth=1, label="sum |lambda|")
+        mass_axis.set_xlabel("sum |lambda|", color="tab:purple")
+    else:
+        neurons_axis.text(0.5, 0.5, "no MLP neuron edited", ha="center", va="center", transform=neurons_axis.transAxes)
     figure.suptitle(title or f"Steer2Edit edit: {report.adapter_name}")
     return figure
 
