@@ -176,6 +176,12 @@ def edit_model(
     """
     from .report import edit_report
 
+    if isinstance(model, PeftModel) and any(c.peft_type != "STEER2EDIT" for c in model.peft_config.values()):
+        kinds = sorted({str(c.peft_type) for c in model.peft_config.values()})
+        raise Steer2EditError(
+            f"this PeftModel holds {', '.join(kinds)} adapters, and PEFT keeps one adapter type per model: use "
+            "steer2edit_peft.export.edit_as_lora to add the edit as a LoRA adapter, or merge the fine-tune first"
+        )
     config = copy.deepcopy(config) if config is not None else Steer2EditConfig()
     config.init_weights = True
     config.edited_components = {}

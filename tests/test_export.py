@@ -207,3 +207,14 @@ def test_exported_edits_hotswap_in_a_loaded_lora_model(tmp_path):
     assert_close_relative(logits(model), logits(first))
     hotswap_adapter(model, str(tmp_path / "second"), adapter_name="default")
     assert_close_relative(logits(model), logits(second))
+
+
+def test_edit_model_on_a_lora_model_points_to_edit_as_lora():
+    from steer2edit_peft import ContrastiveDataset, edit_model, extract_steering_vectors
+    from tiny_models import CharTokenizer
+
+    lora = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
+    data = ContrastiveDataset.from_lists(["a"], ["b"], ["c"], ["d"])
+    vectors = extract_steering_vectors(lora, CharTokenizer(), data, show_progress=False)
+    with pytest.raises(Steer2EditError, match="use steer2edit_peft.export.edit_as_lora"):
+        edit_model(lora, vectors, Steer2EditConfig(rho_attn=0.05, rho_mlp=0.05, alpha=0.5))
