@@ -210,8 +210,9 @@ def test_exported_edits_hotswap_in_a_loaded_lora_model(tmp_path):
 
 
 def test_edit_model_on_a_lora_model_points_to_edit_as_lora():
-    from steer2edit_peft import ContrastiveDataset, edit_model, extract_steering_vectors
     from tiny_models import CharTokenizer
+
+    from steer2edit_peft import ContrastiveDataset, edit_model, extract_steering_vectors
 
     lora = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["q_proj"]))
     data = ContrastiveDataset.from_lists(["a"], ["b"], ["c"], ["d"])
