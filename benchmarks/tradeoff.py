@@ -116,6 +116,19 @@ class Study:
         raise ValueError(f"unknown task {name}")
 
 
+def draw(name: str, entry: dict[str, Any]) -> None:
+    """The frontier plot of one task, from its stored results (also run by --redraw)."""
+    figure = plot_frontiers(
+        {m: [(t["kl"], t["attribute"]) for t in front] for m, front in entry["fronts"].items()},
+        "KL from base on benign prompts (nats/token)",
+        entry["attribute"],
+        f"{name}: Pareto frontiers, SmolLM2-135M-Instruct",
+        points={m: [(t["kl"], t["attribute"]) for t in trials] for m, trials in entry["trials"].items()},
+    )
+    figure.axes[0].set_xscale("symlog", linthresh=0.01)
+    save_figure(figure, RESULTS / f"tradeoff_{name}.png")
+
+
 def as_dict(trial: Trial) -> dict[str, Any]:
     return {"params": trial.params, "attribute": trial.attribute, "kl": trial.kl, **trial.details}
 
@@ -127,7 +140,12 @@ def main() -> None:
     parser.add_argument("--num-eval", type=int, default=40, help="at most 50 (the Alpaca instructions left)")
     parser.add_argument("--batch-size", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--redraw", action="store_true", help="only redraw the plots from the stored results")
     args = parser.parse_args()
+    if args.redraw:
+        for name, entry in json.loads((RESULTS / "tradeoff.json").read_text())["tasks"].items():
+            draw(name, entry)
+        return
     torch.manual_seed(args.seed)
     model, tokenizer = load_model(dtype=torch.bfloat16)
     study = Study(model, tokenizer, args.num_eval, args.batch_size)
@@ -162,15 +180,6 @@ def main() -> None:
             m: [Trial(m, {}, base_attribute, 0.0, base_details), *values] for m, values in trials.items()
         }
         fronts = {method: pareto_front(values) for method, values in trials_with_base.items()}
-        figure = plot_frontiers(
-            {m: [(t.kl, t.attribute) for t in front] for m, front in fronts.items()},
-            "KL from base on benign prompts (nats/token)",
-            label,
-            f"{name}: Pareto frontiers on SmolLM2-135M-Instruct ({args.trials} trials each)",
-            points={m: [(t.kl, t.attribute) for t in values] for m, values in trials.items()},
-        )
-        figure.axes[0].set_xscale("symlog", linthresh=0.01)
-        save_figure(figure, RESULTS / f"tradeoff_{name}.png")
         report[name] = {
             "command": "python benchmarks/tradeoff.py " + " ".join(sys.argv[1:]),
             "trials_per_method": args.trials,
@@ -183,6 +192,7 @@ def main() -> None:
             "fronts": {m: [as_dict(t) for t in front] for m, front in fronts.items()},
             "trials": {m: [as_dict(t) for t in values] for m, values in trials.items()},
         }
+        draw(name, report[name])
         print(f"\n{name} ({label}): base {base_attribute:.3f}; best attribute within each KL budget")
         for row in report[name]["matched_kl"]:
             cells = [

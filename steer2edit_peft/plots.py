@@ -120,7 +120,8 @@ def plot_frontiers(
         if pairs:
             xs, ys = zip(*sorted(pairs))
             axis.step(xs, ys, where="post", color=color, marker="o", label=name)
-    axis.set(xlabel=x_label, ylabel=y_label, title=title)
+    axis.set(xlabel=x_label, ylabel=y_label)
+    axis.set_title(title, fontsize=10)
     axis.grid(alpha=0.3)
     axis.legend()
     return figure
