@@ -75,17 +75,24 @@ def test_the_edit_applies_unmerged_on_quantized_layers_and_merging_is_refused():
         peft_model.merge_adapter()
 
 
-def test_bitsandbytes_8bit_base_applies_the_edit_unmerged(tmp_path):
-    bnb = pytest.importorskip("bitsandbytes")
+@pytest.mark.parametrize("bits", [8, 4])
+def test_bitsandbytes_base_applies_the_edit_unmerged_and_refuses_to_merge(bits, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from reference import dense_edit
     from transformers import BitsAndBytesConfig
 
-    if not torch.cuda.is_available() and not hasattr(bnb, "cpu"):
-        pytest.skip("bitsandbytes without a CPU backend")
-    model = tiny_model("llama")
-    model.save_pretrained(tmp_path)
-    config = BitsAndBytesConfig(load_in_8bit=True)
-    quantized = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=config)
+    # 4-bit blocks hold 64 weights: every dimension a multiple of 64.
+    tiny_model("llama", hidden_size=64, intermediate_size=128).save_pretrained(tmp_path)
+    quantization = BitsAndBytesConfig(load_in_8bit=bits == 8, load_in_4bit=bits == 4)
+    quantized = AutoModelForCausalLM.from_pretrained(tmp_path, quantization_config=quantization)
+    torch.manual_seed(0)
     peft_model = get_peft_model(quantized, Steer2EditConfig(init_weights=False))
+    layer = peft_model.base_model.model.model.layers[0].mlp.down_proj
+    assert type(layer.get_base_layer()).__name__ == ("Linear8bitLt" if bits == 8 else "Linear4bit")
+    x = torch.randn(3, layer.in_features)
+    with torch.no_grad():
+        added = layer(x).float() - layer.get_base_layer()(x).float()
+    assert_close_relative(added, (x.double() @ dense_edit(layer, "default").T).float(), rtol=1e-3)
     with torch.no_grad():
         assert torch.isfinite(peft_model(sample_input()).logits).all()
     with pytest.raises(TypeError, match="cannot merge into a quantized"):
