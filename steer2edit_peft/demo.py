@@ -203,9 +203,14 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
     fresh, _ = settings.loader(settings.model, dtype)
     reloaded = PeftModel.from_pretrained(fresh, adapter_dir)
     check = tokenizer(prompts.benign[:4], return_tensors="pt", padding=True)
-    with torch.no_grad():
-        original_logits = peft_model(**check).logits.float()
-        reload_diff = float((reloaded(**check).logits.float() - original_logits).abs().max())
+    real = check["attention_mask"].bool()  # padded positions carry no meaning
+
+    def logits(candidate: Any) -> torch.Tensor:
+        with torch.no_grad():
+            return candidate(**check).logits.float()[real]
+
+    original_logits = logits(peft_model)
+    reload_diff = float((logits(reloaded) - original_logits).abs().max())
     check_prompts = prompts.attribute[:4]
 
     def answers(candidate: Any) -> list[str]:
@@ -215,8 +220,7 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
 
     reload_same = answers(reloaded) == answers(peft_model)
     merged = reloaded.merge_and_unload()
-    with torch.no_grad():
-        merge_diff = float((merged(**check).logits.float() - original_logits).abs().max())
+    merge_diff = float((logits(merged) - original_logits).abs().max())
     stage("save, reload, merge")
 
     log("[7/7] evaluating the merged model")
