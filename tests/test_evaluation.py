@@ -174,3 +174,18 @@ def test_held_out_prompts_never_appear_in_the_probe_set(behaviour):
     held_out = [p.lower() for prompts in builtin_heldout(behaviour).values() for p in prompts]
     assert held_out and not probe_prompts & set(held_out)
     assert len(set(held_out)) == len(held_out)
+
+
+def test_truthfulqa_mc_leaves_out_empty_answer_choices(tmp_path):
+    with_empty = [{"question": "q?", "mc1_targets": {"yes": 1, "no": 0}, "mc2_targets": {"yes": 1, "": 0, " ": 1}}]
+    without = [{"question": "q?", "mc1_targets": {"yes": 1, "no": 0}, "mc2_targets": {"yes": 1}}]
+    (tmp_path / "a.json").write_text(json.dumps(with_empty))
+    (tmp_path / "b.json").write_text(json.dumps(without))
+    model, tokenizer = tiny_model("llama"), CharTokenizer()
+    assert truthfulqa_mc(model, tokenizer, tmp_path / "a.json") == truthfulqa_mc(model, tokenizer, tmp_path / "b.json")
+
+
+@pytest.mark.skipif(not SHARED_MC.is_file(), reason="../shared/datasets/truthfulqa is not beside the repo")
+def test_truthfulqa_mc_scores_every_shared_question_range_used_by_the_study():
+    result = truthfulqa_mc(tiny_model("llama"), CharTokenizer(), SHARED_MC, questions=range(400, 480), batch_size=64)
+    assert result["questions"] == 80

@@ -166,9 +166,18 @@ def truthfulqa_mc(
 
     Each answer is scored by the summed log-probability of its tokens after the question. MC1: the single
     true answer scores highest among the mc1 choices. MC2: normalised probability of the true mc2 answers.
+    Empty answer choices (the file has a few) cannot be scored and are left out.
     """
     items = json.loads(Path(mc_task_path).read_text(encoding="utf-8"))
-    chosen = [items[i] for i in (questions if questions is not None else range(len(items)))]
+    chosen = [
+        {
+            "question": item["question"],
+            **{
+                key: {a: label for a, label in item[key].items() if a.strip()} for key in ("mc1_targets", "mc2_targets")
+            },
+        }
+        for item in (items[i] for i in (questions if questions is not None else range(len(items))))
+    ]
     pairs = [
         (item["question"], answer) for item in chosen for key in ("mc1_targets", "mc2_targets") for answer in item[key]
     ]
