@@ -42,15 +42,14 @@ def extraction(data: dict[str, Any]) -> str:
 def inference(data: dict[str, Any]) -> str:
     cases = data["cases"]
     names = list(next(iter(cases.values()))["seconds"])
+    frozen = "overhead_vs_frozen_base" in next(iter(cases.values()))
+    key = "overhead_vs_frozen_base" if frozen else "overhead_vs_base"
     rows = [
-        [name]
-        + [
-            f"{cases[c]['seconds'][name] * 1000:.0f} ms ({100 * cases[c]['overhead_vs_base'][name]:+.1f}%)"
-            for c in cases
-        ]
+        [name] + [f"{cases[c]['seconds'][name] * 1000:.0f} ms ({100 * cases[c][key][name]:+.1f}%)" for c in cases]
         for name in names
     ]
-    return table(["model"] + list(cases), rows)
+    reference = "base, frozen weights" if frozen else "base"
+    return table(["model"] + list(cases), rows) + f"\n\nPercentages: time relative to {reference}."
 
 
 def storage(data: dict[str, Any]) -> str:
