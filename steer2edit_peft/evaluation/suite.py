@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .generation import generate_responses
@@ -63,10 +63,6 @@ class EvaluationResult:
     perplexity: float | None  # of ``texts``
     attribute_responses: list[str] = field(repr=False, default_factory=list)
     benign_responses: list[str] = field(repr=False, default_factory=list)
-
-    def metrics(self) -> dict[str, float | None]:
-        values = asdict(self)
-        return {k: v for k, v in values.items() if k not in ("condition", "attribute_responses", "benign_responses")}
 
 
 def kl_between(
