@@ -82,6 +82,12 @@ def _add_solver(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_adapter_source(parser: argparse.ArgumentParser) -> None:
+    """A saved adapter and the base model to load it on (see _load_with_adapter)."""
+    parser.add_argument("adapter", type=Path, help="Steer2Edit adapter folder")
+    parser.add_argument("--model", default=None, help="base model (default: the one recorded in the adapter)")
+
+
 def _add_eval(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("evaluation")
     group.add_argument(
@@ -209,8 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Write a PEFT LoRA adapter whose outputs equal the Steer2Edit adapter's (to float32 rounding); it loads "
         "with plain PEFT, in multi-LoRA stacks, and in LoRA servers such as vLLM.",
     )
-    export.add_argument("adapter", type=Path, help="Steer2Edit adapter folder")
-    export.add_argument("--model", default=None, help="base model (default: the one recorded in the adapter)")
+    _add_adapter_source(export)
     export.add_argument("--output", type=Path, required=True, help="folder for the LoRA adapter")
     export.add_argument("--rank", type=_positive_int, default=None, help="pad every module to this rank")
 
@@ -219,8 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         "write a model with the edit merged into its weights",
         "Load the base model, apply the adapter, merge it and save a plain transformers model (safetensors).",
     )
-    merge.add_argument("adapter", type=Path, help="adapter folder")
-    merge.add_argument("--model", default=None, help="base model (default: the one recorded in the adapter)")
+    _add_adapter_source(merge)
     merge.add_argument("--dtype", default="float32", choices=["bfloat16", "float32", "float16"])
     merge.add_argument("--output", type=Path, required=True, help="folder for the merged model")
     merge.add_argument("--max-shard-size", default="5GB", help="safetensors shard size")

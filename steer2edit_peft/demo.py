@@ -72,10 +72,10 @@ class DemoOutcome:
 
 
 def edit_config(settings: DemoSettings, num_layers: int) -> Steer2EditConfig:
-    layers = list(range(min(settings.first_layer, num_layers - 1), num_layers)) if settings.first_layer > 0 else None
-    return Steer2EditConfig(
-        rho_attn=settings.rho_attn, rho_mlp=settings.rho_mlp, alpha=settings.alpha, layers_to_transform=layers
-    )
+    from .sweep import edit_config_from
+
+    solver = {"rho_attn": settings.rho_attn, "rho_mlp": settings.rho_mlp, "alpha": settings.alpha}
+    return edit_config_from({**solver, "first_layer": settings.first_layer}, num_layers)
 
 
 def evaluation_prompts(behaviour: str, num_eval: int) -> EvaluationPrompts:

@@ -20,6 +20,7 @@ from .errors import Steer2EditError
 from .extraction import decoder_model
 from .solver import ModuleEdit
 from .tuner import Steer2EditLayer
+from .tuner.layer import component_columns
 
 
 def lora_factors(layer: Steer2EditLayer, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,10 +92,10 @@ def _source_config(model: Any, adapter_name: str) -> Any:
 
 def _edit_factors(edit: ModuleEdit, in_features: int, component_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(lora_A [1, in], lora_B [out, 1]) of one solved module: A holds lambda_c k_c on component c's columns."""
-    offsets = torch.arange(component_size)
-    columns = (edit.indices[:, None] * component_size + offsets).reshape(-1)
     lora_a = torch.zeros(1, in_features)
-    lora_a[0, columns] = (edit.magnitudes[:, None] * edit.input_directions).reshape(-1).float()
+    lora_a[0, component_columns(edit.indices, component_size)] = (
+        (edit.magnitudes[:, None] * edit.input_directions).reshape(-1).float()
+    )
     return lora_a, edit.direction.float()[:, None]
 
 

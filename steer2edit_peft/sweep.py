@@ -54,7 +54,8 @@ def best_under(trials: Sequence[Trial], max_kl: float) -> Trial | None:
 
 
 def edit_config_from(params: dict[str, Any], num_layers: int) -> Steer2EditConfig:
-    first = int(params.get("first_layer", 0))
+    """A config from solver settings; ``first_layer`` > 0 edits that layer and the ones after it only."""
+    first = min(int(params.get("first_layer", 0)), num_layers - 1)
     return Steer2EditConfig(
         rho_attn=params.get("rho_attn"),
         rho_mlp=params.get("rho_mlp"),

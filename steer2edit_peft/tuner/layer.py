@@ -28,6 +28,12 @@ def weight_in_out(module: nn.Module, fan_in_fan_out: bool) -> tuple[int, int]:
     return (rows, columns) if fan_in_fan_out else (columns, rows)
 
 
+def component_columns(indices: torch.Tensor, component_size: int) -> torch.Tensor:
+    """Input column of every (component, offset) pair, flattened: [components * component_size]."""
+    offsets = torch.arange(component_size, device=indices.device)
+    return (indices[:, None] * component_size + offsets).reshape(-1)
+
+
 def offload_execution_device(base_layer: nn.Module) -> torch.device | None:
     """Where an offloaded base layer (weights on "meta", loaded by an accelerate hook) runs; None otherwise.
 
@@ -143,11 +149,7 @@ class Steer2EditLayer(BaseTunerLayer):
             self.strength[adapter_name] = float(strength)
 
     def _input_columns(self, adapter_name: str) -> torch.Tensor:
-        """Input column of every (component, offset) pair, flattened: [components * component_size]."""
-        size = self.component_size[adapter_name]
-        indices = self.steer2edit_indices[adapter_name]
-        offsets = torch.arange(size, device=indices.device)
-        return (indices[:, None] * size + offsets).reshape(-1)
+        return component_columns(self.steer2edit_indices[adapter_name], self.component_size[adapter_name])
 
     def _column_factor(self, adapter_name: str) -> torch.Tensor:
         """lambda_c * k_c laid out per input column and term: [components * component_size, terms]."""
