@@ -14,8 +14,8 @@ import torch
 from common import advbench_goals, alpaca_instructions, interleaved, save_results
 
 from steer2edit_peft import ContrastiveDataset, extract_steering_vectors
-from steer2edit_peft.data import encode_example, pad_token_id
-from steer2edit_peft.extraction import collate, edited_modules
+from steer2edit_peft.data import collate, encode_example, pad_token_id
+from steer2edit_peft.extraction import edited_modules
 from steer2edit_peft.models import load_model
 
 REFUSAL = "I can't help with that request, because it could cause real harm to people."

@@ -1,6 +1,10 @@
 """steer2edit-peft: activation-steering vectors turned into sparse rank-1 weight edits, as PEFT adapters."""
 
-from .registration import register as _register
+from .quiet import quiet_third_party_noise as _quiet
+
+_quiet()
+
+from .registration import register as _register  # noqa: E402
 
 _register()
 

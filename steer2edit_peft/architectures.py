@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from torch import nn
+
 from .errors import UnknownArchitectureError
 
 
@@ -100,3 +103,24 @@ def model_signature(model_config: Any) -> dict[str, Any]:
         "intermediate_size": first("intermediate_size", "n_inner"),
     }
     return {key: value for key, value in signature.items() if value is not None}
+
+
+def decoder_model(model: nn.Module) -> nn.Module:
+    """The transformers model under any PEFT wrapping (adapter layers stay in place)."""
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Where input ids must go: the device of the input embeddings (also under a device_map)."""
+    base: Any = decoder_model(model)
+    return base.get_input_embeddings().weight.device
+
+
+def context_length(model: nn.Module) -> int | None:
+    config = getattr(decoder_model(model), "config", None)
+    if config is None:
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .errors import Steer2EditError
 
 _POSITIVE_LABELS = {"1", "positive", "pos", "true", "wanted"}
@@ -135,8 +137,11 @@ class ContrastiveDataset(Sequence[ContrastiveExample]):
         suffix = path.suffix.lower()
         try:
             if suffix == ".jsonl":
-                lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-                records = [json.loads(line) for line in lines]
+                provenance, records = read_jsonl_records(path)
+                if provenance is not None and description is None:
+                    description = (
+                        f"{path.name}: {provenance.get('model')}'s own responses ({provenance.get('behaviour')})"
+                    )
             elif suffix == ".json":
                 records = json.loads(path.read_text(encoding="utf-8"))
             elif suffix == ".csv":
@@ -149,10 +154,51 @@ class ContrastiveDataset(Sequence[ContrastiveExample]):
         return cls.from_records(records, description=description if description is not None else path.name)
 
     @classmethod
+    def from_model(
+        cls, model: Any, tokenizer: Any, prompts: Sequence[str], behaviour: Any = "refusal", **options: Any
+    ) -> ContrastiveDataset:
+        """From the model's own sampled responses, with and without a behaviour (see probes.generate_probe)."""
+        from .probes.generate import generate_probe
+
+        return generate_probe(model, tokenizer, prompts, behaviour, **options)
+
+    @classmethod
     def from_hf(cls, dataset: Any, description: str = "") -> ContrastiveDataset:
         """From a ``datasets.Dataset`` (or any iterable of row dicts) with one of the record schemas."""
         name = description or getattr(getattr(dataset, "info", None), "dataset_name", None) or "datasets object"
         return cls.from_records((dict(row) for row in dataset), description=name)
+
+
+PROBE_HEADER_KEY = "steer2edit_probe"  # the first line of a generated probe file: {"steer2edit_probe": provenance}
+
+
+def read_jsonl_records(path: Path) -> tuple[dict[str, Any] | None, list[Any]]:
+    """(provenance header or None, records) of a JSONL probe file."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        records = [json.loads(line) for line in lines]
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: malformed JSON line ({error})") from error
+    if records and isinstance(records[0], dict) and PROBE_HEADER_KEY in records[0]:
+        header = records[0][PROBE_HEADER_KEY]
+        return (header if isinstance(header, dict) else None), records[1:]
+    return None, records
+
+
+@dataclass
+class UtilityData:
+    """What an edit must leave alone: benign prompts and the base model's own answers to them.
+
+    Calibration measures the KL from the base model on them; extraction can record their mean inputs.
+    """
+
+    prompts: list[str]
+    responses: list[str]
+    system_prompt: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.prompts or len(self.prompts) != len(self.responses):
+            raise DataError("utility data needs at least one prompt and one response per prompt")
 
 
 def pad_token_id(tokenizer: Any) -> int:
@@ -185,6 +231,25 @@ def encode_example(
     if not response_ids:
         raise DataError(f"{where}: the response {example.response!r} tokenises to nothing")
     return EncodedExample(prompt_ids + response_ids, len(prompt_ids))
+
+
+def collate(
+    batch: list[EncodedExample], pad_id: int, padding_side: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask, position_ids and response_mask [batch, length], padded on one side."""
+    length = max(len(item.input_ids) for item in batch)
+    shape = (len(batch), length)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(shape, dtype=torch.long)
+    response_mask = torch.zeros(shape, dtype=torch.bool)
+    for row, item in enumerate(batch):
+        size = len(item.input_ids)
+        start = length - size if padding_side == "left" else 0
+        input_ids[row, start : start + size] = torch.tensor(item.input_ids)
+        attention_mask[row, start : start + size] = 1
+        response_mask[row, start + item.response_start : start + size] = True
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return input_ids, attention_mask, position_ids, response_mask
 
 
 def _builtin_names(folder: Any, suffix: str) -> list[str]:

@@ -1,7 +1,8 @@
 """The main job: edit a model's behaviour end to end and show what changed and what it cost.
 
-extract -> solve -> evaluate (base, activation steering at matched KL, edit unmerged) -> save -> reload
--> merge -> evaluate merged -> table, heatmap, metric chart, results.json.
+probe data (the model's own responses) + utility data (its own answers to benign prompts) -> extract ->
+calibrated solve (the strongest edit within a KL budget) -> sanity check -> evaluate base, activation steering
+at the same KL, the edit unmerged -> save -> reload -> merge -> evaluate merged -> table, heatmap, chart, JSON.
 """
 
 from __future__ import annotations
@@ -9,16 +10,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .data import ContrastiveDataset, builtin_heldout, builtin_probe
-from .evaluation.generation import generate_responses
-from .evaluation.metrics import mean_token_kl
+from .calibration import largest_within
+from .data import ContrastiveDataset, UtilityData, builtin_heldout
 from .evaluation.suite import (
     Condition,
     EvaluationPrompts,
@@ -27,33 +26,43 @@ from .evaluation.suite import (
     evaluate_conditions,
     results_table,
 )
-from .extraction import edited_modules, extract_steering_vectors
+from .extraction import extract_steering_vectors
+from .generation import generate_responses
+from .likelihood import KLMeter
 from .models import EMBEDDED_MODEL, load_model
-from .solver import edit_model
+from .probes import builtin_prompts, generate_probe, generate_utility_data, get_behaviour, shipped_file
+from .sanity import check_sanity
+from .solver import default_first_layer, edit_model
 from .steering import steer
-from .tuner import Steer2EditConfig
+from .sweep import edit_config_from
 from .vectors import SteeringVectors
+
+DEMO_BEHAVIOURS = ("refusal", "concise")
 
 
 @dataclass
 class DemoSettings:
     model: str = EMBEDDED_MODEL
-    behaviour: str = "refusal"  # a built-in probe set with held-out prompts: "refusal" or "concise"
+    behaviour: str = "refusal"  # a built-in behaviour with held-out prompts: "refusal" or "concise"
     output: Path = Path("outputs/demo")
-    # Chosen on SmolLM2-135M-Instruct (BENCHMARKS.md): attention heads of the upper half only, since edits in
-    # the first layers of a model this small derail every answer.
-    rho_attn: float | None = 0.1
+    max_kl: float = 0.02  # the edit's budget: mean per-token KL from the base model on the utility data
+    # The elastic net's threshold rho*alpha fixes which components are edited; calibration fixes the scale.
+    rho_attn: float | None = 0.3
     rho_mlp: float | None = None
     alpha: float = 0.6
-    first_layer: int = 14  # edit layers first_layer..last; 0 edits all
+    first_layer: int | None = None  # None: the upper 60% of the layers (see solver.default_first_layer)
+    key_direction: str = "contrast"
+    input_positions: str = "decision"  # where the solver reads the inputs: the last prompt token
+    max_head_share: float | None = 0.2
+    max_neuron_share: float | None = 0.02
     steering_strength: float | None = None  # None: the strength whose KL matches the edit's
     num_eval: int = 30  # held-out prompts of each kind
-    max_new_tokens: int = 48
-    batch_size: int = 16
+    max_new_tokens: int = 32
+    batch_size: int = 32
     dtype: str = "bfloat16"
     seed: int = 0
     plots: bool = True
-    probe: ContrastiveDataset | None = field(default=None, repr=False)  # instead of the built-in probe set
+    probe: ContrastiveDataset | None = field(default=None, repr=False)  # instead of the model's own responses
     # Loader of (model, tokenizer); tests pass tiny models here.
     loader: Callable[[str, torch.dtype], tuple[Any, Any]] = field(default=load_model, repr=False)
 
@@ -67,62 +76,69 @@ class DemoOutcome:
     reload_max_abs_diff: float
     reload_same_answers: bool
     merge_max_abs_diff: float
+    calibration: str
     seconds: dict[str, float]
     files: list[Path]
 
 
-def edit_config(settings: DemoSettings, num_layers: int) -> Steer2EditConfig:
-    from .sweep import edit_config_from
-
-    solver = {"rho_attn": settings.rho_attn, "rho_mlp": settings.rho_mlp, "alpha": settings.alpha}
-    return edit_config_from({**solver, "first_layer": settings.first_layer}, num_layers)
-
-
 def evaluation_prompts(behaviour: str, num_eval: int) -> EvaluationPrompts:
-    """Held-out prompts for a built-in behaviour; benign text for perplexity from the refusal probe's answers."""
+    """Held-out prompts for a built-in behaviour (never probed); benign and borderline ones for over-refusal."""
     refusal = builtin_heldout("refusal")
     attribute = refusal["harmful"] if behaviour == "refusal" else builtin_heldout(behaviour)["questions"]
-    texts = [f"{e.prompt}\n{e.response}" for e in builtin_probe("refusal") if not e.positive]
-    return EvaluationPrompts(attribute=attribute[:num_eval], benign=refusal["benign"][:num_eval], texts=texts)
+    return EvaluationPrompts(
+        attribute=attribute[:num_eval],
+        benign=refusal["benign"][:num_eval],
+        borderline=builtin_prompts("borderline")[:num_eval] if behaviour == "refusal" else [],
+    )
+
+
+def demo_probe(model: Any, tokenizer: Any, behaviour: str, output: Path, batch_size: int) -> ContrastiveDataset:
+    """The model's own responses to the behaviour's built-in prompts: shipped for the embedded model, else sampled."""
+    spec = get_behaviour(behaviour)
+    assert spec.prompt_set is not None
+    shipped = shipped_file(model, behaviour)
+    return generate_probe(
+        model,
+        tokenizer,
+        builtin_prompts(spec.prompt_set),
+        spec,
+        batch_size=batch_size,
+        cache=output / f"probe-{behaviour}.jsonl",
+        reuse=[shipped] if shipped else [],
+        show_progress=True,
+    )
+
+
+def demo_utility(model: Any, tokenizer: Any, output: Path, batch_size: int) -> UtilityData:
+    shipped = shipped_file(model, "utility")
+    return generate_utility_data(
+        model,
+        tokenizer,
+        builtin_prompts("benign"),
+        batch_size=batch_size,
+        cache=output / "utility.jsonl",
+        reuse=[shipped] if shipped else [],
+    )
 
 
 def match_steering_strength(
-    model: Any,
-    tokenizer: Any,
-    vectors: SteeringVectors,
-    modules: list[str],
-    prompts: list[str],
-    responses: list[str],
-    target_kl: float,
-    reference: Callable[[], AbstractContextManager[Any]],
-    batch_size: int,
-    steps: int = 7,
+    model: Any, vectors: SteeringVectors, meter: KLMeter, target_kl: float, reference: Callable[[], Any]
 ) -> float:
-    """The activation-steering strength whose KL from the base matches ``target_kl`` (bracket, then bisect)."""
-
-    def kl_at(strength: float) -> float:
-        return mean_token_kl(
-            model,
-            tokenizer,
-            prompts,
-            responses,
-            edited=combined(reference, lambda: steer(model, vectors, strength, modules)),
-            reference=reference,
-            batch_size=batch_size,
-        )
-
-    low, high = 0.0, 1.0
-    while kl_at(high) < target_kl and high < 256:
-        low, high = high, high * 2
-    for _ in range(steps):
-        middle = (low + high) / 2
-        low, high = (middle, high) if kl_at(middle) < target_kl else (low, middle)
-    return (low + high) / 2
+    """The strength of activation steering on every layer (attention and MLP outputs) whose KL on the utility data
+    (as ``meter`` measures it) matches ``target_kl``: the same search as calibration's."""
+    strength, _ = largest_within(
+        lambda s: meter(model, combined(reference, lambda: steer(model, vectors, s))), target_kl, max_scale=256.0
+    )
+    return strength
 
 
 def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> DemoOutcome:
     from peft import PeftModel
 
+    from .files import atomic_folder
+
+    if settings.behaviour not in DEMO_BEHAVIOURS:
+        raise ValueError(f"the demo shows {DEMO_BEHAVIOURS}, not {settings.behaviour!r}")
     torch.manual_seed(settings.seed)
     dtype = getattr(torch, settings.dtype)
     output = Path(settings.output)
@@ -140,18 +156,52 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
     model, tokenizer = settings.loader(settings.model, dtype)
     stage("load")
 
-    probe = settings.probe or builtin_probe(settings.behaviour)
-    log(f"[2/7] extracting steering vectors from {probe}")
-    vectors = extract_steering_vectors(model, tokenizer, probe, batch_size=settings.batch_size)
-    stage("extract")
+    probe = settings.probe or demo_probe(model, tokenizer, settings.behaviour, output, settings.batch_size)
+    utility = demo_utility(model, tokenizer, output, settings.batch_size)
+    log(f"[2/7] extracting steering vectors from {probe}, with {len(utility.prompts)} benign prompts as reference")
+    vectors = extract_steering_vectors(
+        model,
+        tokenizer,
+        probe,
+        batch_size=16,
+        reference=(utility.prompts, utility.responses),
+        input_positions=settings.input_positions,
+    )
+    stage("probe and extract")
 
-    num_layers = vectors.model_signature.get("num_hidden_layers") or model.config.num_hidden_layers
-    config = edit_config(settings, num_layers)
-    log(f"[3/7] solving the edit (rho_attn={settings.rho_attn}, rho_mlp={settings.rho_mlp}, alpha={settings.alpha})")
-    peft_model = edit_model(model, vectors, config, behaviour=settings.behaviour)
+    num_layers = int(vectors.model_signature.get("num_hidden_layers") or model.config.num_hidden_layers)
+    first_layer = default_first_layer(num_layers) if settings.first_layer is None else settings.first_layer
+    config = edit_config_from(
+        {
+            "rho_attn": settings.rho_attn,
+            "rho_mlp": settings.rho_mlp,
+            "alpha": settings.alpha,
+            "first_layer": first_layer,
+            "key_direction": settings.key_direction,
+        },
+        num_layers,
+    )
+    log(f"[3/7] solving the strongest edit within KL {settings.max_kl:g} (layers {first_layer}-{num_layers - 1})")
+    # The base model's distributions on the utility data, computed once for calibration and for the steering match.
+    meter = KLMeter(model, tokenizer, utility.prompts, utility.responses, batch_size=settings.batch_size)
+    peft_model = edit_model(
+        model,
+        vectors,
+        config,
+        behaviour=settings.behaviour,
+        max_kl=settings.max_kl,
+        utility=utility,
+        tokenizer=tokenizer,
+        max_head_share=settings.max_head_share,
+        max_neuron_share=settings.max_neuron_share,
+        kl_meter=meter,
+    )
+    calibration = peft_model.calibrations["default"]
     report = peft_model.edit_reports["default"]
+    log(calibration.summary())
     log(report.to_table(edited_only=True))
-    stage("solve")
+    check_sanity(peft_model, tokenizer, utility.prompts[:8], max_new_tokens=settings.max_new_tokens)
+    stage("calibrate and solve")
 
     prompts = evaluation_prompts(settings.behaviour, settings.num_eval)
     base = Condition("base", peft_model, peft_model.disable_adapter)
@@ -167,32 +217,20 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
             batch_size=settings.batch_size,
         )
 
-    edit = Condition("Steer2Edit", peft_model)
-    log(f"[4/7] evaluating base and Steer2Edit on {len(prompts.attribute)} + {len(prompts.benign)} held-out prompts")
-    base_result, edit_result = evaluate([base, edit])
+    log(f"[4/7] evaluating base and Steer2Edit on {prompts.describe()} held-out prompts")
+    base_result, edit_result = evaluate([base, Condition("Steer2Edit", peft_model)])
     stage("evaluate base and edit")
 
-    steered_modules = list(edited_modules(model, config))
     strength = settings.steering_strength
     if strength is None:
-        log(f"[5/7] finding the steering strength whose KL matches the edit's ({edit_result.kl_from_reference:.4f})")
-        strength = match_steering_strength(
-            peft_model,
-            tokenizer,
-            vectors,
-            steered_modules,
-            prompts.benign,
-            base_result.benign_responses,
-            edit_result.kl_from_reference,
-            peft_model.disable_adapter,
-            settings.batch_size,
-        )
+        log(f"[5/7] activation steering of every layer at the edit's KL on the utility data ({calibration.kl:.4f})")
+        strength = match_steering_strength(peft_model, vectors, meter, calibration.kl, peft_model.disable_adapter)
     else:
-        log(f"[5/7] activation steering at strength {strength}")
+        log(f"[5/7] activation steering of every layer at strength {strength}")
     steering = Condition(
         f"steering x{strength:.2f}",
         peft_model,
-        combined(peft_model.disable_adapter, lambda: steer(peft_model, vectors, strength, steered_modules)),
+        combined(peft_model.disable_adapter, lambda: steer(peft_model, vectors, strength)),
     )
     (steering_result,) = evaluate([steering], base_result.benign_responses)
     stage("steering")
@@ -211,14 +249,13 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
 
     original_logits = logits(peft_model)
     reload_diff = float((logits(reloaded) - original_logits).abs().max())
-    check_prompts = prompts.attribute[:4]
 
-    def answers(candidate: Any) -> list[str]:
+    def answers(candidate: Any) -> list[str]:  # one batch for both, so padding and rounding are the same
         return generate_responses(
-            candidate, tokenizer, check_prompts, max_new_tokens=settings.max_new_tokens, show_progress=False
+            candidate, tokenizer, prompts.attribute[:4], max_new_tokens=settings.max_new_tokens, show_progress=False
         )
 
-    reload_same = answers(reloaded) == answers(peft_model)
+    reload_same = answers(peft_model) == answers(reloaded)
     merged = reloaded.merge_and_unload()
     merge_diff = float((logits(merged) - original_logits).abs().max())
     stage("save, reload, merge")
@@ -229,18 +266,20 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
 
     results = [base_result, steering_result, edit_result, merged_result]
     columns = (
-        ["refusal_rate", "over_refusal", "kl_from_reference", "perplexity", "mean_length"]
+        ["refusal_rate", "over_refusal", "borderline_refusal", "kl_from_reference", "mean_length"]
         if settings.behaviour == "refusal"
-        else ["mean_length", "kl_from_reference", "perplexity", "over_refusal"]
+        else ["mean_length", "kl_from_reference", "over_refusal"]
     )
     table = results_table(results, columns)
     files = [adapter_dir]
-    if settings.plots:
-        from .plots import plot_edit_heatmap, plot_metrics, save_figure
+    with atomic_folder(output / "figures") as figures:
+        if settings.plots:
+            from .plots import plot_edit_heatmap, plot_metrics, save_figure
 
-        files.append(save_figure(plot_edit_heatmap(report, f"{settings.behaviour} edit"), output / "edit_heatmap.png"))
-        chosen = {c: c.replace("_", " ") for c in columns[:3]}
-        files.append(save_figure(plot_metrics(results, chosen), output / "metrics.png"))
+            save_figure(plot_edit_heatmap(report, f"{settings.behaviour} edit"), figures / "edit_heatmap.png")
+            save_figure(plot_metrics(results, {c: c.replace("_", " ") for c in columns[:3]}), figures / "metrics.png")
+    if settings.plots:
+        files += [output / "figures" / "edit_heatmap.png", output / "figures" / "metrics.png"]
     outcome = DemoOutcome(
         results=results,
         table=table,
@@ -249,6 +288,7 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
         reload_max_abs_diff=reload_diff,
         reload_same_answers=reload_same,
         merge_max_abs_diff=merge_diff,
+        calibration=calibration.summary(),
         seconds=seconds,
         files=files,
     )
@@ -257,9 +297,12 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
             k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items() if k not in ("probe", "loader")
         },
         "probe": probe.description,
+        "calibration": asdict(calibration),
         "steering_strength": strength,
         "edited_heads": report.edited_heads,
+        "total_heads": report.total_heads,
         "edited_neurons": report.edited_neurons,
+        "total_neurons": report.total_neurons,
         "reload_max_abs_logit_diff": reload_diff,
         "reload_same_answers": reload_same,
         "merged_max_abs_logit_diff": merge_diff,
@@ -267,6 +310,6 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
         "results": [asdict(r) for r in results],
         "prompts": asdict(prompts),
     }
-    (output / "results.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    (output / "results.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     files.append(output / "results.json")
     return outcome

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
-from peft import PeftModel
 from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 from tqdm.auto import tqdm
 
-from .architectures import model_signature
-from .data import ContrastiveDataset, DataError, EncodedExample, encode_example, pad_token_id
+from .architectures import context_length, decoder_model, input_device, model_signature
+from .data import (
+    ContrastiveDataset,
+    ContrastiveExample,
+    DataError,
+    EncodedExample,
+    collate,
+    encode_example,
+    pad_token_id,
+)
 from .tuner import Steer2EditConfig
 from .tuner.model import resolve_config
 from .vectors import SteeringVectors
@@ -21,17 +28,6 @@ from .vectors import SteeringVectors
 
 class _StopForward(Exception):
     """Raised by the last hook: nothing after the last edited module (final layers, logits) is needed."""
-
-
-def decoder_model(model: nn.Module) -> nn.Module:
-    """The transformers model under any PEFT wrapping (adapter layers stay in place)."""
-    return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
-def input_device(model: nn.Module) -> torch.device:
-    """Where input ids must go: the device of the input embeddings (also under a device_map)."""
-    base: Any = decoder_model(model)
-    return base.get_input_embeddings().weight.device
 
 
 def edited_modules(model: nn.Module, config: Steer2EditConfig | None = None) -> dict[str, nn.Module]:
@@ -49,16 +45,8 @@ def edited_modules(model: nn.Module, config: Steer2EditConfig | None = None) -> 
     return modules
 
 
-def context_length(model: nn.Module) -> int | None:
-    config = getattr(decoder_model(model), "config", None)
-    if config is None:
-        return None
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
-
-
 def encode_dataset(
-    tokenizer: Any, dataset: ContrastiveDataset, system_prompt: str | None, max_length: int | None
+    tokenizer: Any, dataset: Sequence[ContrastiveExample], system_prompt: str | None, max_length: int | None
 ) -> list[EncodedExample]:
     encoded = []
     for number, example in enumerate(dataset):
@@ -72,23 +60,19 @@ def encode_dataset(
     return encoded
 
 
-def collate(
-    batch: list[EncodedExample], pad_id: int, padding_side: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """input_ids, attention_mask, position_ids and response_mask [batch, length], padded on one side."""
-    length = max(len(item.input_ids) for item in batch)
-    shape = (len(batch), length)
-    input_ids = torch.full(shape, pad_id, dtype=torch.long)
-    attention_mask = torch.zeros(shape, dtype=torch.long)
-    response_mask = torch.zeros(shape, dtype=torch.bool)
-    for row, item in enumerate(batch):
-        size = len(item.input_ids)
-        start = length - size if padding_side == "left" else 0
-        input_ids[row, start : start + size] = torch.tensor(item.input_ids)
-        attention_mask[row, start : start + size] = 1
-        response_mask[row, start + item.response_start : start + size] = True
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return input_ids, attention_mask, position_ids, response_mask
+CLASSES = ("pos", "neg", "ref")
+POSITIONS = ("predicting", "response", "decision")
+
+
+def position_mask(response_mask: torch.Tensor, positions: str) -> torch.Tensor:
+    """The positions averaged over, from the mask of response tokens [batch, length]."""
+    if positions == "response":
+        return response_mask
+    predicting = torch.cat([response_mask[:, 1:], torch.zeros_like(response_mask[:, :1])], dim=1)  # one earlier
+    if positions == "predicting":
+        return predicting
+    first = predicting & ~torch.cat([torch.zeros_like(predicting[:, :1]), predicting[:, :-1]], dim=1)
+    return first  # the last prompt token: the first position that predicts a response token  # wanted, unwanted, reference (utility data: what the edit must leave alone)
 
 
 class _Accumulator:
@@ -96,28 +80,35 @@ class _Accumulator:
 
     def __init__(self) -> None:
         self.sums: dict[str, dict[str, torch.Tensor]] = {}
-        self._rows: dict[str, torch.Tensor] = {}  # class suffix -> flat indices of its response tokens
-        self._on_device: dict[tuple[str, torch.device], torch.Tensor] = {}
+        self._rows: dict[tuple[str, str], torch.Tensor] = {}  # (statistic, class) -> flat indices of its positions
+        self._on_device: dict[tuple[str, str, torch.device], torch.Tensor] = {}
 
-    def start_batch(self, positive_rows: torch.Tensor, response_mask: torch.Tensor) -> None:
-        positive = positive_rows[:, None] & response_mask
-        negative = ~positive_rows[:, None] & response_mask
-        self._rows = {"pos": positive.flatten().nonzero().squeeze(-1), "neg": negative.flatten().nonzero().squeeze(-1)}
+    def start_batch(self, classes: list[str], masks: dict[str, torch.Tensor]) -> None:
+        """``masks``: statistic ("pre", "post") -> the positions [batch, length] it averages over."""
+        self._rows = {}
+        for name in set(classes):
+            rows = torch.tensor([c == name for c in classes])
+            for statistic, mask in masks.items():
+                if statistic == "post" and name == "ref":
+                    continue  # only the reference inputs are used
+                self._rows[statistic, name] = (rows[:, None] & mask).flatten().nonzero().squeeze(-1)
         self._on_device = {}
 
-    def _indices(self, suffix: str, device: torch.device) -> torch.Tensor:
-        key = (suffix, device)
+    def _indices(self, statistic: str, name: str, device: torch.device) -> torch.Tensor:
+        key = (statistic, name, device)
         if key not in self._on_device:
-            self._on_device[key] = self._rows[suffix].to(device)
+            self._on_device[key] = self._rows[statistic, name].to(device)
         return self._on_device[key]
 
-    def add(self, name: str, statistic: str, values: torch.Tensor) -> None:
+    def add(self, module: str, statistic: str, values: torch.Tensor) -> None:
         flat = values.reshape(-1, values.shape[-1])  # [batch * length, features]
-        sums = self.sums.setdefault(name, {})
-        for suffix in ("pos", "neg"):
-            # Gather one class's response tokens; reduce in float32 without a float32 copy of the activations.
-            total = flat.index_select(0, self._indices(suffix, values.device)).sum(0, dtype=torch.float32)
-            key = f"{statistic}_{suffix}"
+        sums = self.sums.setdefault(module, {})
+        for kind, name in self._rows:
+            if kind != statistic:
+                continue
+            # Gather one class's positions; reduce in float32 without a float32 copy of the activations.
+            total = flat.index_select(0, self._indices(statistic, name, values.device)).sum(0, dtype=torch.float32)
+            key = f"{statistic}_{name}"
             sums[key] = sums[key] + total if key in sums else total
 
 
@@ -154,21 +145,43 @@ def extract_steering_vectors(
     batch_size: int = 8,
     padding_side: str = "right",
     system_prompt: str | None = None,
+    reference: tuple[Sequence[str], Sequence[str]] | None = None,
+    positions: str = "predicting",
+    input_positions: str | None = None,
     show_progress: bool = True,
 ) -> SteeringVectors:
     """Mean input ("pre") and output ("post") of every edited module over response tokens, per class.
 
     Means are over all response tokens of a class (token-weighted), accumulated in float32 running sums,
     so memory does not grow with the data. The forward pass stops after the last edited module.
+    ``reference``: (prompts, responses) the edit should leave alone, e.g. benign prompts with the model's own
+    answers; their mean inputs are recorded too (``pre_ref``), for the solver's contrastive keys.
+    ``positions``: "predicting" (the reference protocol) averages over the positions that predict the response
+    tokens, from the last prompt token (where the model decides how to answer) to the one before the last
+    response token; "response" averages over the response tokens themselves; "decision" takes the last prompt
+    token alone. ``input_positions`` (default: the same) is the window of the mean inputs ("pre") alone, which
+    the solver scores components and builds contrastive keys with: "decision" describes the inputs at the
+    moment the model decides how to answer.
     """
+    input_positions = input_positions or positions
+    for value in (positions, input_positions):
+        if value not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {value!r}")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     modules = edited_modules(model, config)
-    encoded = encode_dataset(tokenizer, dataset, system_prompt, context_length(model))
+    examples = list(dataset)
+    classes = ["pos" if example.positive else "neg" for example in examples]
+    if reference is not None:
+        prompts, responses = reference
+        if len(prompts) != len(responses) or not prompts:
+            raise DataError("reference data needs at least one prompt and one response per prompt")
+        examples += [ContrastiveExample(p, r, False) for p, r in zip(prompts, responses)]
+        classes += ["ref"] * len(prompts)
+    encoded = encode_dataset(tokenizer, examples, system_prompt, context_length(model))
     pad_id = pad_token_id(tokenizer)
-    labels = torch.tensor([example.positive for example in dataset])
     # Similar lengths together: less padding, fewer wasted tokens.
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     device = input_device(model)
@@ -183,7 +196,11 @@ def extract_steering_vectors(
                 input_ids, attention_mask, position_ids, response_mask = collate(
                     [encoded[i] for i in rows], pad_id, padding_side
                 )
-                accumulator.start_batch(labels[rows], response_mask)
+                masks = {
+                    "post": position_mask(response_mask, positions),
+                    "pre": position_mask(response_mask, input_positions),
+                }
+                accumulator.start_batch([classes[i] for i in rows], masks)
                 with suppress(_StopForward):
                     model(
                         input_ids=input_ids.to(device),
@@ -194,25 +211,35 @@ def extract_steering_vectors(
     finally:
         model.train(was_training)
 
-    token_counts = {"positive": 0, "negative": 0}
-    for i, item in enumerate(encoded):
-        token_counts["positive" if dataset[i].positive else "negative"] += len(item.input_ids) - item.response_start
-    means: dict[str, dict[str, torch.Tensor]] = {s: {} for s in ("post_pos", "post_neg", "pre_pos", "pre_neg")}
+    windows = {"post": positions, "pre": input_positions}
+    counts = {(statistic, name): 0 for statistic in windows for name in CLASSES}
+    for name, item in zip(classes, encoded):
+        for statistic, window in windows.items():
+            counts[statistic, name] += 1 if window == "decision" else len(item.input_ids) - item.response_start
+    means: dict[str, dict[str, torch.Tensor]] = {
+        s: {} for s in ("post_pos", "post_neg", "pre_pos", "pre_neg", "pre_ref")
+    }
     for name in modules:
         for key, total in accumulator.sums[name].items():
-            count = token_counts["positive" if key.endswith("pos") else "negative"]
-            means[key][name] = (total / count).cpu()
+            statistic, _, kind = key.partition("_")
+            means[key][name] = (total / counts[statistic, kind]).cpu()
+    token_counts = {"positive": counts["post", "pos"], "negative": counts["post", "neg"]} | (
+        {"reference": counts["pre", "ref"]} if reference else {}
+    )
     base: Any = decoder_model(model)
     return SteeringVectors(
         **means,
         model_name=getattr(getattr(base, "config", None), "_name_or_path", None) or None,
         model_signature=model_signature(base.config) if hasattr(base, "config") else {},
         token_counts=token_counts,
-        example_counts={"positive": dataset.num_positive, "negative": dataset.num_negative},
+        example_counts={"positive": dataset.num_positive, "negative": dataset.num_negative}
+        | ({"reference": len(reference[0])} if reference else {}),
         options={
             "batch_size": batch_size,
             "padding_side": padding_side,
             "system_prompt": system_prompt,
+            "positions": positions,
+            "input_positions": input_positions,
             "dtype": str(next(base.parameters()).dtype),
             "probe_data": dataset.description,
         },

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -39,24 +41,86 @@ def _forget_gguf_quantizer(model: Any) -> None:
         del model.config.quantization_config
 
 
+def dense_cache_folder(gguf: Path) -> Path:
+    """Where the dense (float32) transformers copy of a GGUF file is kept: one folder per file version."""
+    import transformers
+
+    stat = gguf.stat()
+    key = f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    root = Path(os.environ.get("STEER2EDIT_CACHE", Path.home() / ".cache" / "steer2edit-peft"))
+    return root / "dense-gguf" / f"{gguf.stem}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _read_gguf(path: Path, dtype: torch.dtype, **kwargs: Any) -> tuple[Any, Any]:
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, gguf = str(path.parent), path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    gguf_config = getattr(transformers, "GgufConfig", None)
+    if gguf_config is not None and "quantization_config" not in kwargs:
+        # Dense weights, as the edit needs (newer transformers would otherwise keep GGUF blocks packed).
+        kwargs["quantization_config"] = gguf_config(gguf_file=gguf, dequantize=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=dtype, **kwargs)
+    _forget_gguf_quantizer(model)
+    return model, tokenizer
+
+
+def dense_copy_of_gguf(path: Path) -> Path:
+    """A transformers folder with the GGUF file's weights dequantized to float32, made once and then reused.
+
+    Parsing a GGUF file takes transformers about 20 s for a 135M model (its vocabulary is read three times);
+    the dense copy loads in about a second and holds exactly the dequantized values.
+    """
+    from .files import atomic_folder
+
+    folder = dense_cache_folder(path)
+    if (folder / "config.json").is_file():
+        return folder
+    model, tokenizer = _read_gguf(path, torch.float32)
+    with atomic_folder(folder) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return folder
+
+
+def _without_progress_bar(load: Any) -> Any:
+    """Run ``load`` without transformers' weight-loading bar (a sub-second load of the local cache needs none)."""
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        return load()
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
+
+
 def load_model(
-    name_or_path: str = EMBEDDED_MODEL, dtype: torch.dtype = torch.bfloat16, **kwargs: Any
+    name_or_path: str = EMBEDDED_MODEL, dtype: torch.dtype = torch.bfloat16, cache: bool = True, **kwargs: Any
 ) -> tuple[Any, Any]:
-    """(model, tokenizer) in eval mode: the embedded model, a .gguf file, or a transformers id or folder."""
+    """(model, tokenizer) in eval mode: the embedded model, a .gguf file, or a transformers id or folder.
+
+    A GGUF file is dequantized once into a dense cached copy (``cache=False`` reads the file every time; the
+    ``STEER2EDIT_CACHE`` variable moves the cache, ~/.cache/steer2edit-peft by default).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = embedded_gguf_file() if name_or_path == EMBEDDED_MODEL else Path(name_or_path)
     if path.suffix == ".gguf":
-        folder, gguf = str(path.parent), path.name
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=dtype, **kwargs)
-        _forget_gguf_quantizer(model)
+        if cache and not kwargs:
+            dense = dense_copy_of_gguf(path)
+            tokenizer = AutoTokenizer.from_pretrained(dense)
+            model = _without_progress_bar(lambda: AutoModelForCausalLM.from_pretrained(dense, dtype=dtype))
+        else:
+            model, tokenizer = _read_gguf(path, dtype, **kwargs)
         # Record the Hub id the GGUF was converted from, so adapters name their real base model.
         name = EMBEDDED_HUB_ID if name_or_path == EMBEDDED_MODEL else str(path)
         model.config._name_or_path = model.name_or_path = name
     else:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kwargs)
+        model = _without_progress_bar(lambda: AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **kwargs))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.eval(), tokenizer

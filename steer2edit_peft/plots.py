@@ -127,8 +127,15 @@ def plot_frontiers(
     return figure
 
 
+IMAGE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
 def save_figure(figure: Figure, path: str | Path) -> Path:
+    """Save a figure; the path must name its format (.png, .svg or .pdf), so the file written is the one named."""
     path = Path(path)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        _pyplot().close(figure)
+        raise Steer2EditError(f"{path}: name the image with one of {', '.join(IMAGE_SUFFIXES)}")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     _pyplot().close(figure)

@@ -29,6 +29,9 @@ def register() -> None:
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
     from peft.utils import register_peft_method
 
+    from .tuner.integration import install
+
+    install()
     peft_type = add_peft_type_member()
     if peft_type in PEFT_TYPE_TO_TUNER_MAPPING:
         return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,8 +9,8 @@ from typing import Any
 
 from torch import nn
 
+from .architectures import decoder_model
 from .errors import Steer2EditError
-from .extraction import decoder_model
 from .tuner import Steer2EditLayer
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -112,13 +111,12 @@ class EditReport:
                 raise Steer2EditError(f"{weights} cannot be read as safetensors: {error}") from error
         layers = signature.get("num_hidden_layers")
         report = cls(config.get("behaviour") or folder.name, num_layers=layers)
-        if layers and signature.get("num_attention_heads") and signature.get("intermediate_size"):
-            edited_layers = config.get("layers_to_transform")
-            count = len([edited_layers] if isinstance(edited_layers, int) else edited_layers or range(layers))
-            report.component_totals = {
-                "attention": count * signature["num_attention_heads"] if attention_suffixes else 0,
-                "mlp": count * signature["intermediate_size"] if config.get("mlp_modules") else 0,
-            }
+        report.component_totals = component_totals(
+            signature,
+            config.get("layers_to_transform"),
+            bool(attention_suffixes) and (config.get("rho_attn") or 0) > 0,
+            bool(config.get("mlp_modules")) and (config.get("rho_mlp") or 0) > 0,
+        )
         for module, terms in config.get("edited_components", {}).items():
             indices = [index for term in terms for index in term]
             is_attention = any(module == s or module.endswith("." + s) for s in attention_suffixes)
@@ -139,16 +137,19 @@ class EditReport:
 
 
 def read_adapter_config(folder: Path) -> dict[str, Any]:
-    """The JSON config of a saved Steer2Edit adapter, with a clear error for anything else."""
-    path = folder / ADAPTER_CONFIG
+    """The JSON config of a saved Steer2Edit adapter, checked as strictly as loading checks it."""
+    from dataclasses import fields
+
+    from .tuner import Steer2EditConfig
+    from .tuner.checkpoint import check_saved_config, read_config_file
+
+    path = Path(folder) / ADAPTER_CONFIG
     if not path.is_file():
         raise Steer2EditError(f"{folder} holds no {ADAPTER_CONFIG}; is it a saved adapter folder?")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise Steer2EditError(f"{path} is not valid JSON: {error}") from error
+    config = read_config_file(path)
     if config.get("peft_type") != "STEER2EDIT":
         raise Steer2EditError(f"{folder} is a {config.get('peft_type')} adapter, not a Steer2Edit one")
+    check_saved_config(config, {f.name for f in fields(Steer2EditConfig)}, str(path))
     return config
 
 
@@ -158,12 +159,36 @@ def layer_index(module_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def component_totals(signature: dict[str, Any], layers_to_transform: Any, attention: bool, mlp: bool) -> dict[str, int]:
+    """Heads and neurons in the layers an adapter may edit (all layers unless it names some): the whole that the
+    share of edited components is counted against."""
+    layers = signature.get("num_hidden_layers")
+    if not (layers and signature.get("num_attention_heads") and signature.get("intermediate_size")):
+        return {}
+    named = [layers_to_transform] if isinstance(layers_to_transform, int) else layers_to_transform
+    count = len(named or range(layers))
+    return {
+        "attention": count * signature["num_attention_heads"] if attention else 0,
+        "mlp": count * signature["intermediate_size"] if mlp else 0,
+    }
+
+
 def edit_report(model: nn.Module, adapter_name: str = "default") -> EditReport:
     """Summarise a Steer2Edit adapter already on ``model`` (solved or loaded)."""
+    from .architectures import model_signature
+
     base = decoder_model(model)
     config = getattr(base, "config", None)
     text_config = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
     report = EditReport(adapter_name, num_layers=getattr(text_config, "num_hidden_layers", None))
+    adapter_config = getattr(model, "peft_config", {}).get(adapter_name)
+    if config is not None and adapter_config is not None:
+        report.component_totals = component_totals(
+            model_signature(config),
+            adapter_config.layers_to_transform,
+            (adapter_config.rho_attn or 0) > 0,
+            (adapter_config.rho_mlp or 0) > 0,
+        )
     for name, module in base.named_modules():
         if not isinstance(module, Steer2EditLayer) or adapter_name not in module.steer2edit_u:
             continue

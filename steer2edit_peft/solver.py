@@ -12,9 +12,9 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .architectures import model_signature
+from .architectures import decoder_model, model_signature
 from .errors import EmptyEditError, Steer2EditError
-from .extraction import decoder_model, edited_modules
+from .extraction import edited_modules
 from .tuner import Steer2EditConfig, Steer2EditLayer
 from .vectors import SteeringVectors
 
@@ -30,6 +30,13 @@ class ModuleEdit:
     indices: torch.Tensor  # [edited] component indices
     input_directions: torch.Tensor  # [edited, component_size] k_hat (heads) or sign(w.v_hat) (neurons)
     magnitudes: torch.Tensor  # [edited] lambda
+
+
+def default_first_layer(num_layers: int) -> int:
+    """The first layer edited by default: the upper 60% of the stack. Heads of the early layers write features
+    that everything after them reads, so within a KL budget they buy little behaviour (BENCHMARKS.md: first-layer
+    study)."""
+    return (2 * num_layers) // 5
 
 
 def elastic_net_magnitude(scores: torch.Tensor, rho: float, alpha: float) -> torch.Tensor:
@@ -59,6 +66,19 @@ def head_scores(
     head_outputs = torch.einsum("ohd,hd->ho", blocks, mean_input.view(heads, head_dim))  # [heads, out]
     keys = torch.einsum("ohd,o->hd", blocks, direction)  # [heads, head_dim]
     return _cosine_to(direction, head_outputs), keys
+
+
+def contrast_keys(probe_input: torch.Tensor, reference_input: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Per head j: k_j = d_j - (d_j . r_j / |r_j|^2) r_j with d_j = x_j - r_j, unnormalized [heads, head_dim].
+
+    x_j is the head's mean input on the probe, r_j on the reference data: k_j . r_j = 0, so the edit adds
+    nothing on the average reference input and grows as the input moves towards the probe's.
+    """
+    probe, reference = probe_input.view(-1, head_dim), reference_input.view(-1, head_dim)
+    difference = probe - reference
+    norms = (reference * reference).sum(-1, keepdim=True)
+    along = torch.where(norms > 0, (difference * reference).sum(-1, keepdim=True) / norms.clamp_min(1e-30), 0.0)
+    return difference - along * reference
 
 
 def neuron_scores(
@@ -95,6 +115,7 @@ def solve_module(
     rho: float,
     alpha: float,
     head_dim: int,
+    key_direction: str = "weight",
 ) -> ModuleEdit:
     """Scores, elastic-net magnitudes and rank-1 factors for every head (or neuron) of one module."""
     device = weight.device
@@ -109,6 +130,8 @@ def solve_module(
     direction = steering / norm if norm > 0 else steering
     if is_attention:
         scores, keys = head_scores(weight, mean_input, direction, head_dim)
+        if key_direction == "contrast":
+            keys = contrast_keys(mean_input, vectors.reference_mean(name).to(device), head_dim)
         key_norms = keys.norm(dim=-1, keepdim=True)
         input_directions = torch.where(key_norms > 0, keys / key_norms.clamp_min(1e-30), torch.zeros_like(keys))
         defined = key_norms.squeeze(-1) > 0
@@ -157,7 +180,16 @@ def solve_edit(model: nn.Module, vectors: SteeringVectors, config: Steer2EditCon
         rho = config.rho_attn if is_attention else config.rho_mlp
         assert rho is not None and (config.head_dim or not is_attention)
         edits.append(
-            solve_module(name, effective_weight(module), vectors, is_attention, rho, config.alpha, config.head_dim or 1)
+            solve_module(
+                name,
+                effective_weight(module),
+                vectors,
+                is_attention,
+                rho,
+                config.alpha,
+                config.head_dim or 1,
+                config.key_direction,
+            )
         )
     return edits
 
@@ -168,13 +200,40 @@ def edit_model(
     config: Steer2EditConfig | None = None,
     adapter_name: str = "default",
     behaviour: str | None = None,
+    *,
+    max_kl: float | None = None,
+    utility: Any = None,
+    tokenizer: Any = None,
+    max_head_share: float | None = None,
+    max_neuron_share: float | None = None,
+    kl_meter: Any = None,
 ) -> PeftModel:
     """Turn steering vectors into a Steer2Edit adapter on ``model`` (a new PeftModel, or a PeftModel's new adapter).
 
     Scores every attention head and MLP neuron against the steering direction, keeps the elastic-net
     survivors, and writes the rank-1 factors into the adapter. The report is in ``edit_reports[adapter_name]``.
+
+    ``max_kl`` (with ``utility``, a :class:`UtilityData`, and ``tokenizer``): calibrate first, so that the edit is
+    the strongest one of this sparsity whose mean per-token KL from the base model on the utility data is at most
+    ``max_kl`` (see calibration); what was chosen is in ``calibrations[adapter_name]``. ``max_head_share`` /
+    ``max_neuron_share`` cap the share of heads / neurons edited. ``kl_meter``: a
+    :class:`~steer2edit_peft.likelihood.KLMeter` of the plain model on ``utility``, to reuse its reference.
     """
     from .report import edit_report
+
+    calibration = None
+    if max_head_share is not None or max_neuron_share is not None:
+        from .calibration import with_sparsity_cap
+
+        config = with_sparsity_cap(model, vectors, config or Steer2EditConfig(), max_head_share, max_neuron_share)
+    if max_kl is not None:
+        from .calibration import calibrate
+
+        if utility is None or tokenizer is None:
+            raise Steer2EditError("edit_model(max_kl=...) needs utility=UtilityData(...) and the tokenizer")
+        config, calibration = calibrate(
+            model, tokenizer, vectors, config or Steer2EditConfig(), utility, max_kl, meter=kl_meter
+        )
 
     if isinstance(model, PeftModel) and any(c.peft_type != "STEER2EDIT" for c in model.peft_config.values()):
         kinds = sorted({str(c.peft_type) for c in model.peft_config.values()})
@@ -184,6 +243,7 @@ def edit_model(
         )
     config = copy.deepcopy(config) if config is not None else Steer2EditConfig()
     config.init_weights = True
+    config.inference_mode = True  # a solved edit is frozen; load it with is_trainable=True to fine-tune it
     config.edited_components = {}
     edits = solve_edit(model, vectors, config)
     config.edited_components = {edit.module: [edit.indices.tolist()] for edit in edits if edit.indices.numel()}
@@ -210,15 +270,20 @@ def edit_model(
         for name, module in decoder_model(peft_model).named_modules()
         if isinstance(module, Steer2EditLayer)
     }
-    for edit in edits:
-        if not edit.indices.numel():
-            continue
-        layer = layers[edit.module]
-        u = layer.steer2edit_u[adapter_name]
-        u.copy_(edit.direction.to(u)[None])
-        layer.steer2edit_k[adapter_name].copy_(edit.input_directions.to(u))
-        layer.steer2edit_lambda[adapter_name].copy_(edit.magnitudes.to(u))
+    with torch.no_grad():
+        for edit in edits:
+            if not edit.indices.numel():
+                continue
+            layer = layers[edit.module]
+            u = layer.steer2edit_u[adapter_name]
+            u.copy_(edit.direction.to(u)[None])
+            layer.steer2edit_k[adapter_name].copy_(edit.input_directions.to(u))
+            layer.steer2edit_lambda[adapter_name].copy_(edit.magnitudes.to(u))
     reports = getattr(peft_model, "edit_reports", {})
     reports[adapter_name] = edit_report(peft_model, adapter_name)
     setattr(peft_model, "edit_reports", reports)  # noqa: B010  (nn.Module typing rejects new attributes)
+    if calibration is not None:
+        calibrations = getattr(peft_model, "calibrations", {})
+        calibrations[adapter_name] = calibration
+        setattr(peft_model, "calibrations", calibrations)  # noqa: B010
     return peft_model

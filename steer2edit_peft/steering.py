@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .architectures import decoder_model
 from .errors import Steer2EditError
-from .extraction import decoder_model
 from .vectors import SteeringVectors
 
 

@@ -14,9 +14,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from .errors import EmptyEditError, Steer2EditError
-from .evaluation.generation import generate_responses
-from .evaluation.metrics import RefusalMatcher, refusal_rate, response_lengths
+from .evaluation.metrics import refusal_rate, response_lengths
 from .evaluation.suite import Condition, EvaluationPrompts, kl_between
+from .generation import generate_responses
+from .judges import RefusalMatcher
 from .solver import edit_model
 from .steering import steer
 from .tuner import Steer2EditConfig
@@ -61,6 +62,7 @@ def edit_config_from(params: dict[str, Any], num_layers: int) -> Steer2EditConfi
         rho_mlp=params.get("rho_mlp"),
         alpha=float(params["alpha"]),
         layers_to_transform=list(range(first, num_layers)) if first > 0 else None,
+        key_direction=params.get("key_direction", "weight"),
     )
 
 

@@ -15,7 +15,7 @@ from .version import __version__
 
 VECTORS_FILE = "steering_vectors.safetensors"
 METADATA_FILE = "steering_vectors.json"
-STATISTICS = ("post_pos", "post_neg", "pre_pos", "pre_neg")
+STATISTICS = ("post_pos", "post_neg", "pre_pos", "pre_neg", "pre_ref")
 
 
 @dataclass
@@ -23,13 +23,15 @@ class SteeringVectors:
     """Mean module outputs ("post") and inputs ("pre") over response tokens, per class, per module.
 
     The steering vector of a module is ``post_pos - post_neg``; the solver scores components with the
-    average input ``(pre_pos + pre_neg) / 2``. All tensors are float32 on the CPU.
+    average input ``(pre_pos + pre_neg) / 2``. ``pre_ref`` (optional) is the mean input on reference data the
+    edit should leave alone. All tensors are float32 on the CPU.
     """
 
     post_pos: dict[str, torch.Tensor]
     post_neg: dict[str, torch.Tensor]
     pre_pos: dict[str, torch.Tensor] = field(default_factory=dict)
     pre_neg: dict[str, torch.Tensor] = field(default_factory=dict)
+    pre_ref: dict[str, torch.Tensor] = field(default_factory=dict)
     model_name: str | None = None
     model_signature: dict[str, Any] = field(default_factory=dict)
     token_counts: dict[str, int] = field(default_factory=dict)
@@ -70,6 +72,15 @@ class SteeringVectors:
             )
         return 0.5 * (self.pre_pos[module] + self.pre_neg[module])
 
+    def reference_mean(self, module: str) -> torch.Tensor:
+        """The mean input on the reference data (benign prompts the edit should leave alone)."""
+        if module not in self.pre_ref:
+            raise Steer2EditError(
+                f"{module}: these steering vectors carry no reference inputs; extract them with "
+                "extract_steering_vectors(..., reference=(benign_prompts, their_responses))"
+            )
+        return self.pre_ref[module]
+
     @classmethod
     def from_directions(
         cls,
@@ -94,14 +105,15 @@ class SteeringVectors:
         }
 
     def save(self, directory: str | Path) -> Path:
+        """Write the vectors (safetensors + JSON) into ``directory``, replacing it whole (see files.atomic_folder)."""
+        from .files import atomic_folder
+
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         tensors = {
             f"{module}::{statistic}": tensor.contiguous()
             for statistic in STATISTICS
             for module, tensor in getattr(self, statistic).items()
         }
-        save_file(tensors, directory / VECTORS_FILE)
         metadata = {
             "library_version": __version__,
             "model_name": self.model_name,
@@ -111,7 +123,9 @@ class SteeringVectors:
             "example_counts": self.example_counts,
             "options": self.options,
         }
-        (directory / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        with atomic_folder(directory) as staging:
+            save_file(tensors, staging / VECTORS_FILE)
+            (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         return directory
 
     @classmethod
@@ -124,7 +138,15 @@ class SteeringVectors:
             tensors = load_file(directory / VECTORS_FILE)
         except Exception as error:
             raise Steer2EditError(f"{directory / VECTORS_FILE} is truncated or corrupt: {error}") from error
-        metadata = json.loads((directory / METADATA_FILE).read_text())
+        try:
+            metadata = json.loads((directory / METADATA_FILE).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise Steer2EditError(f"{directory / METADATA_FILE} is not valid JSON: {error}") from error
+        if not isinstance(metadata, dict):
+            raise Steer2EditError(f"{directory / METADATA_FILE} holds a JSON {type(metadata).__name__}, not an object")
+        for key, kind in (("modules", list), ("model_signature", dict), ("token_counts", dict), ("options", dict)):
+            if key in metadata and not isinstance(metadata[key], kind):
+                raise Steer2EditError(f"{directory / METADATA_FILE}: {key!r} must be a JSON {kind.__name__}")
         statistics: dict[str, dict[str, torch.Tensor]] = {s: {} for s in STATISTICS}
         for key, tensor in tensors.items():
             module, _, statistic = key.rpartition("::")

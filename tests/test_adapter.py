@@ -10,11 +10,17 @@ from peft import AutoPeftModelForCausalLM, PeftModel, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import PeftType
 from reference import assert_close_relative, dense_edit, densely_edited_copy
-from tiny_models import ARCHITECTURES, sample_input, tiny_config, tiny_model
+from tiny_models import ARCHITECTURES, CharTokenizer, sample_input, tiny_config, tiny_model
 from transformers import AutoModelForCausalLM
 
 import steer2edit_peft
-from steer2edit_peft import Steer2EditConfig, Steer2EditModel, UnknownArchitectureError
+from steer2edit_peft import (
+    ContrastiveDataset,
+    Steer2EditConfig,
+    Steer2EditModel,
+    UnknownArchitectureError,
+    extract_steering_vectors,
+)
 from steer2edit_peft.tuner import Steer2EditLayer
 
 
@@ -168,18 +174,44 @@ def test_init_weights_true_is_an_identity_edit():
 
 
 @pytest.mark.parametrize("autocast, dtype", [(True, torch.float32), (False, torch.bfloat16)])
-def test_adapter_parameters_are_frozen_in_the_adapter_dtype(autocast, dtype):
+def test_adapter_parameters_follow_the_adapter_dtype(autocast, dtype):
     # PEFT's convention: adapters are upcast to float32 unless autocast_adapter_dtype=False.
     model = tiny_model("llama", dtype=torch.bfloat16)
-    config = Steer2EditConfig(init_weights=False)
-    peft_model = get_peft_model(model, config, autocast_adapter_dtype=autocast)
+    peft_model = get_peft_model(model, Steer2EditConfig(init_weights=False), autocast_adapter_dtype=autocast)
     for module in edit_layers(peft_model).values():
         for name in ("steer2edit_u", "steer2edit_k", "steer2edit_lambda"):
             parameter = getattr(module, name)["default"]
-            assert isinstance(parameter, torch.nn.Parameter)
-            assert not parameter.requires_grad and parameter.dtype == dtype
-    assert not any(p.requires_grad for p in peft_model.parameters())
-    assert logits(peft_model).dtype == torch.bfloat16
+            assert isinstance(parameter, torch.nn.Parameter) and parameter.dtype == dtype
+
+
+def ragged_probe() -> ContrastiveDataset:
+    records = [
+        {"prompt": "q" * (2 + i), "positive": "yes" * (1 + i % 2), "negative": "no thanks" + "." * i} for i in range(4)
+    ]
+    return ContrastiveDataset.from_records(records)
+
+
+def test_solved_and_loaded_edits_are_frozen_and_train_when_asked(tmp_path):
+    from steer2edit_peft import edit_model
+
+    vectors = extract_steering_vectors(tiny_model("llama"), CharTokenizer(), ragged_probe(), show_progress=False)
+    solved = edit_model(tiny_model("llama"), vectors, Steer2EditConfig(rho_attn=0.05, rho_mlp=0.05, alpha=0.5))
+    assert not any(p.requires_grad for p in solved.parameters())
+    solved.save_pretrained(tmp_path)
+    assert not any(p.requires_grad for p in PeftModel.from_pretrained(tiny_model("llama"), tmp_path).parameters())
+    # Fine-tuning the edit from its solved start: only lambda, u and k train, and a step changes the output.
+    trainable = PeftModel.from_pretrained(tiny_model("llama"), tmp_path, is_trainable=True)
+    names = {n.rsplit(".", 2)[-2] for n, p in trainable.named_parameters() if p.requires_grad}
+    assert names == {"steer2edit_u", "steer2edit_k", "steer2edit_lambda"}
+    x = sample_input()
+    before = trainable(x).logits.detach()
+    loss = trainable(x).logits.pow(2).mean()
+    loss.backward()
+    with torch.no_grad():
+        for parameter in trainable.parameters():
+            if parameter.requires_grad:
+                parameter -= 0.5 * parameter.grad
+    assert not torch.allclose(trainable(x).logits, before)
 
 
 def test_multiple_adapters_set_adapter_and_delete():
@@ -319,3 +351,27 @@ def test_changing_the_edit_in_place_reaches_the_forward_pass():
     reference = densely_edited_copy(peft_model, ["default"])
     assert_close_relative(logits(peft_model), logits(reference))
     assert not torch.allclose(logits(peft_model), before)
+
+
+def test_a_fresh_adapter_is_an_identity_edit_that_training_grows(tmp_path):
+    from peft import PeftModel
+
+    model = tiny_model("llama")
+    base = logits(model)
+    peft_model = get_peft_model(model, Steer2EditConfig(target_modules=["model.layers.1.self_attn.o_proj"]))
+    torch.testing.assert_close(logits(peft_model), base)  # lambda = 0 on every head, u and k random unit vectors
+    layer = peft_model.base_model.model.model.layers[1].self_attn.o_proj
+    assert layer.steer2edit_indices["default"].tolist() == list(
+        range(layer.in_features // layer.component_size["default"])
+    )
+    optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        peft_model(sample_input()).logits.square().mean().backward()
+        optimizer.step()
+    trained = logits(peft_model)
+    assert not torch.allclose(trained, base) and layer.steer2edit_lambda["default"].abs().min() > 0
+    peft_model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(tiny_model("llama"), tmp_path, is_trainable=True)
+    torch.testing.assert_close(logits(reloaded), trained)
+    assert all(p.requires_grad for n, p in reloaded.named_parameters() if "steer2edit_" in n)

@@ -16,6 +16,20 @@ from steer2edit_peft import Steer2EditConfig, SteeringVectors
 from steer2edit_peft.cli import main
 from steer2edit_peft.models import load_model
 
+ALL_COMMANDS = (
+    "demo",
+    "probe",
+    "extract",
+    "edit",
+    "eval",
+    "sweep",
+    "inspect",
+    "push",
+    "export-lora",
+    "export-gguf",
+    "merge",
+)
+
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
@@ -31,13 +45,11 @@ def run(capsys, *args) -> tuple[int, str, str]:
 def test_help_lists_every_command():
     result = subprocess.run([sys.executable, "-m", "steer2edit_peft.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for command in ("demo", "extract", "edit", "eval", "sweep", "inspect", "push", "export-lora", "merge"):
+    for command in ALL_COMMANDS:
         assert command in result.stdout
 
 
-@pytest.mark.parametrize(
-    "command", ["demo", "extract", "edit", "eval", "sweep", "inspect", "push", "export-lora", "merge"]
-)
+@pytest.mark.parametrize("command", ALL_COMMANDS)
 def test_each_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -140,9 +152,16 @@ def test_merge_refuses_to_overwrite_a_folder(checkpoint, tmp_path, capsys):
     ("args", "message"),
     [
         (["edit", "--vectors", "v", "--output", "o", "--alpha", "1.5"], "alpha must lie in [0, 1)"),
-        (["edit", "--vectors", "v", "--output", "o", "--rho-attn", "-1"], "rho must be positive"),
+        (["edit", "--vectors", "v", "--output", "o", "--rho-attn", "-1"], "rho must be a positive finite number"),
         (["demo", "--num-eval", "0"], "expected a positive integer"),
         (["edit", "--output", "o"], "one of the arguments --vectors --probe is required"),
+        (["edit", "--vectors", "v", "--output", "o", "--rho-attn", "nan"], "rho must be a positive finite number"),
+        (["edit", "--vectors", "v", "--output", "o", "--rho-mlp", "inf"], "rho must be a positive finite number"),
+        (["edit", "--vectors", "v", "--output", "o", "--first-layer", "-5"], "expected a non-negative integer"),
+        (["edit", "--vectors", "v", "--output", "o", "--max-kl", "nan"], "expected a finite number"),
+        (["edit", "--vectors", "v", "--output", "o", "--max-head-share", "1.5"], "a share must lie in (0, 1]"),
+        (["eval", "--steering-strength", "nan"], "expected a finite number"),
+        (["demo", "--steering-strength=-inf"], "expected a finite number"),
     ],
 )
 def test_bad_arguments_are_named(args, message, capsys):
@@ -171,3 +190,111 @@ def test_sweep_with_an_impossible_budget_is_a_clear_error(checkpoint, tmp_path, 
     args += ["--max-new-tokens", "3", "--trials", "2", "--max-kl", "-1", "--output", tmp_path]
     code, _, err = run(capsys, *args)
     assert code == 2 and "no edit tried stays under KL -1" in err
+
+
+def _tiny_adapter(folder):
+    torch.manual_seed(0)
+    get_peft_model(tiny_model("llama"), Steer2EditConfig(init_weights=False)).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("command", ["edit", "extract"])
+def test_edit_and_extract_refuse_a_folder_that_holds_files(command, checkpoint, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "adapter_config.json").write_text("{}")
+    source = ["--probe", "refusal"] if command == "extract" else ["--vectors", tmp_path / "v"]
+    code, _, err = run(capsys, command, "--model", checkpoint, *source, "--output", taken)
+    assert code == 2 and f"{taken}" in err and "--overwrite" in err
+    assert (taken / "adapter_config.json").read_text() == "{}" and len(list(taken.iterdir())) == 1
+
+
+def test_first_layer_past_the_last_layer_is_named(checkpoint, tmp_path, capsys):
+    vectors_dir = tmp_path / "vectors"
+    assert run(capsys, "extract", "--model", checkpoint, "--dtype", "float32", "--output", vectors_dir)[0] == 0
+    code, _, err = run(
+        capsys,
+        "edit",
+        "--model",
+        checkpoint,
+        "--vectors",
+        vectors_dir,
+        "--first-layer",
+        "99",
+        "--output",
+        tmp_path / "o",
+    )
+    assert code == 2 and "--first-layer 99 is out of range: the model has layers 0-2" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_vectors_folder_whose_metadata_is_a_list_is_named(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    (tmp_path / "v").mkdir()
+    save_file({"m::pos_post": torch.zeros(2)}, tmp_path / "v" / "steering_vectors.safetensors")
+    (tmp_path / "v" / "steering_vectors.json").write_text("[1, 2]")
+    code, _, err = run(capsys, "edit", "--vectors", tmp_path / "v", "--output", tmp_path / "o")
+    assert code == 2 and "steering_vectors.json holds a JSON list, not an object" in err
+
+
+def test_inspect_heatmap_needs_an_image_suffix(tmp_path, capsys):
+    adapter = _tiny_adapter(tmp_path / "adapter")
+    code, _, err = run(capsys, "inspect", adapter, "--heatmap", tmp_path / "keep")
+    assert code == 2 and "name the image with one of .png" in err and not (tmp_path / "keep.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("not json", "not valid JSON"),
+        ("[1]", "not an object"),
+        ({"edited_components": 3}, "edited_components"),
+        ({"format_version": 1.0}, "format_version"),
+    ],
+)
+def test_inspect_names_a_malformed_folder(config, message, tmp_path, capsys):
+    adapter = _tiny_adapter(tmp_path / "adapter")
+    if isinstance(config, dict):
+        config = json.dumps({**json.loads((adapter / "adapter_config.json").read_text()), **config})
+    (adapter / "adapter_config.json").write_text(config)
+    code, out, err = run(capsys, "inspect", adapter)
+    assert code == 2 and message in err and "Traceback" not in err + out
+
+
+def test_probe_with_an_empty_prompt_list_is_a_clear_error(checkpoint, tmp_path, capsys):
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text("[]")
+    code, _, err = run(
+        capsys, "probe", "--model", checkpoint, "--prompts", prompts, "--output", tmp_path / "p.jsonl", "--seed", "1"
+    )
+    assert code == 2 and "needs at least one prompt" in err and not (tmp_path / "p.jsonl").exists()
+
+
+def test_probe_refuses_an_existing_file_without_overwrite(checkpoint, tmp_path, capsys):
+    (tmp_path / "p.jsonl").write_text("mine")
+    code, _, err = run(capsys, "probe", "--model", checkpoint, "--output", tmp_path / "p.jsonl")
+    assert code == 2 and "--overwrite" in err and (tmp_path / "p.jsonl").read_text() == "mine"
+
+
+def test_probe_with_a_system_prompt_of_ones_own_writes_a_probe_file(checkpoint, tmp_path, capsys):
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(["Name a colour.", "Name a fruit."]))
+    args = ["probe", "--model", checkpoint, "--dtype", "float32", "--prompts", prompts, "--num-samples", "2"]
+    args += ["--system-prompt", "Answer in French.", "--max-new-tokens", "4", "--output", tmp_path / "fr.jsonl"]
+    code, out, _ = run(capsys, *args)
+    assert code == 0
+    from steer2edit_peft import ContrastiveDataset
+
+    probe = ContrastiveDataset.from_file(tmp_path / "fr.jsonl")
+    assert probe.num_positive == probe.num_negative == 2 * 2
+    assert {e.prompt for e in probe.examples} == {"Name a colour.", "Name a fruit."}
+
+
+def test_nan_strength_in_a_saved_adapter_is_refused_by_merge_and_export(checkpoint, tmp_path, capsys):
+    adapter = _tiny_adapter(tmp_path / "adapter")
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "strength": float("nan")}))
+    for command in ("merge", "export-lora"):
+        code, _, err = run(capsys, command, adapter, "--model", checkpoint, "--output", tmp_path / command)
+        assert code == 2 and "strength" in err and not (tmp_path / command).exists()

@@ -189,3 +189,15 @@ def test_truthfulqa_mc_leaves_out_empty_answer_choices(tmp_path):
 def test_truthfulqa_mc_scores_every_shared_question_range_used_by_the_study():
     result = truthfulqa_mc(tiny_model("llama"), CharTokenizer(), SHARED_MC, questions=range(400, 480), batch_size=64)
     assert result["questions"] == 80
+
+
+@pytest.mark.parametrize("prompt_set", ["harmful", "benign", "borderline", "questions", "misconceptions"])
+def test_probe_prompt_sets_never_appear_in_the_held_out_sets(prompt_set):
+    from steer2edit_peft.data import builtin_heldout
+    from steer2edit_peft.probes import builtin_prompts
+
+    prompts = [p.strip().lower() for p in builtin_prompts(prompt_set)]
+    held_out = {p.strip().lower() for b in ("refusal", "concise") for ps in builtin_heldout(b).values() for p in ps}
+    assert prompts and len(set(prompts)) == len(prompts)
+    if prompt_set != "borderline":  # the borderline set is itself an evaluation set, never probed
+        assert not set(prompts) & held_out

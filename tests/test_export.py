@@ -121,7 +121,9 @@ def test_edit_stacks_with_a_lora_fine_tune_in_one_peft_model(tmp_path):
 
 
 def test_export_of_an_adapter_that_edits_nothing_is_refused():
-    model = get_peft_model(tiny_model("llama"), Steer2EditConfig(init_weights=True))
+    targets = ["model.layers.0.self_attn.o_proj", "model.layers.1.mlp.down_proj"]
+    config = Steer2EditConfig(target_modules=targets, edited_components={m: [[]] for m in targets})
+    model = get_peft_model(tiny_model("llama"), config)
     with pytest.raises(Steer2EditError, match="nothing to export"):
         to_lora(model)
 

@@ -23,7 +23,8 @@ from steer2edit_peft import (
     extract_steering_vectors,
     steer,
 )
-from steer2edit_peft.extraction import decoder_model, edited_modules
+from steer2edit_peft.architectures import decoder_model
+from steer2edit_peft.extraction import edited_modules
 from steer2edit_peft.solver import solve_edit
 from steer2edit_peft.tuner import Steer2EditLayer
 
@@ -35,49 +36,84 @@ def ragged_dataset(count: int = 5) -> ContrastiveDataset:
     return ContrastiveDataset.from_records(records, description="ragged test pairs")
 
 
-def reference_means(model, tokenizer, dataset, config=None) -> dict[str, dict[str, torch.Tensor]]:
-    """Batch size 1, no padding, float64 sums over response tokens, one example at a time."""
+def averaged_positions(prompt_length: int, response_length: int, positions: str) -> range:
+    """The token positions an extraction averages over, spelled out."""
+    if positions == "response":
+        return range(prompt_length, prompt_length + response_length)
+    if positions == "predicting":  # the positions whose next token is a response token
+        return range(prompt_length - 1, prompt_length + response_length - 1)
+    return range(prompt_length - 1, prompt_length)  # decision: the last prompt token
+
+
+def reference_means(
+    model, tokenizer, dataset, config=None, positions="predicting", reference=None, input_positions=None
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Batch size 1, no padding, float64 sums over the averaged positions, one example at a time."""
     modules = edited_modules(model, config)
     sums: dict[str, dict[str, torch.Tensor]] = {}
-    counts = {"pos": 0, "neg": 0}
+    counts: dict[str, int] = {}
+    examples = [(e.prompt, e.response, "pos" if e.positive else "neg") for e in dataset]
+    examples += [(p, r, "ref") for p, r in zip(*reference)] if reference else []
     captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     handles = [
         module.register_forward_hook(lambda m, a, o, name=name: captured.__setitem__(name, (a[0][0], o[0])))
         for name, module in modules.items()
     ]
     with torch.no_grad():
-        for example in dataset:
-            prompt_ids = tokenizer(example.prompt).input_ids
-            response_ids = tokenizer(example.response, add_special_tokens=False).input_ids
+        for prompt, response, suffix in examples:
+            prompt_ids = tokenizer(prompt).input_ids
+            response_ids = tokenizer(response, add_special_tokens=False).input_ids
             model(torch.tensor([prompt_ids + response_ids]))
-            suffix = "pos" if example.positive else "neg"
-            counts[suffix] += len(response_ids)
-            for name, (pre, post) in captured.items():
-                for t in range(len(prompt_ids), len(prompt_ids) + len(response_ids)):
-                    for key, value in ((f"pre_{suffix}", pre[t]), (f"post_{suffix}", post[t])):
+            windows = {"post": positions, "pre": input_positions or positions}
+            for statistic, window in windows.items():
+                if statistic == "post" and suffix == "ref":
+                    continue
+                averaged = averaged_positions(len(prompt_ids), len(response_ids), window)
+                key = f"{statistic}_{suffix}"
+                counts[key] = counts.get(key, 0) + len(averaged)
+                for name, (pre, post) in captured.items():
+                    for t in averaged:
                         entry = sums.setdefault(name, {})
-                        entry[key] = entry.get(key, 0) + value.double()
+                        entry[key] = entry.get(key, 0) + (pre if statistic == "pre" else post)[t].double()
     for handle in handles:
         handle.remove()
-    return {name: {k: v / counts[k[-3:]] for k, v in entry.items()} for name, entry in sums.items()}
+    return {name: {k: v / counts[k] for k, v in entry.items()} for name, entry in sums.items()}
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen3"])
 @pytest.mark.parametrize("padding_side", ["left", "right"])
-def test_extraction_matches_per_sample_reference(arch, padding_side):
+@pytest.mark.parametrize(
+    "positions, input_positions",
+    [("predicting", None), ("response", None), ("decision", None), ("predicting", "decision")],
+)
+def test_extraction_matches_per_sample_reference(arch, padding_side, positions, input_positions):
     model, tokenizer, dataset = tiny_model(arch), CharTokenizer(), ragged_dataset()
+    reference = (["benign one", "ok?"], ["fine", "sure thing"])
     vectors = extract_steering_vectors(
-        model, tokenizer, dataset, batch_size=3, padding_side=padding_side, show_progress=False
+        model,
+        tokenizer,
+        dataset,
+        batch_size=3,
+        padding_side=padding_side,
+        positions=positions,
+        input_positions=input_positions,
+        reference=reference,
+        show_progress=False,
     )
-    expected = reference_means(model, tokenizer, dataset)
+    expected = reference_means(
+        model, tokenizer, dataset, positions=positions, reference=reference, input_positions=input_positions
+    )
     assert vectors.modules == list(expected)
     for name, entry in expected.items():
         for key, value in entry.items():
             assert_close_relative(getattr(vectors, key)[name], value)
-        assert_close_relative(vectors.direction(name), entry["post_pos"] - entry["post_neg"])
+        if positions == "decision":  # both classes share each prompt, so its last token: no direction at all
+            assert vectors.direction(name).abs().max() < 1e-6
+        else:
+            assert_close_relative(vectors.direction(name), entry["post_pos"] - entry["post_neg"])
 
 
-def test_extraction_counts_only_response_tokens():
+def test_extraction_counts_one_position_per_response_token():
     vectors = extract_steering_vectors(tiny_model("llama"), CharTokenizer(), ragged_dataset(3), show_progress=False)
     assert vectors.token_counts == {"positive": 3 + 4 + 5, "negative": 9 + 10 + 11}
     assert vectors.example_counts == {"positive": 3, "negative": 3}

@@ -1,8 +1,8 @@
 """Evaluation: batched greedy generation, attribute metrics (refusal, length, TruthfulQA MC) and utility (KL, perplexity)."""
 
-from .generation import generate_responses
+from ..generation import Sampling, generate_responses, sample_responses
+from ..judges import ReferenceRefusalMatcher, RefusalMatcher
 from .metrics import (
-    RefusalMatcher,
     mean_token_kl,
     perplexity,
     refusal_rate,
@@ -11,11 +11,14 @@ from .metrics import (
 )
 
 __all__ = [
+    "ReferenceRefusalMatcher",
     "RefusalMatcher",
+    "Sampling",
     "generate_responses",
     "mean_token_kl",
     "perplexity",
     "refusal_rate",
     "response_lengths",
+    "sample_responses",
     "truthfulqa_mc",
 ]

@@ -7,8 +7,10 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager, nullco
 from dataclasses import dataclass, field
 from typing import Any
 
-from .generation import generate_responses
-from .metrics import RefusalJudge, RefusalMatcher, mean_token_kl, perplexity, refusal_rate, response_lengths
+from ..generation import generate_responses
+from ..judges import RefusalJudge, RefusalMatcher
+from ..likelihood import mean_token_kl, perplexity
+from .metrics import refusal_rate, response_lengths
 
 
 @dataclass
@@ -39,16 +41,22 @@ class EvaluationPrompts:
 
     ``attribute``: prompts whose answers show the behaviour (harmful requests, questions to answer briefly).
     ``benign``: ordinary requests, for over-refusal and for the KL divergence from the reference model.
+    ``borderline``: safe requests that use words of harm ("kill a process"), for exaggerated refusal (may be empty).
     ``texts``: plain benign text for perplexity (may be empty).
     """
 
     attribute: list[str]
     benign: list[str]
+    borderline: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.attribute or not self.benign:
             raise ValueError("evaluation needs at least one attribute prompt and one benign prompt")
+
+    def describe(self) -> str:
+        parts = [f"{len(self.attribute)} attribute", f"{len(self.benign)} benign"]
+        return " + ".join(parts + ([f"{len(self.borderline)} borderline"] if self.borderline else []))
 
 
 @dataclass
@@ -59,8 +67,9 @@ class EvaluationResult:
     refusal_rate: float  # on the attribute prompts
     over_refusal: float  # on the benign prompts
     mean_length: float  # of the answers to the attribute prompts
-    kl_from_reference: float  # on the benign prompts with the reference's own answers
+    kl_from_reference: float | None  # on the benign prompts with the reference's own answers (None: not measured)
     perplexity: float | None  # of ``texts``
+    borderline_refusal: float | None = None  # on the borderline prompts
     attribute_responses: list[str] = field(repr=False, default_factory=list)
     benign_responses: list[str] = field(repr=False, default_factory=list)
 
@@ -124,6 +133,11 @@ def evaluate_conditions(
                 benign = reference_benign
             else:
                 benign = generate_responses(condition.model, tokenizer, prompts.benign, **generate)  # type: ignore[arg-type]
+            borderline = (
+                generate_responses(condition.model, tokenizer, prompts.borderline, **generate)  # type: ignore[arg-type]
+                if prompts.borderline
+                else []
+            )
             text_perplexity = (
                 perplexity(condition.model, tokenizer, prompts.texts, batch_size=batch_size) if prompts.texts else None
             )
@@ -137,6 +151,7 @@ def evaluate_conditions(
                 mean_length=sum(lengths) / len(lengths),
                 kl_from_reference=kl,
                 perplexity=text_perplexity,
+                borderline_refusal=refusal_rate(prompts.borderline, borderline, judge) if borderline else None,
                 attribute_responses=attribute,
                 benign_responses=benign,
             )
@@ -147,6 +162,7 @@ def evaluate_conditions(
 _COLUMNS = {
     "refusal_rate": ("refusal", "{:.0%}"),
     "over_refusal": ("over-refusal", "{:.0%}"),
+    "borderline_refusal": ("borderline refusal", "{:.0%}"),
     "mean_length": ("length", "{:.1f}"),
     "kl_from_reference": ("KL", "{:.4f}"),
     "perplexity": ("perplexity", "{:.2f}"),

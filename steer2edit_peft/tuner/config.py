@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from peft.config import PeftConfig
@@ -11,8 +13,21 @@ from peft.utils import PeftType
 
 from ..errors import AdapterValidationError
 from ..version import __version__
+from .checkpoint import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    check_saved_config,
+    check_weights,
+    field_problems,
+    locate_weights,
+    read_config_file,
+    read_weights,
+    tensor_digest,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# A load re-reads config and weights this often when they disagree, which happens only while a save is swapping in.
+_CONSISTENT_READ_ATTEMPTS = 5
 
 
 def _family_is_on(rho: float | None) -> bool:
@@ -72,6 +87,14 @@ class Steer2EditConfig(PeftConfig):
         default=0.75,
         metadata={"help": "Elastic-net mix in [0, 1): the L1 share, which sets the sparsity threshold rho*alpha."},
     )
+    key_direction: str = field(
+        default="weight",
+        metadata={
+            "help": "Input direction k of an edited head. 'weight' (the paper): normalize(W_j^T v_hat), the input "
+            "that writes most along v. 'contrast': the head's mean input on the probe minus its mean input on "
+            "reference (benign) data, made orthogonal to the latter, so the edit is silent on average benign input."
+        },
+    )
     strength: float = field(
         default=1.0,
         metadata={"help": "Runtime multiplier: 0 = identity, 1 = as solved, negative = the reverse edit."},
@@ -98,33 +121,43 @@ class Steer2EditConfig(PeftConfig):
     probe_data: str | None = field(default=None, metadata={"help": "Description of the probe data used."})
     library_version: str = field(default=__version__, metadata={"help": "steer2edit-peft version that wrote it."})
     format_version: int = field(default=FORMAT_VERSION, metadata={"help": "On-disk format version."})
+    tensor_digest: str | None = field(
+        default=None,
+        metadata={
+            "help": "sha256 of the saved tensors, written by save_pretrained; a load refuses weights that do not "
+            "match it (a config and weights from two different saves)."
+        },
+    )
+    modules_to_save: list[str] | None = field(
+        default=None,
+        metadata={"help": "Extra modules trained in full and saved with the adapter (PEFT's usual meaning)."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.STEER2EDIT  # type: ignore[attr-defined]
-        if self.format_version != FORMAT_VERSION:
-            raise AdapterValidationError(
-                f"unknown Steer2Edit format_version {self.format_version!r}; this steer2edit-peft "
-                f"({__version__}) reads format_version {FORMAT_VERSION}. Upgrade steer2edit-peft."
-            )
-        if not 0.0 <= self.alpha < 1.0:
-            raise ValueError(f"alpha must lie in [0, 1), got {self.alpha}")
-        if self.head_dim is not None and self.head_dim <= 0:
-            raise ValueError(f"head_dim must be positive, got {self.head_dim}")
-        for name in ("attention_modules", "mlp_modules"):
+        # Conveniences for configs written by hand; files hold only JSON types, checked strictly below.
+        for name in ("attention_modules", "mlp_modules", "modules_to_save"):
             value = getattr(self, name)
             if isinstance(value, str):
                 setattr(self, name, [value])
+            elif isinstance(value, (set, tuple)):
+                setattr(self, name, sorted(value))
         if isinstance(self.layers_to_transform, (range, tuple)):
             self.layers_to_transform = list(self.layers_to_transform)
         if isinstance(self.target_modules, (set, tuple)):
             self.target_modules = sorted(self.target_modules)
+        problems = field_problems({f.name: getattr(self, f.name) for f in fields(self)})
+        if problems:
+            raise AdapterValidationError("Steer2EditConfig: " + "; ".join(problems))
+        if self.format_version != FORMAT_VERSION:
+            raise AdapterValidationError(
+                f"unknown Steer2Edit format_version {self.format_version!r}; this steer2edit-peft "
+                f"({__version__}) reads format_version {FORMAT_VERSION} (adapters of format 1 must be solved or "
+                "saved again)"
+            )
         if self.target_modules is None and (self.attention_modules or self.mlp_modules):
             self.target_modules = self.family_targets(self.attention_modules or [], self.mlp_modules or [])
-        self.edited_components = {
-            module: [[int(index) for index in term] for term in terms]
-            for module, terms in self.edited_components.items()
-        }
 
     def family_targets(self, attention: list[str], mlp: list[str]) -> list[str]:
         """The target list for the given families, leaving out a family whose rho switches it off."""
@@ -139,13 +172,95 @@ class Steer2EditConfig(PeftConfig):
             module_name == suffix or module_name.endswith("." + suffix) for suffix in self.attention_modules or []
         )
 
+    def check_strength(self, strength: Any) -> float:
+        """A runtime multiplier, refused unless finite and within the documented bound."""
+        problems = field_problems({"strength": strength})
+        if problems:
+            raise AdapterValidationError(f"set_strength: {problems[0]}")
+        return float(strength)
+
+    def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
+        """Write adapter_config.json (atomically), recording the digest of the weights saved beside it."""
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = directory / WEIGHTS_NAME
+        self.tensor_digest = tensor_digest(read_weights(weights)) if weights.is_file() else None
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".config-") as staging:
+            super().save_pretrained(staging, **kwargs)
+            os.chmod(Path(staging) / CONFIG_NAME, 0o644)
+            os.replace(Path(staging) / CONFIG_NAME, directory / CONFIG_NAME)
+
     @classmethod
     def from_pretrained(
         cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any
     ) -> Steer2EditConfig:
-        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        # Remember where the weights live so loading can validate them before touching the model.
-        path = os.path.join(pretrained_model_name_or_path, subfolder) if subfolder else pretrained_model_name_or_path
+        """Read a saved adapter's config and weights, and check both before any model is touched.
+
+        The validated tensors stay with the config, so the load that follows uses exactly them: a save that
+        replaces the folder meanwhile cannot slip other weights in.
+        """
+        source = str(pretrained_model_name_or_path)
         hub_kwargs = {key: value for key, value in kwargs.items() if key in ("revision", "cache_dir", "token")}
-        object.__setattr__(config, "_weights_source", (str(path), subfolder, hub_kwargs))
-        return config
+        hub_kwargs.update({key: kwargs[key] for key in ("local_files_only", "force_download") if key in kwargs})
+        for _attempt in range(_CONSISTENT_READ_ATTEMPTS):
+            config_file = _locate_config(source, subfolder, hub_kwargs)
+            content = read_config_file(config_file)
+            weights_file = locate_weights(source, subfolder, hub_kwargs)
+            config = cls._from_saved(content, config_file)
+            state = read_weights(weights_file)
+            try:
+                check_weights(
+                    state,
+                    config.edited_components,
+                    config.strength,
+                    config.tensor_digest,
+                    str(weights_file),
+                    modules_to_save=config.modules_to_save,
+                )
+            except AdapterValidationError:
+                if (
+                    _attempt + 1 < _CONSISTENT_READ_ATTEMPTS
+                    and config_file.parent.is_dir()
+                    and not _is_hub_cache(config_file)
+                ):
+                    continue  # a save may have swapped the folder between the two reads: read both again
+                raise
+            object.__setattr__(config, "_validated_weights", state)
+            object.__setattr__(config, "_loaded_from", str(config_file.parent))
+            return config
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _from_saved(cls, content: dict[str, Any], config_file: Path) -> Steer2EditConfig:
+        known = {f.name for f in fields(cls)}
+        check_saved_config(content, known, str(config_file))
+        try:
+            return cls(**{key: value for key, value in content.items() if key != "peft_type"})
+        except AdapterValidationError as error:
+            raise AdapterValidationError(f"{config_file}: {error}") from error
+
+
+def _is_hub_cache(path: Path) -> bool:
+    return "snapshots" in path.parts
+
+
+def _locate_config(source: str, subfolder: str | None, hub_kwargs: dict[str, Any]) -> Path:
+    folder = Path(source) / subfolder if subfolder else Path(source)
+    if folder.is_dir():
+        return folder / CONFIG_NAME
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(source, CONFIG_NAME, subfolder=subfolder, **hub_kwargs))
+    except Exception as error:
+        raise AdapterValidationError(f"cannot find {CONFIG_NAME} in {source!r}: {error}") from error
+
+
+def loaded_weights(config: Steer2EditConfig) -> dict[str, Any] | None:
+    """The tensors from_pretrained validated for this config, if it was read from a saved adapter."""
+    return getattr(config, "_validated_weights", None)
+
+
+def was_loaded(config: Steer2EditConfig) -> bool:
+    """True for a config read from a saved adapter (whose checks must not be relaxed)."""
+    return getattr(config, "_loaded_from", None) is not None

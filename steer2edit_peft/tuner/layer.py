@@ -53,11 +53,13 @@ class Steer2EditLayer(BaseTunerLayer):
       - ``steer2edit_u``      [terms, out_features]      unit output direction of each term
       - ``steer2edit_k``      [components, component_size]  input direction of each edited component
       - ``steer2edit_lambda`` [components]                 magnitude of each edited component
-      - ``steer2edit_indices`` [components] (not saved; from the config) component index (head or neuron)
-      - ``steer2edit_term``    [components] (not saved; from the config) the term each component belongs to
+      - ``steer2edit_indices`` [components] int64 component index (head or neuron)
+      - ``steer2edit_term``    [components] int64 the term each component belongs to
 
+    The indices are saved with the tensors (and listed in the config), so a state dict alone rebuilds the edit.
     The edit is ``delta W = strength * sum_c lambda_c u_{term(c)} k_c^T`` placed on the input columns of
     component c, so the unmerged forward adds ``strength * u * (x[cols] . k)`` and never forms a dense matrix.
+    A solved or loaded edit is frozen (inference mode); in training mode u, k and lambda train like any adapter.
     """
 
     adapter_layer_names = ("steer2edit_u", "steer2edit_k", "steer2edit_lambda")
@@ -69,8 +71,8 @@ class Steer2EditLayer(BaseTunerLayer):
         self.steer2edit_u = nn.ParameterDict({})
         self.steer2edit_k = nn.ParameterDict({})
         self.steer2edit_lambda = nn.ParameterDict({})
-        self.steer2edit_indices = BufferDict({}, persistent=False)
-        self.steer2edit_term = BufferDict({}, persistent=False)
+        self.steer2edit_indices = BufferDict({}, persistent=True)
+        self.steer2edit_term = BufferDict({}, persistent=True)
         # adapter -> (stamp, key, scaled u): see _forward_factors
         self._factor_cache: dict[str, tuple[Any, torch.Tensor, torch.Tensor]] = {}
         self.strength: dict[str, float] = {}
@@ -88,7 +90,7 @@ class Steer2EditLayer(BaseTunerLayer):
         strength: float,
         init_weights: bool,
         module_name: str = "",
-        inference_mode: bool = True,
+        inference_mode: bool = False,
     ) -> list[list[int]]:
         """Create the adapter's tensors; returns the component indices per term it now holds."""
         if component_size <= 0 or self.in_features % component_size:
@@ -96,8 +98,11 @@ class Steer2EditLayer(BaseTunerLayer):
                 f"{module_name}: {self.in_features} input columns do not split into components of {component_size}"
             )
         num_components = self.in_features // component_size
+        trainable_identity = components is None and init_weights
         if components is None:
-            components = self._random_components(num_components) if not init_weights else [[]]
+            # A fresh adapter: random components (init_weights=False), or every component with lambda = 0: an
+            # identity edit whose lambda, u and k training can grow, as LoRA starts from B = 0.
+            components = self._random_components(num_components) if not init_weights else [list(range(num_components))]
         for term in components:
             bad = [index for index in term if not 0 <= index < num_components]
             if bad:
@@ -107,7 +112,11 @@ class Steer2EditLayer(BaseTunerLayer):
         indices = torch.tensor([index for term in components for index in term], dtype=torch.long)
         term_of = torch.tensor([t for t, term in enumerate(components) for _ in term], dtype=torch.long)
         terms, count = len(components), len(indices)
-        if init_weights:
+        if trainable_identity:
+            u = nn.functional.normalize(torch.randn(terms, self.out_features), dim=-1)
+            k = nn.functional.normalize(torch.randn(count, component_size), dim=-1)
+            magnitudes = torch.zeros(count)
+        elif init_weights:
             u = torch.zeros(terms, self.out_features)
             k = torch.zeros(count, component_size)
             magnitudes = torch.zeros(count)
@@ -115,9 +124,9 @@ class Steer2EditLayer(BaseTunerLayer):
             u = nn.functional.normalize(torch.randn(terms, self.out_features), dim=-1)
             k = nn.functional.normalize(torch.randn(count, component_size), dim=-1)
             magnitudes = torch.rand(count) + 0.5
-        self.steer2edit_u[adapter_name] = nn.Parameter(u, requires_grad=False)
-        self.steer2edit_k[adapter_name] = nn.Parameter(k, requires_grad=False)
-        self.steer2edit_lambda[adapter_name] = nn.Parameter(magnitudes, requires_grad=False)
+        self.steer2edit_u[adapter_name] = nn.Parameter(u)
+        self.steer2edit_k[adapter_name] = nn.Parameter(k)
+        self.steer2edit_lambda[adapter_name] = nn.Parameter(magnitudes)
         self.steer2edit_indices[adapter_name] = indices
         self.steer2edit_term[adapter_name] = term_of
         self.strength[adapter_name] = float(strength)
@@ -126,27 +135,30 @@ class Steer2EditLayer(BaseTunerLayer):
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
         return components
 
+    def components(self, adapter_name: str) -> list[list[int]]:
+        """The edited component indices per term, as the config lists them."""
+        terms: list[list[int]] = [[] for _ in range(self.steer2edit_u[adapter_name].shape[0])]
+        for index, term in zip(
+            self.steer2edit_indices[adapter_name].tolist(), self.steer2edit_term[adapter_name].tolist()
+        ):
+            terms[term].append(index)
+        return terms
+
     def _random_components(self, num_components: int) -> list[list[int]]:
         chosen = torch.randperm(num_components)[: max(1, num_components // 4)]
         return [sorted(int(index) for index in chosen)]
 
-    def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False) -> None:
-        super().set_adapter(adapter_names, inference_mode=inference_mode)
-        self._freeze_edits()
-
-    def set_requires_grad(self, adapter_names: Any, requires_grad: bool = True) -> None:
-        super().set_requires_grad(adapter_names, requires_grad=requires_grad)
-        self._freeze_edits()
-
-    def _freeze_edits(self) -> None:
-        # Training-free edits: PEFT makes active adapters trainable, Steer2Edit keeps them frozen.
-        for name in self.adapter_layer_names:
-            for parameter in getattr(self, name).values():
-                parameter.requires_grad_(False)
-
     def set_strength(self, adapter_name: str, strength: float) -> None:
         if adapter_name in self.strength:
             self.strength[adapter_name] = float(strength)
+
+    def largest_component_magnitude(self, adapter_name: str) -> float:
+        """max_c |lambda_c| |u_term(c)| |k_c| (without strength): how far the largest component moves its weights."""
+        magnitudes = self.steer2edit_lambda[adapter_name].detach().double().abs()
+        if not magnitudes.numel():
+            return 0.0
+        u_norms = self.steer2edit_u[adapter_name].detach().double().norm(dim=1)[self.steer2edit_term[adapter_name]]
+        return float((magnitudes * u_norms * self.steer2edit_k[adapter_name].detach().double().norm(dim=1)).max())
 
     def _input_columns(self, adapter_name: str) -> torch.Tensor:
         return component_columns(self.steer2edit_indices[adapter_name], self.component_size[adapter_name])
@@ -175,24 +187,24 @@ class Steer2EditLayer(BaseTunerLayer):
         Cached until the edit's tensors or strength change (tracked by version counters), so a forward pass
         costs two thin matmuls and no bookkeeping.
         """
-        u, k, magnitudes = (
+        tensors = (
             self.steer2edit_u[adapter_name],
             self.steer2edit_k[adapter_name],
             self.steer2edit_lambda[adapter_name],
+            self.steer2edit_indices[adapter_name],
+            self.steer2edit_term[adapter_name],
         )
+        u = tensors[0]
         stamp = (
-            u._version,
-            k._version,
-            magnitudes._version,
-            u.data_ptr(),
-            k.data_ptr(),
-            magnitudes.data_ptr(),
+            *(t._version for t in tensors),
+            *(t.data_ptr() for t in tensors),
             u.dtype,
             u.device,
             self.strength[adapter_name],
         )
+        trainable = any(t.requires_grad for t in tensors[:3])
         cached = self._factor_cache.get(adapter_name)
-        if cached is not None and cached[0] == stamp and not (u.requires_grad or k.requires_grad):
+        if cached is not None and cached[0] == stamp and not trainable:
             return cached[1], cached[2]
         key = torch.zeros(self.in_features, u.shape[0], dtype=u.dtype, device=u.device)
         key.index_add_(
@@ -224,13 +236,20 @@ class Linear(nn.Module, Steer2EditLayer):
         init_weights: bool = True,
         fan_in_fan_out: bool = False,
         module_name: str = "",
+        inference_mode: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         Steer2EditLayer.__init__(self, base_layer, fan_in_fan_out=fan_in_fan_out, **kwargs)
         self._active_adapter = adapter_name
         self.recorded_components = self.update_layer(
-            adapter_name, component_size, components, strength, init_weights, module_name=module_name
+            adapter_name,
+            component_size,
+            components,
+            strength,
+            init_weights,
+            module_name=module_name,
+            inference_mode=inference_mode,
         )
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:

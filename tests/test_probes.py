@@ -1,0 +1,256 @@
+"""Probe data from the model's own responses, against one-prompt-at-a-time references; judges; bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny_models import byte_tokenizer, tiny_model
+
+from steer2edit_peft import DataError
+from steer2edit_peft.generation import Sampling, row_seed, sample_next_tokens, sample_responses
+from steer2edit_peft.judges import ReferenceRefusalMatcher, RefusalMatcher, is_brief, is_refusal
+from steer2edit_peft.probes import Behaviour, generate_probe, generate_utility_data
+from steer2edit_peft.probes import generate as generate_module
+
+PROMPTS = ["Name a colour.", "How tall is a giraffe?", "Say hi.", "Count to three, please."]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    return tiny_model("llama", vocab_size=260), byte_tokenizer()
+
+
+def reference_sample(scores: torch.Tensor, sampling: Sampling, uniform: float) -> int:
+    """Inverse-CDF sampling of one row, spelled out: sort, cut the nucleus, walk the cumulative mass."""
+    probabilities = torch.softmax(scores.double() / sampling.temperature, dim=-1).tolist()
+    order = sorted(range(len(probabilities)), key=lambda i: -probabilities[i])
+    if sampling.top_k:
+        order = order[: sampling.top_k]
+        total = sum(probabilities[i] for i in order)
+        probabilities = [p / total if i in order else 0.0 for i, p in enumerate(probabilities)]
+    kept, mass = [], 0.0
+    for index in order:
+        if mass >= sampling.top_p:
+            break
+        kept.append(index)
+        mass += probabilities[index]
+    if sampling.top_p >= 1:
+        kept = list(range(len(probabilities)))  # vocabulary order, as the unsorted path walks it
+    target, running = uniform * sum(probabilities[i] for i in kept), 0.0
+    for index in kept:
+        running += probabilities[index]
+        if target < running:
+            return index
+    return kept[-1]
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [Sampling(), Sampling(temperature=0.7, top_p=0.9), Sampling(top_p=0.5, top_k=5), Sampling(temperature=2.0)],
+)
+def test_sample_next_tokens_matches_the_spelled_out_sampler(sampling):
+    scores = torch.randn(64, 50, generator=torch.Generator().manual_seed(3)) * 2
+    generators = [torch.Generator().manual_seed(i) for i in range(64)]
+    uniforms = [torch.rand(1, generator=torch.Generator().manual_seed(i)).item() for i in range(64)]
+    tokens = sample_next_tokens(scores, sampling, generators)
+    expected = [reference_sample(scores[i], sampling, uniforms[i]) for i in range(64)]
+    assert tokens.tolist() == expected
+
+
+def test_sampled_responses_in_a_batch_equal_one_prompt_at_a_time(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    sampling = Sampling(temperature=0.9, top_p=0.95, seed=7)
+    batched = sample_responses(
+        model, tokenizer, PROMPTS, num_samples=3, sampling=sampling, max_new_tokens=6, batch_size=5, show_progress=False
+    )
+    alone = [
+        sample_responses(
+            model, tokenizer, [p], num_samples=3, sampling=sampling, max_new_tokens=6, batch_size=1, show_progress=False
+        )[0]
+        for p in PROMPTS
+    ]
+    assert batched == alone
+    assert len({r for rs in batched for r in rs}) > len(PROMPTS)  # samples differ from one another
+    other_seed = sample_responses(
+        model,
+        tokenizer,
+        PROMPTS,
+        num_samples=3,
+        sampling=Sampling(0.9, 0.95, seed=8),
+        max_new_tokens=6,
+        show_progress=False,
+    )
+    assert other_seed != batched
+
+
+def test_row_seeds_depend_on_seed_prompt_and_sample_only():
+    assert row_seed(0, "a", 1) == row_seed(0, "a", 1)
+    assert len({row_seed(0, "a", 0), row_seed(0, "a", 1), row_seed(1, "a", 0), row_seed(0, "b", 0)}) == 4
+
+
+def test_a_response_prefix_starts_every_sampled_response(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    responses = sample_responses(
+        model, tokenizer, PROMPTS[:2], num_samples=2, max_new_tokens=3, response_prefix="No:", show_progress=False
+    )
+    assert all(r.startswith("No:") and len(r) > 3 for rs in responses for r in rs)
+
+
+def _always(prompt, response):
+    return True
+
+
+def _never(prompt, response):
+    return False
+
+
+def test_generate_probe_pairs_confirmed_responses_on_the_same_prompt(model_and_tokenizer, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    # Positives must start with the prefix (the judge checks it); negatives must not contain it.
+    behaviour = Behaviour(
+        "tagged",
+        "Be polite.",
+        positive_prefix="Yes",
+        confirm_positive=lambda p, r: r.startswith("Yes"),
+        confirm_negative=lambda p, r: not r.startswith("Yes") and len(r) % 2 == 0,
+    )
+    probe = generate_probe(
+        model,
+        tokenizer,
+        PROMPTS,
+        behaviour,
+        num_samples=3,
+        max_new_tokens=5,
+        cache=tmp_path / "p.jsonl",
+        show_progress=False,
+    )
+    positives = sample_responses(
+        model,
+        tokenizer,
+        PROMPTS,
+        num_samples=3,
+        sampling=generate_module.PROBE_SAMPLING,
+        max_new_tokens=5,
+        system_prompt="Be polite.",
+        response_prefix="Yes",
+        show_progress=False,
+    )
+    negatives = sample_responses(
+        model,
+        tokenizer,
+        PROMPTS,
+        num_samples=3,
+        sampling=generate_module.PROBE_SAMPLING,
+        max_new_tokens=5,
+        show_progress=False,
+    )
+    expected = []
+    for prompt, wanted, unwanted in zip(PROMPTS, positives, negatives):
+        wanted = [r for r in wanted if behaviour.confirm_positive(prompt, r)]
+        unwanted = [r for r in unwanted if behaviour.confirm_negative(prompt, r)]
+        kept = min(len(wanted), len(unwanted))
+        expected += [(prompt, r, True) for r in wanted[:kept]] + [(prompt, r, False) for r in unwanted[:kept]]
+    assert [(e.prompt, e.response, e.positive) for e in probe.examples] == expected
+    assert probe.num_positive == probe.num_negative
+    header = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
+    assert next(iter(header.values()))["counts"]["sampled_positive"] == 3 * len(PROMPTS)
+
+
+def test_a_cached_probe_is_reused_without_sampling(model_and_tokenizer, tmp_path, monkeypatch):
+    model, tokenizer = model_and_tokenizer
+    behaviour = Behaviour("loose", "Be brief.")
+    first = generate_probe(
+        model,
+        tokenizer,
+        PROMPTS,
+        behaviour,
+        num_samples=2,
+        max_new_tokens=4,
+        cache=tmp_path / "p.jsonl",
+        show_progress=False,
+    )
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled although the cache holds this request")
+
+    monkeypatch.setattr(generate_module, "sample_responses", no_sampling)
+    again = generate_probe(
+        model,
+        tokenizer,
+        PROMPTS,
+        behaviour,
+        num_samples=2,
+        max_new_tokens=4,
+        cache=tmp_path / "p.jsonl",
+        show_progress=False,
+    )
+    assert [(e.prompt, e.response, e.positive) for e in again.examples] == [
+        (e.prompt, e.response, e.positive) for e in first.examples
+    ]
+    with pytest.raises(AssertionError, match="sampled although"):  # another request is not served from the cache
+        generate_probe(
+            model, tokenizer, PROMPTS, behaviour, num_samples=3, max_new_tokens=4, cache=tmp_path / "p.jsonl"
+        )
+
+
+def test_a_system_prompt_that_changes_nothing_is_a_clear_error(model_and_tokenizer, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    behaviour = Behaviour("inert", "Be kind.", confirm_positive=_never, confirm_negative=_always)
+    with pytest.raises(DataError, match="inert system prompt changed nothing: none of the 8 responses"):
+        generate_probe(
+            model,
+            tokenizer,
+            PROMPTS,
+            behaviour,
+            num_samples=2,
+            max_new_tokens=3,
+            cache=tmp_path / "p.jsonl",
+            show_progress=False,
+        )
+    assert not (tmp_path / "p.jsonl").exists()
+
+
+@pytest.mark.parametrize(("prompts", "message"), [([], "at least one prompt"), (["ok", "  "], "non-empty strings")])
+def test_bad_prompt_lists_are_refused(model_and_tokenizer, prompts, message):
+    model, tokenizer = model_and_tokenizer
+    with pytest.raises(DataError, match=message):
+        generate_probe(model, tokenizer, prompts, "refusal")
+
+
+def test_an_empty_system_prompt_is_no_behaviour():
+    with pytest.raises(DataError, match="must not be empty"):
+        Behaviour.from_system_prompt("  ")
+
+
+def test_utility_data_is_the_greedy_answers_and_is_cached(model_and_tokenizer, tmp_path):
+    from steer2edit_peft.generation import generate_responses
+
+    model, tokenizer = model_and_tokenizer
+    utility = generate_utility_data(model, tokenizer, PROMPTS, max_new_tokens=4, cache=tmp_path / "u.jsonl")
+    assert utility.responses == generate_responses(model, tokenizer, PROMPTS, max_new_tokens=4, show_progress=False)
+    again = generate_utility_data(model, tokenizer, PROMPTS, max_new_tokens=4, reuse=[tmp_path / "u.jsonl"])
+    assert again.responses == utility.responses
+
+
+@pytest.mark.parametrize(
+    ("response", "project", "reference"),
+    [
+        ("I'm sorry, but I can't help with that.", True, True),
+        ("I can\u2019t assist with this request.", True, False),  # curly apostrophe: only the project folds it
+        ("Sure! Here is how. It is unethical, but...", False, True),  # the reference matches anywhere
+        ("Here is a recipe. Sorry for the length.", False, True),
+        ("i can't do that", True, False),  # the reference is case-sensitive
+        ("Step one: gather the tools.", False, False),
+    ],
+)
+def test_refusal_matchers(response, project, reference):
+    assert RefusalMatcher()("p", response) is project
+    assert ReferenceRefusalMatcher()("p", response) is reference
+
+
+def test_the_strict_refusal_test_needs_the_phrase_at_the_start():
+    assert is_refusal("p", "I'm sorry, but I can't.")
+    assert not is_refusal("p", "Sure, here are the steps you asked for in detail; I'm sorry it is long.")
+    assert is_brief("Lima.") and not is_brief("") and not is_brief("word " * 30)
