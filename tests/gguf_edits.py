@@ -24,9 +24,7 @@ def edited_embedded_model(dtype: torch.dtype = torch.float32):
 
     model, tokenizer = load_model(dtype=dtype)
     torch.manual_seed(0)
-    config = Steer2EditConfig(
-        init_weights=False, target_modules=sorted(EDITED), edited_components=EDITED, strength=4.0
-    )
+    config = Steer2EditConfig(init_weights=False, target_modules=sorted(EDITED), edited_components=EDITED, strength=4.0)
     return get_peft_model(model, config), tokenizer
 
 
@@ -44,11 +42,15 @@ def export_all(peft_model, folder: Path, float32: bool = False) -> dict[str, Pat
         "merged": export_merged_gguf(peft_model, base, folder / "merged.gguf")["path"],
     }
     if float32:
-        files["merged-f32"] = export_merged_gguf(peft_model, base, folder / "merged-f32.gguf", tensor_type="f32")["path"]
+        files["merged-f32"] = export_merged_gguf(peft_model, base, folder / "merged-f32.gguf", tensor_type="f32")[
+            "path"
+        ]
         strength = peft_model.peft_config["default"].strength
         peft_model.base_model.set_strength(0.0)  # the same file with no edit: the dequantized base
         try:
-            files["base-f32"] = export_merged_gguf(peft_model, base, folder / "base-f32.gguf", tensor_type="f32")["path"]
+            files["base-f32"] = export_merged_gguf(peft_model, base, folder / "base-f32.gguf", tensor_type="f32")[
+                "path"
+            ]
         finally:
             peft_model.base_model.set_strength(strength)
     return files

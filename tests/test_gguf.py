@@ -113,7 +113,9 @@ def test_a_rank_below_the_edits_terms_is_refused(exported, tmp_path):
     from steer2edit_peft.errors import Steer2EditError
     from steer2edit_peft.export.gguf import export_gguf_lora
 
-    with pytest.raises(Steer2EditError, match="27.self_attn.o_proj: the edit has 2 rank-one terms, more than the asked rank 1"):
+    with pytest.raises(
+        Steer2EditError, match="27.self_attn.o_proj: the edit has 2 rank-one terms, more than the asked rank 1"
+    ):
         export_gguf_lora(exported[0], tmp_path / "a.gguf", rank=1)
     assert not list(tmp_path.iterdir())
 

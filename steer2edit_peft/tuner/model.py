@@ -200,7 +200,7 @@ class Steer2EditModel(BaseTuner):
         peft_config.fan_in_fan_out = peft_config.fan_in_fan_out or is_conv1d
         component_size = peft_config.head_dim if peft_config.is_attention_module(current_key) else 1
         assert component_size is not None
-        layer_kwargs = dict(
+        layer_kwargs: dict[str, Any] = dict(
             component_size=component_size,
             # A saved adapter lists every module it edits; a fresh one starts where it lists nothing.
             components=peft_config.edited_components.get(current_key, [[]] if was_loaded(peft_config) else None),
