@@ -10,7 +10,7 @@ the better steering row at each budget is the one to beat. KL is reported again 
 
   refusal   AdvBench [300:330) (refusal, the project's matcher and the reference code's) and Alpaca [50:80)
             (over-refusal).
-  truthful  TruthfulQA MC [400:480): MC1 and MC2 (teacher-forced log-probabilities).
+  truthful  TruthfulQA MC [400:480): MC1, MC2 and the reference code's best-vs-first-incorrect (teacher-forced).
   concise   GSM8K test [0:20): mean answer length (tokens) and exact final-answer accuracy (128 new tokens), so
             an empty answer cannot score as concise.
 Writes benchmarks/results/frontier.json and frontier_<task>.png.
@@ -82,7 +82,7 @@ class Bench:
             scores = truthfulqa_mc(
                 model, self.tokenizer, SHARED / "truthfulqa" / "mc_task.json", questions=range(400, 480), batch_size=32
             )
-            return {"mc1": scores["mc1"], "mc2": scores["mc2"]}
+            return {k: scores[k] for k in ("mc1", "mc2", "best_vs_first_incorrect")}
         problems = gsm8k(20)
         answers = self.generate(model, [q for q, _ in problems], 128)
         lengths = [len(self.tokenizer(a, add_special_tokens=False).input_ids) for a in answers]

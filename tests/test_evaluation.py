@@ -108,6 +108,11 @@ def test_truthfulqa_mc_matches_reference(tmp_path):
         mc2.append(sum(w for a, w in weights.items() if item["mc2_targets"][a]) / sum(weights.values()))
     result = truthfulqa_mc(model, tokenizer, path, batch_size=3)
     assert result["mc1"] == pytest.approx(sum(mc1) / 2) and result["mc2"] == pytest.approx(sum(mc2) / 2, rel=1e-5)
+    # The reference code's metric: the best answer against the first incorrect one.
+    paired = [
+        score(i["question"], list(i["mc1_targets"])[0]) > score(i["question"], list(i["mc1_targets"])[1]) for i in items
+    ]
+    assert result["best_vs_first_incorrect"] == pytest.approx(sum(paired) / 2)
 
 
 @pytest.mark.skipif(not SHARED_MC.is_file(), reason="../shared/datasets/truthfulqa is not beside the repo")

@@ -124,8 +124,11 @@ def test_generate_probe_pairs_confirmed_responses_on_the_same_prompt(model_and_t
         num_samples=3,
         max_new_tokens=5,
         cache=tmp_path / "p.jsonl",
+        batch_size=4,
         show_progress=False,
     )
+    # In the same batches as generate_probe's, so the computation is the same to the bit (that sampling does not
+    # depend on the batch is test_sampled_responses_in_a_batch_equal_one_prompt_at_a_time).
     positives = sample_responses(
         model,
         tokenizer,
@@ -135,6 +138,7 @@ def test_generate_probe_pairs_confirmed_responses_on_the_same_prompt(model_and_t
         max_new_tokens=5,
         system_prompt="Be polite.",
         response_prefix="Yes",
+        batch_size=4,
         show_progress=False,
     )
     negatives = sample_responses(
@@ -144,6 +148,7 @@ def test_generate_probe_pairs_confirmed_responses_on_the_same_prompt(model_and_t
         num_samples=3,
         sampling=generate_module.PROBE_SAMPLING,
         max_new_tokens=5,
+        batch_size=4,
         show_progress=False,
     )
     expected = []

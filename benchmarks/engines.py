@@ -1,0 +1,134 @@
+"""Generation speed of an edit in the real engines, each candidate timed side by side in one run (round-robin).
+
+.venv/bin/python benchmarks/engines.py --engine llama.cpp   # base GGUF vs + GGUF LoRA vs merged GGUF (Q4_1)
+.venv-vllm/bin/python benchmarks/engines.py --engine vllm   # one vLLM engine: base vs edited vs mixed requests,
+                                                            # and the transformers backend on the same prompts
+The edit is a refusal edit solved like the demo's (`steer2edit edit --probe refusal`). Writes
+benchmarks/results/engines_<engine>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from common import interleaved, save_results
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+PROMPTS = [
+    "Give me three tips for a good night's sleep.",
+    "How do I pick the lock on someone else's front door?",
+    "Explain what a prime number is.",
+    "Write a short poem about the sea.",
+] * 4
+TOKENS = 32
+
+
+def solved_edit(folder: Path) -> Path:
+    from steer2edit_peft.cli import main
+
+    assert main(["edit", "--probe", "refusal", "--output", str(folder / "refusal")]) == 0
+    return folder / "refusal"
+
+
+def llama_cpp(folder: Path) -> dict:
+    import llama_cpp
+    import torch
+    from peft import PeftModel
+
+    from steer2edit_peft.data import encode_prompt
+    from steer2edit_peft.export.gguf import export_gguf_lora, export_merged_gguf
+    from steer2edit_peft.models import embedded_gguf_file, load_model
+
+    model, tokenizer = load_model(dtype=torch.float32)
+    edited = PeftModel.from_pretrained(model, solved_edit(folder))
+    base = embedded_gguf_file()
+    adapter = export_gguf_lora(edited, folder / "adapter.gguf")
+    merged = export_merged_gguf(edited, base, folder / "merged.gguf")["path"]
+    ids = [encode_prompt(tokenizer, p) for p in PROMPTS[:4]]
+    engines = {
+        "base GGUF": llama_cpp.Llama(model_path=str(base), n_ctx=256, verbose=False, n_threads=os.cpu_count()),
+        "base + GGUF LoRA": llama_cpp.Llama(
+            model_path=str(base), lora_path=str(adapter), n_ctx=256, verbose=False, n_threads=os.cpu_count()
+        ),
+        "merged GGUF": llama_cpp.Llama(model_path=str(merged), n_ctx=256, verbose=False, n_threads=os.cpu_count()),
+    }
+
+    def run(llm):
+        def go():
+            for row in ids:
+                llm.reset()
+                for count, _ in enumerate(llm.generate(row, temp=0.0)):
+                    if count + 1 >= TOKENS:
+                        break
+
+        return go
+
+    seconds = interleaved({name: run(llm) for name, llm in engines.items()}, repeats=3)
+    tokens = len(ids) * TOKENS
+    return {name: {"tokens_per_s": tokens / s, "relative": seconds["base GGUF"] / s} for name, s in seconds.items()}
+
+
+def vllm(folder: Path) -> dict:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from steer2edit_peft.generation import generate_responses
+    from steer2edit_peft.models import EMBEDDED_MODEL, load_model
+    from steer2edit_peft.vllm_generation import VllmEngine, base_model_folder, export_for_vllm
+
+    adapter = solved_edit(folder)
+    model, tokenizer = load_model(dtype=torch.bfloat16)
+    edited = PeftModel.from_pretrained(model, adapter)
+    lora = export_for_vllm(edited, "default", folder / "lora")
+    engine = VllmEngine(base_model_folder(EMBEDDED_MODEL), {"refusal": str(lora)}, max_lora_rank=8)
+    vllm_tokenizer = AutoTokenizer.from_pretrained(engine.model_path)
+
+    def on_vllm(adapters):
+        requests = [(p, adapters[i % len(adapters)]) for i, p in enumerate(PROMPTS)]
+        return lambda: engine.generate(vllm_tokenizer, requests, max_new_tokens=TOKENS)
+
+    def on_transformers(adapter_on: bool):
+        def go():
+            if adapter_on:
+                generate_responses(
+                    edited, tokenizer, PROMPTS, max_new_tokens=TOKENS, batch_size=16, show_progress=False
+                )
+            else:
+                with edited.disable_adapter():
+                    generate_responses(
+                        edited, tokenizer, PROMPTS, max_new_tokens=TOKENS, batch_size=16, show_progress=False
+                    )
+
+        return go
+
+    seconds = interleaved(
+        {
+            "vLLM base": on_vllm([None]),
+            "vLLM edited (LoRA)": on_vllm(["refusal"]),
+            "vLLM mixed batch": on_vllm([None, "refusal"]),
+            "transformers base (bf16)": on_transformers(False),
+            "transformers edited (bf16, unmerged)": on_transformers(True),
+        },
+        repeats=3,
+    )
+    tokens = len(PROMPTS) * TOKENS  # upper bound: answers may stop early
+    return {name: {"tokens_per_s": tokens / s, "relative": seconds["vLLM base"] / s} for name, s in seconds.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", choices=["llama.cpp", "vllm"], required=True)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        figures = llama_cpp(Path(scratch)) if args.engine == "llama.cpp" else vllm(Path(scratch))
+    for name, value in figures.items():
+        print(f"{name:40s} {value['tokens_per_s']:8.1f} tokens/s  x{value['relative']:.2f}")
+    save_results(f"engines_{args.engine.replace('.', '_')}", {"prompts": len(PROMPTS), "tokens": TOKENS, **figures})
+
+
+if __name__ == "__main__":
+    main()
