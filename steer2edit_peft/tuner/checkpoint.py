@@ -122,6 +122,12 @@ def _signature_problem(value: Any) -> str | None:
     return f"entries {bad} must be positive integers or strings" if bad else None
 
 
+def _task_types() -> set[str]:
+    from peft.utils import TaskType
+
+    return {task.value for task in TaskType}
+
+
 def _rule(description: str, check: Any) -> tuple[str, Any]:
     return description, check
 
@@ -129,7 +135,7 @@ def _rule(description: str, check: Any) -> tuple[str, Any]:
 # field -> (what it must be, predicate). Applied to every config, made by hand or read from a file.
 FIELD_RULES: dict[str, tuple[str, Any]] = {
     "peft_type": _rule("'STEER2EDIT'", lambda v: v == "STEER2EDIT"),
-    "task_type": _rule("null or a PEFT task type", lambda v: v is None or isinstance(v, str)),
+    "task_type": _rule("null or a PEFT task type", lambda v: v is None or v in _task_types()),
     "auto_mapping": _rule("null or an object", lambda v: v is None or isinstance(v, dict)),
     "peft_version": _rule("null or a string", lambda v: v is None or isinstance(v, str)),
     "base_model_name_or_path": _rule("null or a string", lambda v: v is None or isinstance(v, str)),
