@@ -164,8 +164,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     bench = Bench(args.batch_size)
-    results = {task: bench.run(task, args.budgets) for task in args.tasks}
-    save_results("frontier", {"command": f"python benchmarks/frontier.py --tasks {' '.join(args.tasks)}", **results})
+    command = (
+        f"python benchmarks/frontier.py --tasks {' '.join(args.tasks)} --budgets {' '.join(map(str, args.budgets))}"
+    )
+    results: dict[str, Any] = {"command": command}
+    for task in args.tasks:
+        results[task] = bench.run(task, args.budgets)
+        save_results("frontier", results)  # after every task, so a long run keeps what it measured
 
 
 if __name__ == "__main__":
