@@ -65,7 +65,8 @@ def test_extract_edit_inspect_eval_merge_chain(checkpoint, tmp_path, capsys):
     vectors = SteeringVectors.load(vectors_dir)
     assert len(vectors.modules) == 6  # o_proj and down_proj of 3 layers
 
-    solver = ["--rho-attn", "0.05", "--rho-mlp", "0.05", "--alpha", "0.5", "--first-layer", "1"]
+    # As given, without calibration: the calibrated path has its own tests (test_calibration, test_demo).
+    solver = ["--rho-attn", "0.05", "--rho-mlp", "0.05", "--alpha", "0.5", "--first-layer", "1", "--no-calibration"]
     code, out, _ = run(
         capsys, "edit", *model_args, "--vectors", vectors_dir, *solver, "--output", adapter_dir, "--heatmap"
     )
