@@ -130,7 +130,8 @@ def largest_within(
 
     Keeps a bracket (largest scale known within budget, smallest known over it) and proposes the next scale by
     fitting a power law KL = c s^p through the bracket (p = 2 outside it: the KL of a small change is quadratic),
-    clamped to the bracket's middle 80% in log space, so every step shrinks the bracket however poor the fit. Stops
+    clamped to the bracket's middle half in log space, so every step shrinks the bracket by a quarter at least however
+    poor the fit. Stops
     when the bracket is narrower than ``relative_tolerance``. Returns (scale, history of (scale, KL)); scale is 0
     when even ``min_scale`` is over budget.
     """
@@ -167,7 +168,7 @@ def largest_within(
             power = math.log(high_value / low_value) / math.log(high / low) if low_value > 0 else 2.0
             guess = low * (target / low_value) ** (1 / power) if low_value > 0 and power > 0 else math.sqrt(low * high)
             span = math.log(high / low)
-            scale = math.exp(min(max(math.log(guess), math.log(low) + 0.1 * span), math.log(low) + 0.9 * span))
+            scale = math.exp(min(max(math.log(guess), math.log(low) + 0.25 * span), math.log(low) + 0.75 * span))
     return low, history
 
 

@@ -135,9 +135,7 @@ def _rule(description: str, check: Any) -> tuple[str, Any]:
 # field -> (what it must be, predicate). Applied to every config, made by hand or read from a file.
 FIELD_RULES: dict[str, tuple[str, Any]] = {
     "peft_type": _rule("'STEER2EDIT'", lambda v: v == "STEER2EDIT"),
-    "task_type": _rule(
-        "null or a PEFT task type", lambda v: v is None or (isinstance(v, str) and v in _task_types())
-    ),
+    "task_type": _rule("null or a PEFT task type", lambda v: v is None or (isinstance(v, str) and v in _task_types())),
     "auto_mapping": _rule("null or an object", lambda v: v is None or isinstance(v, dict)),
     "peft_version": _rule("null or a string", lambda v: v is None or isinstance(v, str)),
     "base_model_name_or_path": _rule("null or a string", lambda v: v is None or isinstance(v, str)),
