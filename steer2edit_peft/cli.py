@@ -452,20 +452,11 @@ def _prompts(spec: str) -> list[str]:
 def _probe_data(spec: str, model: Any, tokenizer: Any, batch_size: int, split: str = "train") -> Any:
     """Probe data: a built-in behaviour (the model's own responses), or a file or Hub dataset."""
     from .data import load_probe
-    from .probes import BEHAVIOURS, builtin_prompts, generate_probe, shipped_file
+    from .probes import BEHAVIOURS
+    from .probes.generate import builtin_probe_data
 
     if spec in BEHAVIOURS:
-        behaviour = BEHAVIOURS[spec]
-        shipped = shipped_file(model, spec)
-        assert behaviour.prompt_set is not None
-        return generate_probe(
-            model,
-            tokenizer,
-            builtin_prompts(behaviour.prompt_set),
-            behaviour,
-            batch_size=batch_size,
-            reuse=[shipped] if shipped else [],
-        )
+        return builtin_probe_data(model, tokenizer, spec, batch_size=batch_size)
     return load_probe(spec, split)
 
 

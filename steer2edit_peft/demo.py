@@ -30,7 +30,8 @@ from .extraction import extract_steering_vectors
 from .generation import generate_responses
 from .likelihood import KLMeter
 from .models import EMBEDDED_MODEL, load_model
-from .probes import builtin_prompts, generate_probe, generate_utility_data, get_behaviour, shipped_file
+from .probes import builtin_prompts, generate_utility_data, shipped_file
+from .probes.generate import builtin_probe_data
 from .sanity import check_sanity
 from .solver import default_first_layer, edit_model
 from .steering import steer
@@ -94,18 +95,8 @@ def evaluation_prompts(behaviour: str, num_eval: int) -> EvaluationPrompts:
 
 def demo_probe(model: Any, tokenizer: Any, behaviour: str, output: Path, batch_size: int) -> ContrastiveDataset:
     """The model's own responses to the behaviour's built-in prompts: shipped for the embedded model, else sampled."""
-    spec = get_behaviour(behaviour)
-    assert spec.prompt_set is not None
-    shipped = shipped_file(model, behaviour)
-    return generate_probe(
-        model,
-        tokenizer,
-        builtin_prompts(spec.prompt_set),
-        spec,
-        batch_size=batch_size,
-        cache=output / f"probe-{behaviour}.jsonl",
-        reuse=[shipped] if shipped else [],
-        show_progress=True,
+    return builtin_probe_data(
+        model, tokenizer, behaviour, batch_size=batch_size, cache=output / f"probe-{behaviour}.jsonl"
     )
 
 

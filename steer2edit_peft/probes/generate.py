@@ -245,3 +245,24 @@ def shipped_file(model: Any, name: str) -> Path | None:
         return None
     path = Path(str(files("steer2edit_peft") / "probes" / "generated" / model_name / f"{name}.jsonl"))
     return path if path.is_file() else None
+
+
+def builtin_probe_data(
+    model: Any, tokenizer: Any, behaviour: str, *, batch_size: int = 16, cache: Path | None = None
+) -> ContrastiveDataset:
+    """The model's own responses to a built-in behaviour's prompts: the shipped file when it is this model's, else
+    sampled (and cached at ``cache``)."""
+    spec = get_behaviour(behaviour)
+    from .behaviours import builtin_prompts
+
+    assert spec.prompt_set is not None
+    shipped = shipped_file(model, behaviour)
+    return generate_probe(
+        model,
+        tokenizer,
+        builtin_prompts(spec.prompt_set),
+        spec,
+        batch_size=batch_size,
+        cache=cache,
+        reuse=[shipped] if shipped else [],
+    )
