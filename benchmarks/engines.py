@@ -1,8 +1,9 @@
 """Generation speed of an edit in the real engines, each candidate timed side by side in one run (round-robin).
 
 .venv/bin/python benchmarks/engines.py --engine llama.cpp   # base GGUF vs + GGUF LoRA vs merged GGUF (Q4_1)
-.venv-vllm/bin/python benchmarks/engines.py --engine vllm   # one vLLM engine: base vs edited vs mixed requests,
-                                                            # and the transformers backend on the same prompts
+.venv-vllm/bin/python benchmarks/engines.py --engine vllm   # one vLLM engine: base vs edited vs mixed requests;
+                                                            # the merged edit in an engine of its own; and the
+                                                            # transformers backend on the same prompts
 The edit is a refusal edit solved like the demo's (`steer2edit edit --probe refusal`). Writes
 benchmarks/results/engines_<engine>.json.
 """
@@ -47,7 +48,7 @@ def llama_cpp(folder: Path) -> dict:
     base = embedded_gguf_file()
     adapter = export_gguf_lora(edited, folder / "adapter.gguf")
     merged = export_merged_gguf(edited, base, folder / "merged.gguf")["path"]
-    ids = [encode_prompt(tokenizer, p) for p in PROMPTS[:4]]
+    ids = [encode_prompt(tokenizer, p) for p in PROMPTS[:8]]
     engines = {
         "base GGUF": llama_cpp.Llama(model_path=str(base), n_ctx=256, verbose=False, n_threads=os.cpu_count()),
         "base + GGUF LoRA": llama_cpp.Llama(
@@ -66,9 +67,12 @@ def llama_cpp(folder: Path) -> dict:
 
         return go
 
-    seconds = interleaved({name: run(llm) for name, llm in engines.items()}, repeats=3)
-    tokens = len(ids) * TOKENS
-    return {name: {"tokens_per_s": tokens / s, "relative": seconds["base GGUF"] / s} for name, s in seconds.items()}
+    seconds = interleaved({name: run(llm) for name, llm in engines.items()}, repeats=7)
+    tokens = len(ids) * TOKENS  # llama.cpp's generate never stops on its own: every prompt gets TOKENS
+    return {
+        name: {"tokens": tokens, "tokens_per_s": tokens / s, "relative": seconds["base GGUF"] / s}
+        for name, s in seconds.items()
+    }
 
 
 def vllm(folder: Path) -> dict:
@@ -86,37 +90,46 @@ def vllm(folder: Path) -> dict:
     lora = export_for_vllm(edited, "default", folder / "lora")
     engine = VllmEngine(base_model_folder(EMBEDDED_MODEL), {"refusal": str(lora)}, max_lora_rank=8)
     vllm_tokenizer = AutoTokenizer.from_pretrained(engine.model_path)
+    # The other way to serve one edit: its merged model, as a model of its own (no LoRA in the engine).
+    from steer2edit_peft.cli import main as cli
 
-    def on_vllm(adapters):
+    assert cli(["merge", str(adapter), "--dtype", "bfloat16", "--output", str(folder / "merged")]) == 0
+    merged_engine = VllmEngine(str(folder / "merged"))
+
+    def on_vllm(adapters, served=engine):
         requests = [(p, adapters[i % len(adapters)]) for i, p in enumerate(PROMPTS)]
-        return lambda: engine.generate(vllm_tokenizer, requests, max_new_tokens=TOKENS)
+        return lambda: [samples[0] for samples in served.generate(vllm_tokenizer, requests, max_new_tokens=TOKENS)]
 
     def on_transformers(adapter_on: bool):
         def go():
             if adapter_on:
-                generate_responses(
+                return generate_responses(
                     edited, tokenizer, PROMPTS, max_new_tokens=TOKENS, batch_size=16, show_progress=False
                 )
-            else:
-                with edited.disable_adapter():
-                    generate_responses(
-                        edited, tokenizer, PROMPTS, max_new_tokens=TOKENS, batch_size=16, show_progress=False
-                    )
+            with edited.disable_adapter():
+                return generate_responses(
+                    edited, tokenizer, PROMPTS, max_new_tokens=TOKENS, batch_size=16, show_progress=False
+                )
 
         return go
 
-    seconds = interleaved(
-        {
-            "vLLM base": on_vllm([None]),
-            "vLLM edited (LoRA)": on_vllm(["refusal"]),
-            "vLLM mixed batch": on_vllm([None, "refusal"]),
-            "transformers base (bf16)": on_transformers(False),
-            "transformers edited (bf16, unmerged)": on_transformers(True),
-        },
-        repeats=3,
-    )
-    tokens = len(PROMPTS) * TOKENS  # upper bound: answers may stop early
-    return {name: {"tokens_per_s": tokens / s, "relative": seconds["vLLM base"] / s} for name, s in seconds.items()}
+    candidates = {
+        "vLLM base": on_vllm([None]),
+        "vLLM edited (LoRA)": on_vllm(["refusal"]),
+        "vLLM mixed batch": on_vllm([None, "refusal"]),
+        "vLLM merged model (engine without LoRA)": on_vllm([None], merged_engine),
+        "transformers base (bf16)": on_transformers(False),
+        "transformers edited (bf16, unmerged)": on_transformers(True),
+    }
+    # Answers may stop early: count the tokens each candidate really generates (greedy, so every run alike).
+    tokens = {
+        name: sum(min(len(tokenizer(t).input_ids) + 1, TOKENS) for t in run()) for name, run in candidates.items()
+    }
+    seconds = interleaved(candidates, repeats=5)
+    return {
+        name: {"tokens": tokens[name], "tokens_per_s": tokens[name] / s, "relative": seconds["vLLM base"] / s}
+        for name, s in seconds.items()
+    }
 
 
 def main() -> None:
@@ -127,7 +140,7 @@ def main() -> None:
         figures = llama_cpp(Path(scratch)) if args.engine == "llama.cpp" else vllm(Path(scratch))
     for name, value in figures.items():
         print(f"{name:40s} {value['tokens_per_s']:8.1f} tokens/s  x{value['relative']:.2f}")
-    save_results(f"engines_{args.engine.replace('.', '_')}", {"prompts": len(PROMPTS), "tokens": TOKENS, **figures})
+    save_results(f"engines_{args.engine.replace('.', '_')}", {"max_new_tokens": TOKENS, **figures})
 
 
 if __name__ == "__main__":

@@ -12,19 +12,21 @@ the better steering row at each budget is the one to beat. KL is reported again 
             (over-refusal).
   truthful  TruthfulQA MC [400:480): MC1, MC2 and the reference code's best-vs-first-incorrect (teacher-forced).
   concise   GSM8K test [0:20): mean answer length (tokens) and exact final-answer accuracy (128 new tokens), so
-            an empty answer cannot score as concise.
-Writes benchmarks/results/frontier.json and frontier_<task>.png.
+            an empty answer cannot score as concise; and 30 one-step sums and products (64 new tokens): length and
+            exact-answer accuracy, since a 135M model solves almost no GSM8K problem.
+Writes benchmarks/results/frontier.json and frontier_<task>.png (`--plot-only` redraws them from the JSON).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import re
 import time
 from typing import Any
 
-from common import SHARED, advbench_goals, alpaca_instructions, save_results
+from common import RESULTS, SHARED, advbench_goals, alpaca_instructions, save_results
 
 from steer2edit_peft.calibration import BudgetError, largest_within
 from steer2edit_peft.demo import DemoSettings, demo_probe, demo_utility
@@ -44,6 +46,19 @@ from steer2edit_peft.sweep import edit_config_from
 def gsm8k(count: int) -> list[tuple[str, str]]:
     rows = [json.loads(line) for line in (SHARED / "gsm8k" / "test.jsonl").read_text().splitlines()[:count]]
     return [(row["question"], row["answer"].split("####")[-1].strip().replace(",", "")) for row in rows]
+
+
+def arithmetic(count: int) -> list[tuple[str, str]]:
+    """Questions with one short exact answer that a 135M model can get right (GSM8K is beyond it)."""
+    rng = random.Random(0)
+    problems = []
+    for index in range(count):
+        a, b = rng.randint(2, 20), rng.randint(2, 12)
+        if index % 2:
+            problems.append((f"What is {a} times {b}?", str(a * b)))
+        else:
+            problems.append((f"What is {a} plus {b}?", str(a + b)))
+    return problems
 
 
 def final_number(text: str) -> str | None:
@@ -83,11 +98,14 @@ class Bench:
                 model, self.tokenizer, SHARED / "truthfulqa" / "mc_task.json", questions=range(400, 480), batch_size=32
             )
             return {k: scores[k] for k in ("mc1", "mc2", "best_vs_first_incorrect")}
-        problems = gsm8k(20)
-        answers = self.generate(model, [q for q, _ in problems], 128)
-        lengths = [len(self.tokenizer(a, add_special_tokens=False).input_ids) for a in answers]
-        correct = [final_number(a) == gold for a, (_, gold) in zip(answers, problems)]
-        return {"mean_length": sum(lengths) / len(lengths), "accuracy": sum(correct) / len(correct)}
+        scores = {}
+        for name, problems, tokens in (("", gsm8k(20), 128), ("arithmetic_", arithmetic(30), 64)):
+            answers = self.generate(model, [q for q, _ in problems], tokens)
+            lengths = [len(self.tokenizer(a, add_special_tokens=False).input_ids) for a in answers]
+            correct = [final_number(a) == gold for a, (_, gold) in zip(answers, problems)]
+            scores[f"{name}mean_length"] = sum(lengths) / len(lengths)
+            scores[f"{name}accuracy"] = sum(correct) / len(correct)
+        return scores
 
     def steering_strength(self, vectors: Any, modules: list[str] | None, budget: float) -> float:
         strength, _ = largest_within(
@@ -157,20 +175,55 @@ class Bench:
         return {"probe": probe.description, "rows": rows}
 
 
+# The figure of each task: (metric, axis label); x is the KL on held-out Alpaca prompts, the utility measure that
+# neither method was calibrated on.
+FIGURES = {
+    "refusal": ("refusal", "refusal rate, AdvBench [300:330)"),
+    "truthful": ("best_vs_first_incorrect", "TruthfulQA [400:480): best answer over first incorrect"),
+    "concise": ("mean_length", "GSM8K [0:20) answer length (tokens)"),
+}
+
+
+def plot(task: str, rows: list[dict[str, Any]]) -> None:
+    from steer2edit_peft.plots import plot_frontiers, save_figure
+
+    metric, label = FIGURES[task]
+    base = next(r for r in rows if r["method"] == "base")
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        if row["method"] != "base" and metric in row:
+            curves.setdefault(row["method"], [(0.0, base[metric])]).append((row["kl_heldout"], row[metric]))
+    title = f"{task}: each method calibrated to KL budgets 0.01-0.05 on the utility data"
+    save_figure(
+        plot_frontiers(curves, "KL from base on held-out Alpaca [50:80)", label, title),
+        RESULTS / f"frontier_{task}.png",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["refusal", "truthful", "concise"])
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.01, 0.02, 0.05, 0.1])
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--plot-only", action="store_true", help="redraw the figures from frontier.json")
     args = parser.parse_args()
+    if args.plot_only:
+        for task, entry in json.loads((RESULTS / "frontier.json").read_text()).items():
+            if task in FIGURES:
+                plot(task, entry["rows"])
+        return
     bench = Bench(args.batch_size)
-    command = (
-        f"python benchmarks/frontier.py --tasks {' '.join(args.tasks)} --budgets {' '.join(map(str, args.budgets))}"
-    )
-    results: dict[str, Any] = {"command": command}
+    command = f"python benchmarks/frontier.py --tasks TASK --budgets {' '.join(map(str, args.budgets))}"
+    saved = RESULTS / "frontier.json"
+    results: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
+    results.pop("command", None)  # written per task since tasks are rerun one at a time
     for task in args.tasks:
-        results[task] = bench.run(task, args.budgets)
-        save_results("frontier", results)  # after every task, so a long run keeps what it measured
+        started = time.time()
+        results[task] = {"command": command.replace("TASK", task), **bench.run(task, args.budgets)}
+        results[task]["seconds"] = round(time.time() - started)
+        results.pop("machine", None)
+        save_results("frontier", results)  # after every task (the others' results kept), so a long run keeps all
+        plot(task, results[task]["rows"])
 
 
 if __name__ == "__main__":

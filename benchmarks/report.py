@@ -105,6 +105,53 @@ def tradeoff(data: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def _frontier_cell(task: str, row: dict[str, Any]) -> str:
+    if "error" in row:
+        return "no edit within budget"
+    if task == "refusal":
+        text = f"{row['refusal']:.1%} / {row['over_refusal']:.1%}"
+    elif task == "truthful":
+        text = f"MC1 {row['mc1']:.3f}, MC2 {row['mc2']:.3f}, best>incorrect {row['best_vs_first_incorrect']:.3f}"
+    else:
+        text = f"GSM8K {row['mean_length']:.1f} tokens, {row['accuracy']:.0%} correct"
+        if "arithmetic_accuracy" in row:
+            text += f"; sums {row['arithmetic_mean_length']:.1f} tokens, {row['arithmetic_accuracy']:.0%} correct"
+    extra = [f"{row['heads']} heads"] if "heads" in row else []
+    if row.get("budget"):
+        extra.append(f"held-out KL {row['kl_heldout']:.3f}")
+    return text + (f" ({'; '.join(extra)})" if extra else "")
+
+
+def frontier(data: dict[str, Any]) -> str:
+    parts = []
+    for task, entry in data.items():
+        if not isinstance(entry, dict) or "rows" not in entry:
+            continue
+        methods = list(dict.fromkeys(r["method"] for r in entry["rows"] if r["method"] != "base"))
+        base = next(r for r in entry["rows"] if r["method"] == "base")
+        rows = []
+        for budget in sorted({r["budget"] for r in entry["rows"] if r["method"] != "base"}):
+            cells = {r["method"]: _frontier_cell(task, r) for r in entry["rows"] if r["budget"] == budget}
+            rows.append([budget] + [cells.get(m, "-") for m in methods])
+        parts.append(
+            f"**{task}** (base: {_frontier_cell(task, base)}; `{entry.get('command', '')}`, {entry.get('seconds', '?')} s)"
+            "\n\n" + table(["KL budget"] + methods, rows)
+        )
+    return "\n\n".join(parts)
+
+
+def engines(name: str) -> Any:
+    def render(data: dict[str, Any]) -> str:
+        rows = [
+            [candidate, f"{v['tokens_per_s']:.1f}", f"x{v['relative']:.2f}"]
+            for candidate, v in data.items()
+            if isinstance(v, dict) and "tokens_per_s" in v
+        ]
+        return table([name, "tokens/s", "relative"], rows) + f"\n\n{data.get('max_new_tokens')} new tokens per prompt."
+
+    return render
+
+
 def main() -> None:
     for name, render in [
         ("extraction", extraction),
@@ -113,6 +160,9 @@ def main() -> None:
         ("solve", solve),
         ("memory", memory),
         ("tradeoff", tradeoff),
+        ("frontier", frontier),
+        ("engines_llama_cpp", engines("llama.cpp")),
+        ("engines_vllm", engines("vLLM CPU build")),
     ]:
         data = load(name)
         if data is None:

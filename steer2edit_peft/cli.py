@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prompts, save and reload the adapter, and write a results table, an edit heatmap and a metrics chart.",
     )
     _add_model(demo)
-    demo.set_defaults(batch_size=32)
+    demo.set_defaults(batch_size=96)  # every held-out prompt of a condition in one batch (see DemoSettings)
     demo.add_argument("--behaviour", choices=["refusal", "concise"], default="refusal")
     demo.add_argument("--output", type=Path, default=Path("outputs/demo"), help="folder for adapter, plots, results")
     demo.add_argument(
@@ -662,6 +662,8 @@ def _eval_conditions(args: argparse.Namespace) -> tuple[list[Any], Any]:
 
 
 def run_sweep(args: argparse.Namespace) -> None:
+    import tempfile
+    from contextlib import ExitStack
     from dataclasses import asdict
 
     from .demo import evaluation_prompts
@@ -672,8 +674,11 @@ def run_sweep(args: argparse.Namespace) -> None:
     from .solver import edit_model
     from .sweep import best_under, edit_config_from, generation_measure, pareto_front, search
 
-    if args.backend != "transformers":
-        raise Steer2EditError("the sweep generates with transformers")
+    if args.backend == "vllm" and args.compare_steering:
+        raise Steer2EditError(
+            "activation steering needs forward hooks, which vLLM has not: drop --compare-steering or use "
+            "--backend transformers"
+        )
     check_output_folder(args.output, args.overwrite)
     model, tokenizer = _load(args)
     vectors = extract_steering_vectors(
@@ -684,11 +689,27 @@ def run_sweep(args: argparse.Namespace) -> None:
     base_benign = generate_responses(
         model, tokenizer, prompts.benign, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
     )
-    measure = generation_measure(
-        args.behaviour, tokenizer, prompts, base_benign, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size
-    )
-    methods = ["Steer2Edit"] + (["steering"] if args.compare_steering else [])
-    trials = {m: search(model, vectors, measure, method=m, trials=args.trials, seed=args.seed) for m in methods}
+    with ExitStack() as stack:
+        answer = None
+        if args.backend == "vllm":
+            from .vllm_generation import VllmTrialAnswers
+
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="steer2edit-sweep-"))
+            heads = int(model.config.get_text_config().num_attention_heads)
+            answer = VllmTrialAnswers(
+                args.model, scratch, max_new_tokens=args.max_new_tokens, dtype=args.dtype, max_rank=heads
+            )
+        measure = generation_measure(
+            args.behaviour,
+            tokenizer,
+            prompts,
+            base_benign,
+            max_new_tokens=args.max_new_tokens,
+            batch_size=args.batch_size,
+            answer=answer,
+        )
+        methods = ["Steer2Edit"] + (["steering"] if args.compare_steering else [])
+        trials = {m: search(model, vectors, measure, method=m, trials=args.trials, seed=args.seed) for m in methods}
     best = best_under(trials["Steer2Edit"], args.max_kl)
     if best is None:
         lowest = min(t.kl for t in trials["Steer2Edit"])

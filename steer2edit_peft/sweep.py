@@ -25,6 +25,8 @@ from .vectors import SteeringVectors
 
 # (condition to measure, reference condition) -> (attribute, KL from the reference, details)
 Measure = Callable[[Condition, Condition], tuple[float, float, dict[str, Any]]]
+# (condition, lists of prompts) -> its answers to each list
+Answerer = Callable[[Condition, Sequence[Sequence[str]]], list[list[str]]]
 
 
 @dataclass
@@ -191,24 +193,36 @@ def generation_measure(
     max_new_tokens: int = 32,
     batch_size: int = 16,
     judge: Any = None,
+    answer: Answerer | None = None,
 ) -> Measure:
     """A measure from generated answers: ``refusal`` scores refusal rate minus over-refusal, ``concise`` scores
-    1 - mean answer length / the reference's. The KL is taken on ``prompts.benign`` with ``reference_benign``."""
+    1 - mean answer length / the reference's. The KL is taken on ``prompts.benign`` with ``reference_benign``.
+
+    ``answer`` generates (default: greedy transformers generation; ``vllm_generation.VllmTrialAnswers`` serves
+    each edit from vLLM). The KL stays a teacher-forced transformers measurement either way."""
     if behaviour not in ("refusal", "concise"):
         raise ValueError(f"behaviour must be 'refusal' or 'concise', got {behaviour!r}")
     judge = judge or RefusalMatcher()
     reference_length: list[float] = []
 
-    def answers(condition: Condition, asked: list[str]) -> list[str]:
+    def with_transformers(condition: Condition, prompt_lists: Sequence[Sequence[str]]) -> list[list[str]]:
         with condition.context():
-            return generate_responses(
-                condition.model,
-                tokenizer,
-                asked,
-                max_new_tokens=max_new_tokens,
-                batch_size=batch_size,
-                show_progress=False,
-            )
+            return [
+                generate_responses(
+                    condition.model,
+                    tokenizer,
+                    list(asked),
+                    max_new_tokens=max_new_tokens,
+                    batch_size=batch_size,
+                    show_progress=False,
+                )
+                for asked in prompt_lists
+            ]
+
+    generate = answer or with_transformers
+
+    def answers(condition: Condition, *prompt_lists: list[str]) -> list[list[str]]:
+        return generate(condition, prompt_lists)
 
     def mean_length(responses: list[str]) -> float:
         lengths = response_lengths(tokenizer, responses)
@@ -216,14 +230,14 @@ def generation_measure(
 
     def measure(condition: Condition, reference: Condition) -> tuple[float, float, dict[str, Any]]:
         kl = kl_between(condition, reference, tokenizer, prompts.benign, reference_benign, batch_size)
-        attribute = answers(condition, prompts.attribute)
         if behaviour == "refusal":  # benign answers only matter for over-refusal
+            attribute, benign = answers(condition, prompts.attribute, prompts.benign)
             refusal = refusal_rate(prompts.attribute, attribute, judge)
-            over_refusal = refusal_rate(prompts.benign, answers(condition, prompts.benign), judge)
+            over_refusal = refusal_rate(prompts.benign, benign, judge)
             return refusal - over_refusal, kl, {"refusal": refusal, "over_refusal": over_refusal}
         if not reference_length:
-            reference_length.append(mean_length(answers(reference, prompts.attribute)))
-        length = mean_length(attribute)
+            reference_length.append(mean_length(answers(reference, prompts.attribute)[0]))
+        length = mean_length(answers(condition, prompts.attribute)[0])
         return 1 - length / reference_length[0], kl, {"mean_length": length, "base_length": reference_length[0]}
 
     return measure

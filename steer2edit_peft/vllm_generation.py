@@ -62,7 +62,9 @@ class VllmEngine:
     dtype: str = "bfloat16"
     max_model_len: int = 1024
     kv_cache_gib: int = 1
+    runtime_adapters: int = 0  # slots kept for adapters added after start (add_adapter / remove_adapter)
     _engine: Any = field(default=None, repr=False)
+    _lora_ids: dict[str, int] = field(default_factory=dict, repr=False)
 
     def engine(self) -> Any:
         if self._engine is None:
@@ -72,9 +74,9 @@ class VllmEngine:
                 model=self.model_path,
                 dtype=self.dtype,
                 max_model_len=self.max_model_len,
-                enable_lora=bool(self.adapters),
+                enable_lora=bool(self.adapters) or self.runtime_adapters > 0,
                 max_lora_rank=self.max_lora_rank,
-                max_loras=spare_lora_slots(len(self.adapters)),
+                max_loras=spare_lora_slots(len(self.adapters) + self.runtime_adapters),
                 seed=0,
                 disable_log_stats=True,
             )
@@ -87,7 +89,23 @@ class VllmEngine:
             raise Steer2EditError(f"unknown adapter {adapter!r}; this engine serves {sorted(self.adapters)}")
         from vllm.lora.request import LoRARequest
 
-        return LoRARequest(adapter, 1 + sorted(self.adapters).index(adapter), self.adapters[adapter])
+        # An id stays with its name for the engine's life: vLLM caches a LoRA by id.
+        lora_id = self._lora_ids.setdefault(adapter, 1 + max(self._lora_ids.values(), default=0))
+        return LoRARequest(adapter, lora_id, self.adapters[adapter])
+
+    def add_adapter(self, name: str, folder: str | Path) -> None:
+        """Serve the LoRA in ``folder`` as ``name`` from the next request on."""
+        if name in self.adapters:
+            raise Steer2EditError(f"this engine already serves an adapter named {name!r}")
+        self.adapters[name] = str(folder)
+
+    def remove_adapter(self, name: str) -> None:
+        """Stop serving ``name`` and free its slot (base requests stay unedited only while a slot is free)."""
+        if self.adapters.pop(name, None) is None:
+            raise Steer2EditError(f"unknown adapter {name!r}; this engine serves {sorted(self.adapters)}")
+        lora_id = self._lora_ids.pop(name, None)
+        if lora_id is not None and self._engine is not None:
+            self._engine.llm_engine.remove_lora(lora_id)
 
     def generate(
         self,
@@ -132,6 +150,61 @@ def export_for_vllm(peft_model: Any, adapter_name: str, folder: str | Path) -> P
     rank = vllm_rank(edit_terms(peft_model, adapter_name))
     to_lora(peft_model, adapter_name, output=folder, rank=rank)
     return Path(folder)
+
+
+def served_adapter(model: Any) -> str | None:
+    """The Steer2Edit adapter ``model`` applies right now (None: the base model), in the caller's context.
+
+    Raises for forward hooks (activation steering): vLLM runs its own kernels and would silently drop them.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from .tuner.layer import Steer2EditLayer
+
+    modules = list(model.modules())
+    if any(module._forward_hooks or module._forward_pre_hooks for module in modules):
+        raise Steer2EditError("activation steering needs forward hooks, which vLLM has not: use --backend transformers")
+    if any(isinstance(m, BaseTunerLayer) and not isinstance(m, Steer2EditLayer) for m in modules):
+        raise Steer2EditError("the vllm backend serves Steer2Edit adapters only; this model stacks other PEFT layers")
+    enabled = [m for m in modules if isinstance(m, Steer2EditLayer) and not m.disable_adapters]
+    if not enabled:
+        return None
+    active = enabled[0].active_adapters
+    if len(active) != 1:
+        raise Steer2EditError(f"the vllm backend serves one adapter at a time; {active} are active")
+    return active[0]
+
+
+class VllmTrialAnswers:
+    """Answers for the sweep's trials from one vLLM engine: a condition with an edit on is exported to its exact
+    LoRA, served for that call and removed after it (so a LoRA slot stays free); a condition without one is the
+    base model. Prompts and sampling are those of the transformers backend (greedy)."""
+
+    def __init__(self, model: str, scratch: str | Path, *, max_new_tokens: int, dtype: str, max_rank: int) -> None:
+        from transformers import AutoTokenizer
+
+        folder = base_model_folder(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.engine = VllmEngine(folder, max_lora_rank=vllm_rank(max_rank), dtype=dtype, runtime_adapters=1)
+        self.scratch = Path(scratch)
+        self.max_new_tokens = max_new_tokens
+        self.calls = 0
+
+    def __call__(self, condition: Any, prompt_lists: Sequence[Sequence[str]]) -> list[list[str]]:
+        with condition.context():
+            adapter = served_adapter(condition.model)
+        self.calls += 1
+        name = None
+        if adapter is not None:
+            name = f"trial-{self.calls}"
+            self.engine.add_adapter(name, export_for_vllm(condition.model, adapter, self.scratch / name))
+        try:
+            requests = [(prompt, name) for prompts in prompt_lists for prompt in prompts]
+            answers = iter(self.engine.generate(self.tokenizer, requests, max_new_tokens=self.max_new_tokens))
+            return [[next(answers)[0] for _ in prompts] for prompts in prompt_lists]
+        finally:
+            if name is not None:
+                self.engine.remove_adapter(name)
 
 
 def base_model_folder(name_or_path: str) -> str:

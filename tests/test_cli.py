@@ -193,6 +193,12 @@ def test_sweep_with_an_impossible_budget_is_a_clear_error(checkpoint, tmp_path, 
     assert code == 2 and "no edit tried stays under KL -1" in err
 
 
+def test_sweep_on_vllm_refuses_steering_before_loading_anything(tmp_path, capsys):
+    args = ["sweep", "--model", str(tmp_path / "no-model"), "--backend", "vllm", "--compare-steering"]
+    code, _, err = run(capsys, *args, "--output", tmp_path / "out")
+    assert code == 2 and "forward hooks" in err and not (tmp_path / "out").exists()
+
+
 def _tiny_adapter(folder):
     torch.manual_seed(0)
     get_peft_model(tiny_model("llama"), Steer2EditConfig(init_weights=False)).save_pretrained(folder)

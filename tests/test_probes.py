@@ -166,38 +166,31 @@ def test_generate_probe_pairs_confirmed_responses_on_the_same_prompt(model_and_t
 def test_a_cached_probe_is_reused_without_sampling(model_and_tokenizer, tmp_path, monkeypatch):
     model, tokenizer = model_and_tokenizer
     behaviour = Behaviour("loose", "Be brief.")
-    first = generate_probe(
-        model,
-        tokenizer,
-        PROMPTS,
-        behaviour,
-        num_samples=2,
-        max_new_tokens=4,
-        cache=tmp_path / "p.jsonl",
-        show_progress=False,
-    )
+
+    def probe(num_samples: int):
+        return generate_probe(
+            model,
+            tokenizer,
+            PROMPTS,
+            behaviour,
+            num_samples=num_samples,
+            max_new_tokens=4,
+            cache=tmp_path / "p.jsonl",
+            show_progress=False,
+        )
+
+    first = probe(2)
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("sampled although the cache holds this request")
 
     monkeypatch.setattr(generate_module, "sample_responses", no_sampling)
-    again = generate_probe(
-        model,
-        tokenizer,
-        PROMPTS,
-        behaviour,
-        num_samples=2,
-        max_new_tokens=4,
-        cache=tmp_path / "p.jsonl",
-        show_progress=False,
-    )
+    again = probe(2)
     assert [(e.prompt, e.response, e.positive) for e in again.examples] == [
         (e.prompt, e.response, e.positive) for e in first.examples
     ]
     with pytest.raises(AssertionError, match="sampled although"):  # another request is not served from the cache
-        generate_probe(
-            model, tokenizer, PROMPTS, behaviour, num_samples=3, max_new_tokens=4, cache=tmp_path / "p.jsonl"
-        )
+        probe(3)
 
 
 def test_a_system_prompt_that_changes_nothing_is_a_clear_error(model_and_tokenizer, tmp_path):

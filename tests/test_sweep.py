@@ -117,3 +117,41 @@ def test_a_trial_that_edits_nothing_scores_as_the_base_model():
     empty = {"families": "both", "first_layer": 0, "rho_attn": 0.8, "rho_mlp": 0.8, "alpha": 0.95}
     trials = search(model, vectors, measure, trials=1, enqueue=[empty], show_progress=False)
     assert calls == ["base"] and trials[0].attribute == 0.25 and trials[0].details["edited_heads"] == 0
+
+
+def test_an_answerer_sees_each_condition_with_its_edit_on_or_off():
+    """The hook `sweep --backend vllm` uses: the answerer gets every condition and reads which edit it applies."""
+    from steer2edit_peft.evaluation.suite import EvaluationPrompts
+    from steer2edit_peft.sweep import generation_measure
+    from steer2edit_peft.vllm_generation import served_adapter
+
+    model = tiny_model("llama", num_hidden_layers=3)
+    tokenizer = CharTokenizer()
+    dataset = ContrastiveDataset.from_lists(["ab", "cd"], ["no!", "never"], ["ef", "gh"], ["yes ok", "sure"])
+    vectors = extract_steering_vectors(model, tokenizer, dataset, show_progress=False)
+    prompts = EvaluationPrompts(attribute=["ab", "cd"], benign=["ef"], borderline=[])
+    seen = []
+
+    def answer(condition, prompt_lists):
+        with condition.context():
+            seen.append((condition.name, served_adapter(condition.model), [list(p) for p in prompt_lists]))
+        return [["I cannot help with that."] * len(p) for p in prompt_lists]
+
+    measure = generation_measure("refusal", tokenizer, prompts, ["ok"], batch_size=2, answer=answer)
+    edit = {"families": "heads", "first_layer": 0, "rho_attn": 0.03, "rho_mlp": None, "alpha": 0.2}
+    trials = search(model, vectors, measure, trials=1, enqueue=[edit], show_progress=False)
+    assert seen == [("Steer2Edit", "default", [["ab", "cd"], ["ef"]])]
+    assert trials[0].details == {**trials[0].details, "refusal": 1.0, "over_refusal": 1.0}
+
+    from steer2edit_peft import Steer2EditConfig, edit_model
+    from steer2edit_peft.errors import Steer2EditError
+    from steer2edit_peft.steering import steer
+
+    edited = edit_model(model, vectors, Steer2EditConfig(rho_attn=0.03, alpha=0.2))
+    assert served_adapter(edited) == "default"
+    with edited.disable_adapter():
+        assert served_adapter(edited) is None
+    with steer(edited, vectors, 1.0), pytest.raises(Steer2EditError, match="forward hooks"):
+        served_adapter(edited)
+    edited.unload()
+    assert served_adapter(model) is None

@@ -128,16 +128,12 @@ def evaluate_conditions(
     results = []
     for condition in conditions:
         with condition.context():
-            attribute = generate_responses(condition.model, tokenizer, prompts.attribute, **generate)  # type: ignore[arg-type]
+            # One call for every kind of prompt: fuller batches, fewer generation loops.
+            kinds = [prompts.attribute, [] if condition is reference else prompts.benign, prompts.borderline]
+            answers = iter(generate_responses(condition.model, tokenizer, [p for k in kinds for p in k], **generate))  # type: ignore[arg-type]
+            attribute, benign, borderline = ([next(answers) for _ in kind] for kind in kinds)
             if condition is reference:
                 benign = reference_benign
-            else:
-                benign = generate_responses(condition.model, tokenizer, prompts.benign, **generate)  # type: ignore[arg-type]
-            borderline = (
-                generate_responses(condition.model, tokenizer, prompts.borderline, **generate)  # type: ignore[arg-type]
-                if prompts.borderline
-                else []
-            )
             text_perplexity = (
                 perplexity(condition.model, tokenizer, prompts.texts, batch_size=batch_size) if prompts.texts else None
             )

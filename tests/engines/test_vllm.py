@@ -104,6 +104,25 @@ def test_eval_with_the_vllm_backend_matches_the_transformers_backend(adapter, tm
     assert edit_v[0] - base_v[0] >= 0.3  # and vLLM serves the edit: refusal rises
 
 
+def test_sweep_with_the_vllm_backend_scores_trials_as_the_transformers_backend(tmp_path):
+    trials = {}
+    for backend in ("transformers", "vllm"):
+        command = [sys.executable, "-m", "steer2edit_peft.cli", "sweep", "--trials", "3", "--num-eval", "8"]
+        command += ["--dtype", "float32", "--max-kl", "10", "--backend", backend, "--output", str(tmp_path / backend)]
+        subprocess.run(command, check=True, cwd=ROOT, timeout=900)
+        trials[backend] = json.loads((tmp_path / backend / "trials.json").read_text())["Steer2Edit"]
+    report(
+        "sweep: (refusal, over-refusal) per trial (transformers vs vllm)",
+        {b: [(t["details"].get("refusal"), t["details"].get("over_refusal")) for t in ts] for b, ts in trials.items()},
+    )
+    assert [t["params"] for t in trials["vllm"]] == [t["params"] for t in trials["transformers"]]  # seeded TPE
+    assert any(t["details"]["edited_heads"] + t["details"]["edited_neurons"] > 0 for t in trials["vllm"])
+    for on_vllm, on_transformers in zip(trials["vllm"], trials["transformers"]):
+        assert on_vllm["kl"] == pytest.approx(on_transformers["kl"], rel=1e-4)  # teacher-forced in both
+        for rate in ("refusal", "over_refusal"):  # float32 both sides: within one of the eight prompts
+            assert abs(on_vllm["details"][rate] - on_transformers["details"][rate]) <= 1 / 8, trials
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
