@@ -165,3 +165,20 @@ def test_tensor_digest_matches_a_slow_reference():
             else tensor.numpy().tobytes()
         )
     assert tensor_digest(state) == "sha256:" + reference.hexdigest()
+
+
+def test_a_save_never_asks_the_hub_about_embeddings(tmp_path, monkeypatch):
+    """PEFT's save_embedding_layers="auto" looks the base config up on the Hub; an edit never targets embeddings."""
+    import peft.utils.save_and_load as save_and_load
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("save_pretrained asked the Hub")
+
+    monkeypatch.setattr(save_and_load, "check_file_exists_on_hf_hub", no_network)
+    model = adapter(0)
+    model.peft_config["default"].base_model_name_or_path = "someone/not-on-this-machine"
+    model.save_pretrained(tmp_path / "a")
+    reloaded = PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "a")
+    torch.testing.assert_close(logits(reloaded), logits(model), rtol=0, atol=0)
+    with pytest.raises(AssertionError, match="asked the Hub"):  # an explicit "auto" is still PEFT's to honour
+        model.save_pretrained(tmp_path / "b", save_embedding_layers="auto")

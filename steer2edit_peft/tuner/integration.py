@@ -48,6 +48,10 @@ def _atomic_save_pretrained(original: Any) -> Any:
             return original(self, save_directory, *args, **kwargs)
         if not kwargs.get("safe_serialization", args[0] if args else True):
             raise Steer2EditError("Steer2Edit adapters are saved as safetensors only; drop safe_serialization=False")
+        # An edit never targets embeddings; PEFT's "auto" would fetch the base config from the Hub to check the
+        # vocabulary (a network call on every save, and a warning offline). Asking for them explicitly still works.
+        if len(args) < 3:  # save_embedding_layers is PeftModel.save_pretrained's third positional parameter
+            kwargs.setdefault("save_embedding_layers", False)
         target = Path(save_directory)
         with atomic_folder(target, keep_other_entries=True) as staging:
             readme = target / "README.md"
