@@ -159,6 +159,12 @@ def generate_responses(
     )
 
 
+def regrouped(flat: Sequence[str], groups: Sequence[Sequence[Any]]) -> list[list[str]]:
+    """``flat`` (answers to every group's prompts, in order) split back into one list per group."""
+    answers = iter(flat)
+    return [[next(answers) for _ in group] for group in groups]
+
+
 def sample_responses(
     model: Any,
     tokenizer: Any,

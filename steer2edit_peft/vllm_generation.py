@@ -18,7 +18,7 @@ from typing import Any
 
 from .data import encode_prompt
 from .errors import Steer2EditError
-from .generation import Sampling, row_seed
+from .generation import Sampling, regrouped, row_seed
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
@@ -200,8 +200,8 @@ class VllmTrialAnswers:
             self.engine.add_adapter(name, export_for_vllm(condition.model, adapter, self.scratch / name))
         try:
             requests = [(prompt, name) for prompts in prompt_lists for prompt in prompts]
-            answers = iter(self.engine.generate(self.tokenizer, requests, max_new_tokens=self.max_new_tokens))
-            return [[next(answers)[0] for _ in prompts] for prompts in prompt_lists]
+            answers = self.engine.generate(self.tokenizer, requests, max_new_tokens=self.max_new_tokens)
+            return regrouped([samples[0] for samples in answers], prompt_lists)
         finally:
             if name is not None:
                 self.engine.remove_adapter(name)

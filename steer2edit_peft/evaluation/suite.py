@@ -7,7 +7,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager, nullco
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..generation import generate_responses
+from ..generation import generate_responses, regrouped
 from ..judges import RefusalJudge, RefusalMatcher
 from ..likelihood import mean_token_kl, perplexity
 from .metrics import refusal_rate, response_lengths
@@ -130,8 +130,8 @@ def evaluate_conditions(
         with condition.context():
             # One call for every kind of prompt: fuller batches, fewer generation loops.
             kinds = [prompts.attribute, [] if condition is reference else prompts.benign, prompts.borderline]
-            answers = iter(generate_responses(condition.model, tokenizer, [p for k in kinds for p in k], **generate))  # type: ignore[arg-type]
-            attribute, benign, borderline = ([next(answers) for _ in kind] for kind in kinds)
+            flat = generate_responses(condition.model, tokenizer, [p for k in kinds for p in k], **generate)  # type: ignore[arg-type]
+            attribute, benign, borderline = regrouped(flat, kinds)
             if condition is reference:
                 benign = reference_benign
             text_perplexity = (
