@@ -52,6 +52,24 @@ def inference(data: dict[str, Any]) -> str:
     return table(["model"] + list(cases), rows) + f"\n\nPercentages: time relative to {reference}."
 
 
+def large_edit(data: dict[str, Any]) -> str:
+    errors = data["max_abs_logit_error_vs_float32_model"]
+    rows = [
+        [
+            name,
+            f"{seconds * 1000:.1f} ms",
+            f"{100 * data['overhead_vs_base'][name]:+.1f}%",
+            f"{errors[name]:.3g}" if name in errors else "",
+        ]
+        for name, seconds in data["seconds"].items()
+    ]
+    batch, tokens = data["shape"]
+    return table(["model", f"prefill {batch} x {tokens}", "vs base", "max logit error vs float32"], rows) + (
+        f"\n\n{data['wrapped_modules']} modules wrapped, {data['edited_heads']} heads and {data['edited_neurons']} neurons "
+        "edited."
+    )
+
+
 def storage(data: dict[str, Any]) -> str:
     rows = [
         [name, f"{v['bytes'] / 1024:.1f} KiB", f"{v['load_seconds'] * 1000:.0f} ms" if "load_seconds" in v else "-"]
@@ -156,6 +174,7 @@ def main() -> None:
     for name, render in [
         ("extraction", extraction),
         ("inference", inference),
+        ("large_edit", large_edit),
         ("storage", storage),
         ("solve", solve),
         ("memory", memory),

@@ -1,4 +1,5 @@
-"""The `steer2edit` command: demo, probe, extract, edit, eval, sweep, inspect, push, export-lora, export-gguf, merge."""
+"""The `steer2edit` command: demo, probe, extract, edit, eval, sweep, inspect, push, export-lora, export-gguf, merge,
+lm-eval."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ examples:
   steer2edit export-lora outputs/refusal-edit --output outputs/refusal-lora --rank 8
   steer2edit export-gguf outputs/refusal-edit --output outputs/refusal-gguf --merged
   steer2edit merge outputs/refusal-edit --output outputs/refusal-merged
+  steer2edit lm-eval run --model hf --model_args pretrained=MODEL,peft=outputs/refusal-edit --tasks TASKS
 
 MODEL is the embedded SmolLM2-135M-Instruct by default, or any transformers model id, folder or .gguf file.
 Folders that already hold files are never replaced unless --overwrite is given; every folder is written whole.
@@ -67,6 +69,18 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from error
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
+    return value
+
+
+def _steering_strength(text: str) -> float:
+    from .tuner.checkpoint import MAX_STRENGTH
+
+    value = _number(text)
+    if abs(value) > MAX_STRENGTH:
+        raise argparse.ArgumentTypeError(
+            f"a steering strength must have magnitude at most {MAX_STRENGTH:g} (the vectors are already residual-"
+            f"sized; larger values only turn the model's outputs into noise), got {text}"
+        )
     return value
 
 
@@ -191,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=summary, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
         )
 
+    commands.add_parser(  # handed to lm-eval whole (see main): its --help is lm-eval's own
+        "lm-eval",
+        help="lm-evaluation-harness's command line, with Steer2Edit adapters loadable as peft=ADAPTER",
+        add_help=False,
+    )
     demo = command(
         "demo",
         "edit the embedded model end to end and show what changed",
@@ -203,9 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--behaviour", choices=["refusal", "concise"], default="refusal")
     demo.add_argument("--output", type=Path, default=Path("outputs/demo"), help="folder for adapter, plots, results")
     demo.add_argument(
+        "--overwrite", action="store_true", help="replace the output folder if it holds files of anything but a demo"
+    )
+    demo.add_argument(
         "--probe", default=None, help="probe data instead of the model's own: a .jsonl/.json/.csv file or Hub dataset"
     )
-    demo.add_argument("--steering-strength", type=_number, default=None, help="fixed strength instead of matched KL")
+    demo.add_argument(
+        "--steering-strength", type=_steering_strength, default=None, help="fixed strength instead of matched KL"
+    )
     demo.add_argument("--no-plots", action="store_true", help="skip the images")
     _add_solver(demo)
     _add_eval(demo)
@@ -281,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(evaluate)
     evaluate.add_argument("--adapter", type=Path, help="adapter folder to evaluate")
     evaluate.add_argument("--vectors", type=Path, help="steering vectors for the activation-steering baseline")
-    evaluate.add_argument("--steering-strength", type=_number, default=1.0)
+    evaluate.add_argument(
+        "--steering-strength", type=_steering_strength, default=1.0, help="activation steering's multiplier"
+    )
     evaluate.add_argument("--behaviour", choices=["refusal", "concise"], default="refusal", help="held-out prompt set")
     evaluate.add_argument(
         "--judge",
@@ -290,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="refusal matcher: the project's (a refusal phrase at the start) or the reference code's (any signal "
         "anywhere)",
     )
-    evaluate.add_argument("--output", type=Path, help="write results.json here")
+    _add_output(evaluate, "results.json", required=False)
     _add_eval(evaluate)
 
     sweep = command(
@@ -472,7 +498,9 @@ def _utility(spec: str, model: Any, tokenizer: Any, batch_size: int) -> Any:
 def run_demo_command(args: argparse.Namespace) -> None:
     from .data import load_probe
     from .demo import DemoSettings, run_demo
+    from .files import check_output_folder
 
+    check_output_folder(args.output, args.overwrite or _holds_only_a_demo_run(args.output))
     settings = DemoSettings(
         model=args.model,
         behaviour=args.behaviour,
@@ -508,6 +536,22 @@ def run_demo_command(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _holds_only_a_demo_run(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but an earlier demo's files, which a new demo run may replace."""
+    import fnmatch
+
+    own = ("adapter", "figures", "results.json", "utility.jsonl", "probe-*.jsonl")
+    if not (folder / "results.json").is_file():
+        return False
+    if not all(any(fnmatch.fnmatch(entry.name, pattern) for pattern in own) for entry in folder.iterdir()):
+        return False
+    try:
+        summary = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(summary, dict) and {"settings", "calibration", "results"} <= set(summary)
+
+
 def run_probe(args: argparse.Namespace) -> None:
     from .generation import Sampling
     from .probes import Behaviour, builtin_prompts, generate_probe, get_behaviour
@@ -526,8 +570,6 @@ def run_probe(args: argparse.Namespace) -> None:
     if not prompts:
         raise Steer2EditError(f"probe generation needs at least one prompt; {args.prompts} holds none")
     model, tokenizer = _load(args)
-    if args.overwrite and args.output.exists():
-        args.output.unlink()
     probe = generate_probe(
         model,
         tokenizer,
@@ -538,6 +580,8 @@ def run_probe(args: argparse.Namespace) -> None:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         confirm=not args.no_confirm,
+        # Written in one step when generation ends, so an old file stays as it was until then (and is reused
+        # when it records this very request: the seeded samples would be the same).
         cache=args.output,
     )
     print(f"{probe} -> {args.output}")
@@ -621,6 +665,10 @@ def run_eval(args: argparse.Namespace) -> None:
     from .evaluation.suite import evaluate_conditions, results_table
     from .judges import ReferenceRefusalMatcher, RefusalMatcher
 
+    if args.output:
+        from .files import check_output_folder
+
+        check_output_folder(args.output, args.overwrite)
     judge = ReferenceRefusalMatcher() if args.judge == "reference" else RefusalMatcher()
     prompts = evaluation_prompts(args.behaviour, args.num_eval)
     if args.backend == "vllm":
@@ -634,8 +682,10 @@ def run_eval(args: argparse.Namespace) -> None:
         )
     print(results_table(results))
     if args.output:
-        args.output.mkdir(parents=True, exist_ok=True)
-        (args.output / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+        from .files import atomic_folder
+
+        with atomic_folder(args.output) as staging:
+            (staging / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
         print(f"wrote {args.output / 'results.json'}")
 
 
@@ -851,6 +901,15 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lm-eval"]:
+        from .harness import run_harness
+
+        try:
+            return run_harness(argv[1:])
+        except Steer2EditError as error:
+            print(f"steer2edit: error: {error}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
@@ -858,7 +917,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"steer2edit: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("steer2edit: interrupted; no output folder was left half-written", file=sys.stderr)
+        print("steer2edit: interrupted; no output was written, earlier files are as they were", file=sys.stderr)
         return 130
     return 0
 

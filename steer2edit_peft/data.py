@@ -195,6 +195,7 @@ class UtilityData:
     prompts: list[str]
     responses: list[str]
     system_prompt: str | None = None
+    dropped_empty: int = 0  # prompts left out because the model's own answer to them was empty
 
     def __post_init__(self) -> None:
         if not self.prompts or len(self.prompts) != len(self.responses):

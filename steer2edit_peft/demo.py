@@ -95,22 +95,28 @@ def evaluation_prompts(behaviour: str, num_eval: int) -> EvaluationPrompts:
     )
 
 
-def demo_probe(model: Any, tokenizer: Any, behaviour: str, output: Path, batch_size: int) -> ContrastiveDataset:
-    """The model's own responses to the behaviour's built-in prompts: shipped for the embedded model, else sampled."""
-    return builtin_probe_data(
-        model, tokenizer, behaviour, batch_size=batch_size, cache=output / f"probe-{behaviour}.jsonl"
-    )
+def demo_probe(
+    model: Any, tokenizer: Any, behaviour: str, output: Path, batch_size: int, previous: Path | None = None
+) -> ContrastiveDataset:
+    """The model's own responses to the behaviour's built-in prompts: shipped for the embedded model, else sampled
+    (or read from ``previous``, an earlier run's folder, when they were sampled there for the same request)."""
+    name = f"probe-{behaviour}.jsonl"
+    earlier = [previous / name] if previous is not None and (previous / name).is_file() else []
+    return builtin_probe_data(model, tokenizer, behaviour, batch_size=batch_size, cache=output / name, reuse=earlier)
 
 
-def demo_utility(model: Any, tokenizer: Any, output: Path, batch_size: int) -> UtilityData:
+def demo_utility(
+    model: Any, tokenizer: Any, output: Path, batch_size: int, previous: Path | None = None
+) -> UtilityData:
     shipped = shipped_file(model, "utility")
+    earlier = [previous / "utility.jsonl"] if previous is not None and (previous / "utility.jsonl").is_file() else []
     return generate_utility_data(
         model,
         tokenizer,
         builtin_prompts("benign"),
         batch_size=batch_size,
         cache=output / "utility.jsonl",
-        reuse=[shipped] if shipped else [],
+        reuse=([shipped] if shipped else []) + earlier,
     )
 
 
@@ -126,16 +132,34 @@ def match_steering_strength(
 
 
 def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> DemoOutcome:
-    from peft import PeftModel
+    """Run the demo; its files go to a staging folder that replaces ``settings.output`` whole at the end, so an
+    interrupted or failed run leaves an earlier output folder as it was (its sampled probe data is reused)."""
+    from dataclasses import replace
 
     from .files import atomic_folder
 
     if settings.behaviour not in DEMO_BEHAVIOURS:
         raise ValueError(f"the demo shows {DEMO_BEHAVIOURS}, not {settings.behaviour!r}")
+    final = Path(settings.output).absolute()
+    previous = final if final.is_dir() else None
+    with atomic_folder(final) as staging:
+        outcome = _run_demo_into(settings, staging, previous, log)
+    return replace(
+        outcome,
+        adapter_dir=final / "adapter",
+        files=[final / path.relative_to(staging) for path in outcome.files],
+    )
+
+
+def _run_demo_into(
+    settings: DemoSettings, output: Path, previous: Path | None, log: Callable[[str], None]
+) -> DemoOutcome:
+    from peft import PeftModel
+
+    from .files import atomic_folder
+
     torch.manual_seed(settings.seed)
     dtype = getattr(torch, settings.dtype)
-    output = Path(settings.output)
-    output.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -149,8 +173,8 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
     model, tokenizer = settings.loader(settings.model, dtype)
     stage("load")
 
-    probe = settings.probe or demo_probe(model, tokenizer, settings.behaviour, output, settings.batch_size)
-    utility = demo_utility(model, tokenizer, output, settings.batch_size)
+    probe = settings.probe or demo_probe(model, tokenizer, settings.behaviour, output, settings.batch_size, previous)
+    utility = demo_utility(model, tokenizer, output, settings.batch_size, previous)
     log(f"[2/7] extracting steering vectors from {probe}, with {len(utility.prompts)} benign prompts as reference")
     vectors = extract_steering_vectors(
         model,

@@ -29,14 +29,14 @@ def register() -> None:
     from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
     from peft.utils import register_peft_method
 
-    from .tuner.integration import install
+    from .tuner import integration, stacking
 
-    install()
+    integration.install()
     peft_type = add_peft_type_member()
-    if peft_type in PEFT_TYPE_TO_TUNER_MAPPING:
-        return
-    from .tuner import Steer2EditConfig, Steer2EditModel
+    if peft_type not in PEFT_TYPE_TO_TUNER_MAPPING:
+        from .tuner import Steer2EditConfig, Steer2EditModel
 
-    register_peft_method(
-        name=PEFT_TYPE_NAME.lower(), config_cls=Steer2EditConfig, model_cls=Steer2EditModel, prefix="steer2edit_"
-    )
+        register_peft_method(
+            name=PEFT_TYPE_NAME.lower(), config_cls=Steer2EditConfig, model_cls=Steer2EditModel, prefix="steer2edit_"
+        )
+    stacking.install()

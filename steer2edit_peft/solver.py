@@ -131,7 +131,10 @@ def solve_module(
     if is_attention:
         scores, keys = head_scores(weight, mean_input, direction, head_dim)
         if key_direction == "contrast":
+            # k . x >= 0 at the mean probe input by construction; a head with g < 0 (lambda < 0) takes -k, so
+            # lambda (k . x) >= 0 there and every edited head pushes towards v, as the paper's keys do.
             keys = contrast_keys(mean_input, vectors.reference_mean(name).to(device), head_dim)
+            keys = keys * torch.where(scores < 0, -1.0, 1.0).to(keys.dtype)[:, None]
         key_norms = keys.norm(dim=-1, keepdim=True)
         input_directions = torch.where(key_norms > 0, keys / key_norms.clamp_min(1e-30), torch.zeros_like(keys))
         defined = key_norms.squeeze(-1) > 0

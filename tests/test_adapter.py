@@ -276,6 +276,53 @@ def test_add_weighted_adapter_is_exact_concatenation():
     assert_close_relative(logits(peft_model), logits(reference))
 
 
+def test_add_weighted_adapter_over_edits_of_different_modules(tmp_path):
+    # default edits heads of every o_proj; "other" edits neurons of the second layer's down_proj only.
+    torch.manual_seed(0)
+    peft_model = get_peft_model(
+        tiny_model("llama"), Steer2EditConfig(init_weights=False, rho_mlp=None, attention_modules=["o_proj"])
+    )
+    torch.manual_seed(7)
+    other = Steer2EditConfig(init_weights=False, rho_attn=None, mlp_modules=["down_proj"], layers_to_transform=[1])
+    peft_model.add_adapter("other", other)
+    peft_model.base_model.add_weighted_adapter(["default", "other"], [0.5, -2.0], "combo")
+    layers = edit_layers(peft_model)
+    combined = {name for name, module in layers.items() if "combo" in module.steer2edit_u}
+    assert combined == {name for name, m in layers.items() if "default" in m.steer2edit_u or "other" in m.steer2edit_u}
+    for name in combined:
+        module = layers[name]
+        expected = sum(
+            w * dense_edit(module, source)
+            for source, w in (("default", 0.5), ("other", -2.0))
+            if source in module.steer2edit_u
+        )
+        torch.testing.assert_close(dense_edit(module, "combo"), expected)
+        sources = [source for source in ("default", "other") if source in module.steer2edit_u]
+        assert module.steer2edit_u["combo"].shape[0] == len(sources)  # one row per source term, nothing padded
+    peft_model.set_adapter("combo")
+    expected_logits = logits(densely_edited_copy(peft_model, ["combo"]))
+    assert_close_relative(logits(peft_model), expected_logits)
+    peft_model.save_pretrained(tmp_path, selected_adapters=["combo"])
+    reloaded = PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "combo")
+    assert_close_relative(logits(reloaded), expected_logits)
+
+
+def test_replacing_or_deleting_an_adapter_forgets_its_cached_factors():
+    peft_model = random_edit("llama", seed=0)
+    module = next(iter(edit_layers(peft_model).values()))
+    logits(peft_model)  # fills the cache
+    assert any(key[0] == "default" for key in module._factor_cache)
+    torch.manual_seed(5)
+    peft_model.add_adapter("other", Steer2EditConfig(init_weights=False))
+    peft_model.set_adapter("other")
+    logits(peft_model)
+    assert any(key[0] == "other" for key in module._factor_cache)
+    module.update_layer("other", module.component_size["other"], [[0]], 1.0, init_weights=True)
+    assert not any(key[0] == "other" for key in module._factor_cache)
+    peft_model.delete_adapter("default")
+    assert not any(key[0] == "default" for key in module._factor_cache)
+
+
 def test_supports_lora_conversion():
     peft_model = random_edit("llama")
     assert all(m.supports_lora_conversion() for m in edit_layers(peft_model).values())

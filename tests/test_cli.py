@@ -163,6 +163,8 @@ def test_merge_refuses_to_overwrite_a_folder(checkpoint, tmp_path, capsys):
         (["edit", "--vectors", "v", "--output", "o", "--max-head-share", "1.5"], "a share must lie in (0, 1]"),
         (["eval", "--steering-strength", "nan"], "expected a finite number"),
         (["demo", "--steering-strength=-inf"], "expected a finite number"),
+        (["eval", "--steering-strength", "1e30"], "magnitude at most 1000"),
+        (["demo", "--steering-strength=-2e3"], "magnitude at most 1000"),
     ],
 )
 def test_bad_arguments_are_named(args, message, capsys):
@@ -282,6 +284,38 @@ def test_probe_refuses_an_existing_file_without_overwrite(checkpoint, tmp_path, 
     (tmp_path / "p.jsonl").write_text("mine")
     code, _, err = run(capsys, "probe", "--model", checkpoint, "--output", tmp_path / "p.jsonl")
     assert code == 2 and "--overwrite" in err and (tmp_path / "p.jsonl").read_text() == "mine"
+
+
+def test_demo_and_eval_refuse_a_folder_that_holds_files(checkpoint, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "results.json").write_text("mine")  # not a demo's results: the demo too must not replace it
+    for command in (["demo"], ["eval", "--num-eval", "1", "--max-new-tokens", "2"]):
+        code, _, err = run(capsys, *command, "--model", checkpoint, "--output", taken)
+        assert code == 2 and "--overwrite" in err, err
+        assert (taken / "results.json").read_text() == "mine" and len(list(taken.iterdir())) == 1
+
+
+def test_eval_overwrite_replaces_the_folder_whole(checkpoint, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "old.txt").write_text("mine")
+    args = ["eval", "--model", checkpoint, "--dtype", "float32", "--num-eval", "1", "--max-new-tokens", "2"]
+    code, _, _ = run(capsys, *args, "--output", taken, "--overwrite")
+    assert code == 0 and sorted(p.name for p in taken.iterdir()) == ["results.json"]
+    assert json.loads((taken / "results.json").read_text())[0]["condition"] == "base"
+
+
+def test_an_interrupted_probe_overwrite_keeps_the_old_file(checkpoint, tmp_path, capsys, monkeypatch):
+    (tmp_path / "p.jsonl").write_text("mine")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("steer2edit_peft.probes.generate_probe", interrupted)
+    code, _, err = run(capsys, "probe", "--model", checkpoint, "--output", tmp_path / "p.jsonl", "--overwrite")
+    assert code == 130 and "earlier files are as they were" in err
+    assert (tmp_path / "p.jsonl").read_text() == "mine"
 
 
 def test_probe_with_a_system_prompt_of_ones_own_writes_a_probe_file(checkpoint, tmp_path, capsys):

@@ -104,7 +104,8 @@ def test_demo_with_a_fixed_steering_strength_uses_it(tiny_checkpoint, tmp_path):
 
 
 def test_demo_command_prints_the_table(tiny_checkpoint, tmp_path, capsys):
-    args = ["demo", "--model", str(tiny_checkpoint), "--output", str(tmp_path), "--dtype", "float32"]
+    output = tmp_path / "out"
+    args = ["demo", "--model", str(tiny_checkpoint), "--output", str(output), "--dtype", "float32"]
     args += ["--num-eval", "3", "--max-new-tokens", "3", "--batch-size", "3", "--no-plots", "--behaviour", "concise"]
     args += ["--rho-attn", "0.05", "--rho-mlp", "off", "--alpha", "0.5", "--first-layer", "0", "--max-kl", "0.05"]
     probe = tmp_path / "probe.jsonl"
@@ -113,10 +114,32 @@ def test_demo_command_prints_the_table(tiny_checkpoint, tmp_path, capsys):
     )
     args += ["--probe", probe]
     assert main([str(a) for a in args]) == 0
-    output = capsys.readouterr().out
-    assert "| condition" in output and "| base" in output and "length" in output
-    assert "same greedy answers: True" in output and "calibrated to KL <= 0.05" in output
-    assert json.loads((tmp_path / "results.json").read_text())["probe"].endswith("probe.jsonl")
+    printed = capsys.readouterr().out
+    assert "| condition" in printed and "| base" in printed and "length" in printed
+    assert "same greedy answers: True" in printed and "calibrated to KL <= 0.05" in printed
+    assert json.loads((output / "results.json").read_text())["probe"].endswith("probe.jsonl")
+    # A second run replaces an earlier demo's folder whole; a folder holding anything else needs --overwrite.
+    assert main([str(a) for a in args]) == 0
+    (output / "mine.txt").write_text("old")
+    assert main([str(a) for a in args]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert (output / "mine.txt").read_text() == "old"
+    assert main([str(a) for a in args] + ["--overwrite"]) == 0
+    assert not (output / "mine.txt").exists() and (output / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_failed_demo_leaves_the_earlier_output_folder_as_it_was(tiny_checkpoint, tmp_path, monkeypatch):
+    import steer2edit_peft.demo as demo
+
+    (tmp_path / "results.json").write_text("earlier")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("stopped during evaluation")
+
+    monkeypatch.setattr(demo, "evaluate_conditions", broken)
+    with pytest.raises(RuntimeError, match="stopped during evaluation"):
+        run_demo(tiny_settings(tiny_checkpoint, tmp_path, plots=False), log=lambda _: None)
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+    assert (tmp_path / "results.json").read_text() == "earlier"
 
 
 @pytest.mark.slow

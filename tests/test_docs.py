@@ -49,8 +49,12 @@ def test_sharing_snippet_against_a_local_hub(tmp_path):
         assert {"README.md", "edit_heatmap.png"} <= set(repo.resolve("main").files)
 
 
-def test_stacking_snippet(tmp_path):
-    run(python_blocks("stacking.md")[0], tmp_path)
+def test_stacking_snippets(tmp_path):
+    mixed, onto_lora, edit_as_lora = python_blocks("stacking.md")[:3]
+    run(MAKE_DEMO_ADAPTER + mixed + onto_lora, tmp_path)
+    assert (tmp_path / "outputs" / "stack" / "edit" / "adapter_config.json").is_file()
+    assert (tmp_path / "outputs" / "stack" / "ft" / "adapter_config.json").is_file()
+    run(edit_as_lora, tmp_path)
 
 
 def test_exporting_snippet(tmp_path):

@@ -246,22 +246,39 @@ def test_scaling_the_steering_vector_changes_nothing(scale):
 @settings(max_examples=10, deadline=None)
 @given(st.integers(0, 10_000))
 def test_each_edit_moves_its_component_output_along_v(seed):
-    # At the mean input, lambda and k . x share the sign of g, so every edited component (lambda > 0 or
-    # lambda < 0) adds a positive multiple of v_hat.
+    # For every key direction: at the mean probe input, lambda and k . x share the sign of g, so every edited
+    # component (lambda > 0 or lambda < 0) adds a positive multiple of v_hat. Checked by hand, one component
+    # at a time, with the edit's dense weight change applied to the mean input.
     from steer2edit_peft.solver import solve_module
 
     torch.manual_seed(seed)
-    weight, x, v = torch.randn(12, 16), torch.randn(16), torch.randn(12)
-    vectors = SteeringVectors.from_directions({"m": v}, {"m": x})
+    weight, x, v, reference = torch.randn(12, 16), torch.randn(16), torch.randn(12), torch.randn(16)
+    vectors = SteeringVectors(
+        post_pos={"m": v}, post_neg={"m": torch.zeros(12)}, pre_pos={"m": x}, pre_neg={"m": x}, pre_ref={"m": reference}
+    )
     v_hat = v / v.norm()
-    for is_attention, size in ((True, 4), (False, 1)):
-        edit = solve_module("m", weight, vectors, is_attention, rho=0.05, alpha=0.5, head_dim=size)
+    cases = [(True, 4, "weight"), (True, 4, "contrast"), (False, 1, "weight")]
+    for is_attention, size, key_direction in cases:
+        edit = solve_module(
+            "m", weight, vectors, is_attention, rho=0.05, alpha=0.5, head_dim=size, key_direction=key_direction
+        )
         assert edit.indices.numel() > 0
         for position, index in enumerate(edit.indices.tolist()):
-            k = edit.input_directions[position]
-            change = edit.magnitudes[position] * v_hat * (k @ x[index * size : (index + 1) * size])
-            assert change @ v_hat > 0
+            delta = torch.zeros(12, 16)
+            for offset in range(size):
+                column = index * size + offset
+                for row in range(12):
+                    delta[row, column] = (
+                        edit.magnitudes[position] * edit.input_directions[position][offset] * v_hat[row]
+                    )
+            change = delta @ x
+            assert change @ v_hat > 0, (key_direction, index)
             torch.testing.assert_close(change / change.norm(), v_hat)
+        if key_direction == "contrast":
+            # The contrast key stays silent on the mean reference input, whatever the head's sign.
+            for position, index in enumerate(edit.indices.tolist()):
+                block = reference[index * size : (index + 1) * size]
+                assert abs(float(edit.input_directions[position] @ block)) < 1e-4 * float(block.norm())
 
 
 @pytest.mark.parametrize("family, rho", [("rho_attn", 0.0), ("rho_mlp", -1.0), ("rho_attn", None)])

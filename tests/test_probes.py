@@ -232,6 +232,30 @@ def test_utility_data_is_the_greedy_answers_and_is_cached(model_and_tokenizer, t
     assert again.responses == utility.responses
 
 
+def test_prompts_the_model_answers_with_nothing_are_left_out_and_counted(model_and_tokenizer, monkeypatch, caplog):
+    from steer2edit_peft import extract_steering_vectors
+    from steer2edit_peft.data import ContrastiveDataset, ContrastiveExample
+
+    model, tokenizer = model_and_tokenizer
+    answers = ["red", "", "hi", "   "]
+    monkeypatch.setattr("steer2edit_peft.generation.generate_responses", lambda *a, **k: list(answers))
+    with caplog.at_level("WARNING", logger="steer2edit_peft"):
+        utility = generate_utility_data(model, tokenizer, PROMPTS, max_new_tokens=4)
+    assert utility.prompts == [PROMPTS[0], PROMPTS[2]] and utility.responses == ["red", "hi"]
+    assert utility.dropped_empty == 2
+    assert "left out 2 of 4 benign prompts" in caplog.text
+    probe = ContrastiveDataset(
+        [ContrastiveExample("Say hi.", "I can't.", True), ContrastiveExample("Say hi.", "hi", False)]
+    )
+    vectors = extract_steering_vectors(  # the reference data no longer holds an answer without tokens
+        model, tokenizer, probe, reference=(utility.prompts, utility.responses), show_progress=False
+    )
+    assert vectors.pre_ref and all(torch.isfinite(t).all() for t in vectors.pre_ref.values())
+    answers[:] = ["", " ", "", ""]
+    with pytest.raises(DataError, match="greedy answers to all 4 benign prompts are empty"):
+        generate_utility_data(model, tokenizer, PROMPTS, max_new_tokens=4)
+
+
 @pytest.mark.parametrize(
     ("response", "project", "reference"),
     [

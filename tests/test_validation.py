@@ -232,6 +232,18 @@ TENSOR_CASES = [
         "expected a float dtype",
     ),
     (
+        "u of float8",
+        lambda t: t.update({f"{O_PROJ}.steer2edit_u": t[f"{O_PROJ}.steer2edit_u"].to(torch.float8_e4m3fn)}),
+        True,
+        r"o_proj\.steer2edit_u: dtype torch.float8_e4m3fn, expected a float dtype",
+    ),
+    (
+        "keys without PEFT's prefix",
+        lambda t: t.update({k.removeprefix("base_model.model."): t.pop(k) for k in list(t)}),
+        True,
+        "lacks PEFT's 'base_model.model.' prefix.*no edit at all",
+    ),
+    (
         "indices of floats",
         lambda t: t.update({f"{O_PROJ}.steer2edit_indices": t[f"{O_PROJ}.steer2edit_indices"].float()}),
         True,
@@ -309,6 +321,16 @@ def _config_a_list(folder):
     (folder / "adapter_config.json").write_text("[1, 2]")
 
 
+def _config_nested(folder):
+    (folder / "adapter_config.json").write_text("[" * 100_000 + "]" * 100_000)
+
+
+def _bare_keys_random_init(folder):
+    # Without the prefix PEFT keeps the fresh layers' values: random ones where the config says init_weights false.
+    edit_config(folder, _set("init_weights", False))
+    edit_tensors(folder, lambda t: t.update({k.removeprefix("base_model.model."): t.pop(k) for k in list(t)}), True)
+
+
 def _config_binary(folder):
     (folder / "adapter_config.json").write_bytes(bytes(range(256)))
 
@@ -326,6 +348,8 @@ FILE_CASES = [
     ("config empty", _config_empty, r"adapter_config.json: not valid JSON"),
     ("config a list", _config_a_list, r"adapter_config.json: holds a JSON list, not an object"),
     ("config binary", _config_binary, r"adapter_config.json: not valid JSON"),
+    ("config nested 100000 deep", _config_nested, r"adapter_config.json: JSON nested too deeply"),
+    ("bare keys, init_weights false", _bare_keys_random_init, "lacks PEFT's 'base_model.model.' prefix"),
 ]
 
 

@@ -20,15 +20,16 @@ from ..architectures import decoder_model
 from ..errors import Steer2EditError
 from ..solver import ModuleEdit
 from ..tuner import Steer2EditLayer
+from ..tuner.checkpoint import TENSOR_NAMES
 from ..tuner.layer import component_columns
+from ..tuner.lora_equivalent import equivalent_lora_config
+from ..tuner.lora_equivalent import lora_factors as lora_factors_of_tensors
 
 
 def lora_factors(layer: Steer2EditLayer, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(lora_A [terms, in], lora_B [out, terms]) in float32, with B @ A equal to the layer's delta W (math layout)."""
-    u = layer.steer2edit_u[adapter_name].detach().float()  # [terms, out]
-    key = torch.zeros(u.shape[0], layer.in_features, dtype=torch.float32, device=u.device)
-    key.index_add_(1, layer._input_columns(adapter_name), layer._column_factor(adapter_name).detach().float().T)
-    return key.contiguous(), (layer.strength[adapter_name] * u.T).contiguous()
+    tensors = {name: getattr(layer, name)[adapter_name] for name in TENSOR_NAMES}
+    return lora_factors_of_tensors(tensors, layer.strength[adapter_name], layer.in_features)
 
 
 def edited_layers(model: Any, adapter_name: str) -> dict[str, Steer2EditLayer]:
@@ -81,19 +82,12 @@ def to_lora(
         state[f"base_model.model.{name}.lora_B.weight"] = lora_b.cpu()
     if len(fan_in_fan_out) > 1:
         raise Steer2EditError("the edit mixes Conv1D and Linear modules, which one LoRA config cannot describe")
-    top = max(ranks.values())
     source = _source_config(model, adapter_name)
-    config = LoraConfig(
-        r=top,
-        lora_alpha=top,  # scaling lora_alpha / r = 1; alpha_pattern keeps it 1 where the rank differs
-        target_modules=sorted(ranks),
-        rank_pattern={n: r for n, r in ranks.items() if r != top},
-        alpha_pattern={n: r for n, r in ranks.items() if r != top},
-        lora_dropout=0.0,
-        bias="none",
-        fan_in_fan_out=fan_in_fan_out.pop(),
-        base_model_name_or_path=getattr(source, "base_model_name_or_path", None),
-        task_type=getattr(source, "task_type", None),
+    config = equivalent_lora_config(
+        ranks,
+        fan_in_fan_out.pop(),
+        getattr(source, "base_model_name_or_path", None),
+        getattr(source, "task_type", None),
     )
     if output is not None:
         provenance = {"exported_from": "steer2edit", "behaviour": getattr(source, "behaviour", None), "ranks": ranks}

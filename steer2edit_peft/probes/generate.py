@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from .behaviours import Behaviour, get_behaviour
 
 PROBE_FORMAT = 1
 PROBE_SAMPLING = Sampling(temperature=0.8, top_p=0.95)  # frozen dataclass: safe as a default
+
+logger = logging.getLogger("steer2edit_peft")
 
 
 def _provenance(
@@ -220,7 +223,7 @@ def generate_utility_data(
     for candidate in [*map(Path, reuse), *([cache_path] if cache_path is not None else [])]:
         records = read_if_current(candidate, provenance)
         if records is not None:
-            return UtilityData([r["prompt"] for r in records], [r["response"] for r in records], system_prompt)
+            return answered_only([r["prompt"] for r in records], [r["response"] for r in records], system_prompt)
     responses = generate_responses(
         model,
         tokenizer,
@@ -232,7 +235,25 @@ def generate_utility_data(
     )
     if cache_path is not None:
         write_probe(cache_path, provenance, [{"prompt": p, "response": r} for p, r in zip(prompts, responses)])
-    return UtilityData(prompts, responses, system_prompt)
+    return answered_only(prompts, responses, system_prompt)
+
+
+def answered_only(prompts: list[str], responses: list[str], system_prompt: str | None) -> UtilityData:
+    """Utility data without the prompts the model answered with nothing (an answer must have tokens to measure)."""
+    kept = [(prompt, response) for prompt, response in zip(prompts, responses) if response.strip()]
+    if not kept:
+        raise DataError(
+            f"the model's own greedy answers to all {len(prompts)} benign prompts are empty, so there is nothing to "
+            "measure an edit against: check its chat template and end-of-sequence token"
+        )
+    dropped = len(prompts) - len(kept)
+    if dropped:
+        logger.warning(
+            "steer2edit: left out %d of %d benign prompts whose own answer from the model is empty",
+            dropped,
+            len(prompts),
+        )
+    return UtilityData([p for p, _ in kept], [r for _, r in kept], system_prompt, dropped_empty=dropped)
 
 
 def shipped_file(model: Any, name: str) -> Path | None:
@@ -248,7 +269,13 @@ def shipped_file(model: Any, name: str) -> Path | None:
 
 
 def builtin_probe_data(
-    model: Any, tokenizer: Any, behaviour: str, *, batch_size: int = 16, cache: Path | None = None
+    model: Any,
+    tokenizer: Any,
+    behaviour: str,
+    *,
+    batch_size: int = 16,
+    cache: Path | None = None,
+    reuse: Sequence[str | os.PathLike[str]] = (),
 ) -> ContrastiveDataset:
     """The model's own responses to a built-in behaviour's prompts: the shipped file when it is this model's, else
     sampled (and cached at ``cache``)."""
@@ -264,5 +291,5 @@ def builtin_probe_data(
         spec,
         batch_size=batch_size,
         cache=cache,
-        reuse=[shipped] if shipped else [],
+        reuse=([shipped] if shipped else []) + list(reuse),
     )

@@ -27,6 +27,9 @@ PICKLED_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "pytorch_model.bin")
 FLOAT_TENSORS = ("steer2edit_u", "steer2edit_k", "steer2edit_lambda")
 INDEX_TENSORS = ("steer2edit_indices", "steer2edit_term")
 TENSOR_NAMES = FLOAT_TENSORS + INDEX_TENSORS
+# The dtypes whose values every check (finiteness, magnitude) and every later use (matmul, merge) supports.
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+FLOAT_DTYPE_NAMES = "float16, bfloat16, float32 or float64"
 PEFT_PREFIX = "base_model.model."
 # |strength * lambda_c| * |u_term(c)| * |k_c|: how far one component moves its weight columns. Trained weights
 # have column norms of order 1, so 1e4 already overwhelms any of them; larger values only come from a mistake
@@ -207,6 +210,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise AdapterValidationError(f"{path}: not valid JSON ({error})") from error
+    except RecursionError as error:
+        raise AdapterValidationError(f"{path}: JSON nested too deeply to be an adapter config") from error
     if not isinstance(content, dict):
         raise AdapterValidationError(f"{path}: holds a JSON {type(content).__name__}, not an object")
     return content
@@ -286,8 +291,10 @@ def check_module_tensors(module: str, tensors: Mapping[str, torch.Tensor], stren
         raise AdapterValidationError(f"{module}: the weights lack {missing[0]}")
     for name in FLOAT_TENSORS:
         tensor = tensors[name]
-        if not tensor.is_floating_point():
-            raise AdapterValidationError(f"{module}.{name}: dtype {tensor.dtype}, expected a float dtype")
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise AdapterValidationError(
+                f"{module}.{name}: dtype {tensor.dtype}, expected a float dtype ({FLOAT_DTYPE_NAMES})"
+            )
         if not torch.isfinite(tensor).all():
             raise AdapterValidationError(f"{module}.{name}: holds NaN/inf values")
     for name in INDEX_TENSORS:
@@ -313,6 +320,16 @@ def check_module_tensors(module: str, tensors: Mapping[str, torch.Tensor], stren
             )
 
 
+def check_saved_keys(state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Every key of a saved adapter carries PEFT's prefix; PEFT would skip the others silently (an empty edit)."""
+    bare = sorted(key for key in state if not key.startswith(PEFT_PREFIX))
+    if bare:
+        raise AdapterValidationError(
+            f"{where}: tensor key {bare[0]!r} ({len(bare)} in all) lacks PEFT's {PEFT_PREFIX!r} prefix, so PEFT "
+            "would load it as no edit at all; save the adapter with save_pretrained (or add the prefix to every key)"
+        )
+
+
 def check_weights(
     state: Mapping[str, torch.Tensor],
     edited_components: Mapping[str, list[list[int]]],
@@ -331,8 +348,10 @@ def check_weights(
         raise AdapterValidationError(f"{where}: unexpected tensor {unknown[0]} ({len(unknown)} in all)")
     for key in others:  # full copies of the modules_to_save: any floating values, as long as they are finite
         tensor = state[key]
-        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
-            raise AdapterValidationError(f"{where}: {key} (a module saved whole) is not finite floating point")
+        if tensor.dtype not in FLOAT_DTYPES or not bool(torch.isfinite(tensor).all()):
+            raise AdapterValidationError(
+                f"{where}: {key} (a module saved whole) is not finite {FLOAT_DTYPE_NAMES} values"
+            )
     grouped = by_module(state, adapter_name)
     for module, tensors in grouped.items():
         check_module_tensors(module, tensors, strength)

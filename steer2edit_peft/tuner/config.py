@@ -17,6 +17,7 @@ from .checkpoint import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     check_saved_config,
+    check_saved_keys,
     check_weights,
     field_problems,
     locate_weights,
@@ -208,6 +209,7 @@ class Steer2EditConfig(PeftConfig):
             weights_file = locate_weights(source, subfolder, hub_kwargs)
             config = cls._from_saved(content, config_file)
             state = read_weights(weights_file)
+            check_saved_keys(state, str(weights_file))
             try:
                 check_weights(
                     state,

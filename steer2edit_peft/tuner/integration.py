@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import AdapterValidationError, Steer2EditError
 from ..files import atomic_folder
-from .checkpoint import CONFIG_NAME, PEFT_PREFIX, by_module, read_config_file
+from .checkpoint import PEFT_PREFIX, by_module, read_config_file
 from .config import Steer2EditConfig
 from .model import remove_adapter_layers
 
@@ -90,28 +90,9 @@ def _strict_load_adapter(original: Any) -> Any:
 
 def _names_steer2edit(peft_model_id: str, kwargs: dict[str, Any]) -> bool:
     """Whether the adapter at ``peft_model_id`` (folder or Hub repo) says it is a Steer2Edit adapter."""
-    folder = Path(peft_model_id) / kwargs["subfolder"] if kwargs.get("subfolder") else Path(peft_model_id)
-    if folder.is_dir():
-        path = folder / CONFIG_NAME
-        if not path.exists():
-            return False
-    else:
-        from huggingface_hub import hf_hub_download
+    from .stacking import saved_peft_type
 
-        try:
-            path = Path(
-                hf_hub_download(
-                    peft_model_id,
-                    CONFIG_NAME,
-                    subfolder=kwargs.get("subfolder"),
-                    revision=kwargs.get("revision"),
-                    token=kwargs.get("token"),
-                    cache_dir=kwargs.get("cache_dir"),
-                )
-            )
-        except Exception:
-            return False  # not ours to judge: transformers reports it
-    return read_config_file(path).get("peft_type") == "STEER2EDIT"
+    return saved_peft_type(peft_model_id, kwargs) == "STEER2EDIT"
 
 
 def _check_loaded(model: Any, adapter_name: str, state: dict[str, Any]) -> None:
@@ -152,6 +133,30 @@ def _clear_json_errors(original: Any) -> Any:
     return classmethod(from_json_file)
 
 
+def _explained_version_error(original: Any) -> Any:
+    """transformers' adapter management asks for a newer PEFT than the one installed: say what works instead."""
+
+    @functools.wraps(original)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, *args, **kwargs)
+        except ValueError as error:
+            configs = getattr(self, "peft_config", {}) or {}
+            if "version of PEFT" not in str(error) or not any(_is_steer2edit(c) for c in configs.values()):
+                raise
+            raise Steer2EditError(
+                f"{error}. The loaded adapters ({', '.join(configs)}) are all active, as loaded. To switch between "
+                "them with this PEFT, load them into a PeftMixedModel instead: "
+                "PeftMixedModel.from_pretrained(base, LORA, adapter_name='ft').load_adapter(EDIT, 'edit'), then "
+                "set_adapter([...]) (docs/stacking.md)"
+            ) from error
+
+    return method
+
+
+_MANAGEMENT_METHODS = ("set_adapter", "enable_adapters", "disable_adapters", "delete_adapter", "active_adapters")
+
+
 def install() -> None:
     """Wrap the PEFT and transformers entry points above (idempotent)."""
     from peft import PeftModel
@@ -164,3 +169,6 @@ def install() -> None:
     except ImportError:  # pragma: no cover - transformers without its PEFT integration
         return
     _wrap(PeftAdapterMixin, "load_adapter", _strict_load_adapter)
+    for name in _MANAGEMENT_METHODS:
+        if name in PeftAdapterMixin.__dict__:
+            _wrap(PeftAdapterMixin, name, _explained_version_error)

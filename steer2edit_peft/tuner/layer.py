@@ -34,6 +34,27 @@ def component_columns(indices: torch.Tensor, component_size: int) -> torch.Tenso
     return (indices[:, None] * component_size + offsets).reshape(-1)
 
 
+def key_matrix(
+    k: torch.Tensor,
+    magnitudes: torch.Tensor,
+    indices: torch.Tensor,
+    term: torch.Tensor,
+    terms: int,
+    in_features: int,
+) -> torch.Tensor:
+    """K [terms, in]: row t holds lambda_c k_c on the input columns of every component c of term t, zero elsewhere.
+
+    With u [terms, out] the edit is ``delta W = strength * u^T K``; the tensors alone (no layer) define it, so
+    an edit read from a file converts to a LoRA without being applied anywhere.
+    """
+    component_size = k.shape[1]
+    columns = component_columns(indices, component_size)
+    rows = term.repeat_interleave(component_size)
+    weighted = (magnitudes[:, None] * k).reshape(-1)
+    key = torch.zeros(terms, in_features, dtype=k.dtype, device=k.device)
+    return key.index_put((rows, columns), weighted, accumulate=True)  # terms may share columns
+
+
 def offload_execution_device(base_layer: nn.Module) -> torch.device | None:
     """Where an offloaded base layer (weights on "meta", loaded by an accelerate hook) runs; None otherwise.
 
@@ -74,7 +95,7 @@ class Steer2EditLayer(BaseTunerLayer):
         self.steer2edit_indices = BufferDict({}, persistent=True)
         self.steer2edit_term = BufferDict({}, persistent=True)
         # adapter -> (stamp, key, scaled u): see _forward_factors
-        self._factor_cache: dict[str, tuple[Any, torch.Tensor, torch.Tensor]] = {}
+        self._factor_cache: dict[tuple[str, torch.dtype], tuple[Any, torch.Tensor, torch.Tensor]] = {}
         self.strength: dict[str, float] = {}
         self.component_size: dict[str, int] = {}
         self._disable_adapters = False
@@ -93,6 +114,7 @@ class Steer2EditLayer(BaseTunerLayer):
         inference_mode: bool = False,
     ) -> list[list[int]]:
         """Create the adapter's tensors; returns the component indices per term it now holds."""
+        self.clear_factor_cache(adapter_name)
         if component_size <= 0 or self.in_features % component_size:
             raise AdapterValidationError(
                 f"{module_name}: {self.in_features} input columns do not split into components of {component_size}"
@@ -160,32 +182,30 @@ class Steer2EditLayer(BaseTunerLayer):
         u_norms = self.steer2edit_u[adapter_name].detach().double().norm(dim=1)[self.steer2edit_term[adapter_name]]
         return float((magnitudes * u_norms * self.steer2edit_k[adapter_name].detach().double().norm(dim=1)).max())
 
-    def _input_columns(self, adapter_name: str) -> torch.Tensor:
-        return component_columns(self.steer2edit_indices[adapter_name], self.component_size[adapter_name])
-
-    def _column_factor(self, adapter_name: str) -> torch.Tensor:
-        """lambda_c * k_c laid out per input column and term: [components * component_size, terms]."""
-        k = self.steer2edit_k[adapter_name]
-        weighted = (self.steer2edit_lambda[adapter_name][:, None] * k).reshape(-1)
-        terms = self.steer2edit_u[adapter_name].shape[0]
-        term_of_column = self.steer2edit_term[adapter_name].repeat_interleave(k.shape[1])
-        factor = torch.zeros(weighted.shape[0], terms, dtype=k.dtype, device=k.device)
-        factor[torch.arange(weighted.shape[0], device=k.device), term_of_column] = weighted
-        return factor
+    def key_matrix(self, adapter_name: str) -> torch.Tensor:
+        """K [terms, in] of one adapter (see :func:`key_matrix`), in the adapter's dtype."""
+        return key_matrix(
+            self.steer2edit_k[adapter_name],
+            self.steer2edit_lambda[adapter_name],
+            self.steer2edit_indices[adapter_name],
+            self.steer2edit_term[adapter_name],
+            self.steer2edit_u[adapter_name].shape[0],
+            self.in_features,
+        )
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """Dense ``delta W`` in the base weight's layout: strength * u^T K, K zero outside edited columns."""
         u = self.steer2edit_u[adapter_name].float()
-        key = torch.zeros(u.shape[0], self.in_features, dtype=torch.float32, device=u.device)  # [terms, in]
-        key.index_add_(1, self._input_columns(adapter_name), self._column_factor(adapter_name).float().T)
-        delta = self.strength[adapter_name] * (u.T @ key)  # [out, in]
+        delta = self.strength[adapter_name] * (u.T @ self.key_matrix(adapter_name).float())  # [out, in]
         return delta.T if self.fan_in_fan_out else delta
 
-    def _forward_factors(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(key [in, terms], strength * u [terms, out]): the edit as two thin matrices, as a LoRA applies them.
+    def _forward_factors(self, adapter_name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(key [in, terms], strength * u [terms, out]) in ``dtype``: the edit as two thin matrices, as a LoRA
+        applies them.
 
-        Cached until the edit's tensors or strength change (tracked by version counters), so a forward pass
-        costs two thin matmuls and no bookkeeping.
+        Made in the input's dtype, so a forward pass never converts the activations, and cached until the
+        edit's tensors or strength change (tracked by version counters): a forward costs two thin matmuls and no
+        bookkeeping. While the edit trains, the factors are rebuilt each call so gradients reach u, k and lambda.
         """
         tensors = (
             self.steer2edit_u[adapter_name],
@@ -202,22 +222,41 @@ class Steer2EditLayer(BaseTunerLayer):
             u.device,
             self.strength[adapter_name],
         )
-        trainable = any(t.requires_grad for t in tensors[:3])
-        cached = self._factor_cache.get(adapter_name)
+        trainable = torch.is_grad_enabled() and any(t.requires_grad for t in tensors[:3])
+        cached = self._factor_cache.get((adapter_name, dtype))
         if cached is not None and cached[0] == stamp and not trainable:
             return cached[1], cached[2]
-        key = torch.zeros(self.in_features, u.shape[0], dtype=u.dtype, device=u.device)
-        key.index_add_(
-            0, self._input_columns(adapter_name), self._column_factor(adapter_name)
-        )  # terms may share columns
-        factors = (key, self.strength[adapter_name] * u)
-        self._factor_cache[adapter_name] = (stamp, *factors)
+        key = self.key_matrix(adapter_name).T.to(dtype).contiguous()
+        factors = (key, (self.strength[adapter_name] * u).to(dtype).contiguous())
+        if not trainable:
+            self._factor_cache[(adapter_name, dtype)] = (stamp, *factors)
         return factors
+
+    def clear_factor_cache(self, adapter_name: str | None = None) -> None:
+        """Forget the thin factors of one adapter (or of all): its tensors were replaced or deleted."""
+        for cached in list(self._factor_cache):
+            if adapter_name is None or cached[0] == adapter_name:
+                del self._factor_cache[cached]
 
     def edit_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """The edit's contribution to the output for input x: (x @ key) @ (strength * u)."""
-        key, scaled_u = self._forward_factors(adapter_name)
-        return (x.to(key.dtype) @ key) @ scaled_u
+        key, scaled_u = self._forward_factors(adapter_name, x.dtype)
+        return (x @ key) @ scaled_u
+
+    def add_edit_output(self, result: torch.Tensor, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        """``result + edit_output(x)``; in place (one fused addmm, no temporary) when nothing needs gradients."""
+        key, scaled_u = self._forward_factors(adapter_name, x.dtype)
+        if torch.is_grad_enabled() or result.dtype != x.dtype or not result.is_contiguous():
+            return result + ((x @ key) @ scaled_u).to(result.dtype)
+        rows = x.reshape(-1, x.shape[-1])
+        # One term (every solved edit): a matrix-vector product reads x once, faster than a one-column matmul.
+        scores = torch.mv(rows, key[:, 0]).unsqueeze(1) if key.shape[1] == 1 else rows @ key
+        result.view(-1, result.shape[-1]).addmm_(scores, scaled_u)
+        return result
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self.clear_factor_cache(adapter_name)
+        super().delete_adapter(adapter_name)
 
     def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
         return True
@@ -292,7 +331,7 @@ class Linear(nn.Module, Steer2EditLayer):
         for adapter_name in self.active_adapters:
             if adapter_name not in self.steer2edit_u or self.steer2edit_indices[adapter_name].numel() == 0:
                 continue
-            result = result + self.edit_output(x, adapter_name).to(result.dtype)
+            result = self.add_edit_output(result, x, adapter_name)
         return result
 
     def __repr__(self) -> str:

@@ -310,45 +310,70 @@ class Steer2EditModel(BaseTuner):
                 module.set_strength(name, strength)
 
     def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str) -> None:
-        """A new adapter equal to ``sum_i weights[i] * adapters[i]``, exactly: terms are concatenated."""
+        """A new adapter equal to ``sum_i weights[i] * adapters[i]``, exactly: terms are concatenated.
+
+        Per module, only the adapters that hold a layer there contribute, and empty terms are left out, so every
+        tensor of the combination is built to its exact shape (adapters may target different modules)."""
         if len(adapters) != len(weights) or not adapters:
             raise ValueError("add_weighted_adapter needs one weight per adapter")
         if adapter_name in self.peft_config:
             raise ValueError(f"adapter {adapter_name!r} already exists")
         configs = [self._config(name) for name in adapters]
-        if len({c.head_dim for c in configs}) != 1:
-            raise ValueError("add_weighted_adapter needs adapters with the same head_dim")
-        targets = [c.target_modules for c in configs]
-        if any(isinstance(t, str) for t in targets) and len({str(t) for t in targets}) != 1:
-            raise ValueError("add_weighted_adapter needs equal target_modules when one of them is a regex")
+        head_dims = {c.head_dim for c in configs if c.head_dim is not None}
+        if len(head_dims) > 1:
+            raise ValueError(f"add_weighted_adapter needs adapters with the same head_dim, got {sorted(head_dims)}")
+        terms: dict[str, tuple[list[list[int]], torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for module, layer in _all_layers(self.model).items():
+            scale = [(name, w * layer.strength[name]) for name, w in zip(adapters, weights) if name in layer.strength]
+            if scale:
+                combined_terms = _concatenated_terms(layer, scale)
+                if combined_terms[0]:
+                    terms[module] = combined_terms
+        if not terms:
+            raise ValueError(f"the adapters {adapters} edit no component: there is nothing to combine")
         combined = copy.deepcopy(configs[0])
-        if not isinstance(combined.target_modules, str):
-            combined.target_modules = sorted({name for t in targets for name in (t or [])})
+        combined.target_modules = sorted(terms)  # exact module names: only where some adapter edits
+        combined.layers_to_transform = None
+        combined.layers_pattern = None
+        for family in ("attention_modules", "mlp_modules"):
+            names = sorted({name for c in configs for name in getattr(c, family) or []})
+            setattr(combined, family, names or None)
+        combined.head_dim = next(iter(head_dims), None)
         combined.init_weights = True
         combined.strength = 1.0
-        layer_sets = [c.layers_to_transform for c in configs]
-        union: set[int] = set()
-        for layers in layer_sets:
-            union |= {layers} if isinstance(layers, int) else set(layers or [])
-        # None (every layer) wins; otherwise the union, so every source adapter's modules are in the combination
-        combined.layers_to_transform = None if any(ls is None for ls in layer_sets) else sorted(union)
         combined.behaviour = " + ".join(f"{w:g}*{c.behaviour or n}" for n, c, w in zip(adapters, configs, weights))
-        combined.edited_components = {
-            module: [term for config in configs for term in config.edited_components.get(module, [[]])]
-            for module in sorted({m for config in configs for m in config.edited_components})
-        }
+        combined.edited_components = {module: layout for module, (layout, _, _, _) in terms.items()}
         self.peft_config[adapter_name] = combined
         self.inject_adapter(self.model, adapter_name)
-        for module in self.model.modules():
-            if not isinstance(module, Steer2EditLayer) or adapter_name not in module.steer2edit_u:
-                continue
-            if module.steer2edit_indices[adapter_name].numel() == 0:
-                continue
-            sources = [name for name in adapters if name in module.steer2edit_u]
-            scale = {name: w * module.strength[name] for name, w in zip(adapters, weights)}
+        for module, layer in _layers(self.model, adapter_name).items():
+            _, u, k, magnitudes = terms[module]
             with torch.no_grad():
-                module.steer2edit_u[adapter_name].copy_(torch.cat([module.steer2edit_u[n] for n in sources]))
-                module.steer2edit_k[adapter_name].copy_(torch.cat([module.steer2edit_k[n] for n in sources]))
-                module.steer2edit_lambda[adapter_name].copy_(
-                    torch.cat([scale[n] * module.steer2edit_lambda[n] for n in sources])
-                )
+                layer.steer2edit_u[adapter_name].copy_(u)
+                layer.steer2edit_k[adapter_name].copy_(k)
+                layer.steer2edit_lambda[adapter_name].copy_(magnitudes)
+
+
+def _all_layers(model: nn.Module) -> dict[str, Steer2EditLayer]:
+    return {
+        name.removeprefix(PEFT_PREFIX): module
+        for name, module in model.named_modules()
+        if isinstance(module, Steer2EditLayer)
+    }
+
+
+def _concatenated_terms(
+    layer: Steer2EditLayer, scale: list[tuple[str, float]]
+) -> tuple[list[list[int]], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(layout, u, k, lambda) of ``sum factor * edit[name]`` over ``scale`` on one layer, non-empty terms only."""
+    layout: list[list[int]] = []
+    us, ks, magnitudes = [], [], []
+    for name, factor in scale:
+        term = layer.steer2edit_term[name]
+        order = torch.argsort(term, stable=True)  # components term by term, as a layout lists them
+        kept = sorted(set(term.tolist()))
+        per_term = layer.components(name)
+        layout += [per_term[t] for t in kept]
+        us.append(layer.steer2edit_u[name].detach()[kept])
+        ks.append(layer.steer2edit_k[name].detach()[order])
+        magnitudes.append(factor * layer.steer2edit_lambda[name].detach()[order])
+    return layout, torch.cat(us), torch.cat(ks), torch.cat(magnitudes)
