@@ -196,3 +196,16 @@ def test_this_peft_mixed_model_internals_are_the_ones_the_package_extends(monkey
 
     monkeypatch.delattr(mixed, "Layers")
     assert "lacks Layers" in mixed_model_problem() and "to_lora" in mixed_model_problem()
+
+
+def test_on_a_peft_whose_mixed_model_changed_a_steer2edit_adapter_is_refused_clearly():
+    from steer2edit_peft.tuner.stacking import _refuse_in_mixed_models
+
+    class MixedModelOfAnotherPeft:
+        def __init__(self, model, peft_config, adapter_name="default"):
+            self.adapter_name = adapter_name
+
+    _refuse_in_mixed_models(MixedModelOfAnotherPeft, "internals changed: export the edit with to_lora")
+    with pytest.raises(Steer2EditError, match="internals changed: export the edit with to_lora"):
+        MixedModelOfAnotherPeft(None, Steer2EditConfig())
+    assert MixedModelOfAnotherPeft(None, LoraConfig(), "ft").adapter_name == "ft"  # other types untouched
