@@ -205,11 +205,6 @@ def build_parser() -> argparse.ArgumentParser:
             name, help=summary, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
         )
 
-    commands.add_parser(  # handed to lm-eval whole (see main): its --help is lm-eval's own
-        "lm-eval",
-        help="lm-evaluation-harness's command line, with Steer2Edit adapters loadable as peft=ADAPTER",
-        add_help=False,
-    )
     demo = command(
         "demo",
         "edit the embedded model end to end and show what changed",
@@ -394,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--dtype", default="float32", choices=["bfloat16", "float32", "float16"])
     merge.add_argument("--max-shard-size", default="5GB", help="safetensors shard size")
     _add_output(merge, "the merged model")
+    commands.add_parser(  # handed to lm-eval whole (see main): its --help is lm-eval's own
+        "lm-eval",
+        help="lm-evaluation-harness's command line, with Steer2Edit adapters loadable as peft=ADAPTER",
+        add_help=False,
+    )
     return parser
 
 

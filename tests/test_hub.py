@@ -91,7 +91,19 @@ second.save_pretrained("cli-adapter")
 code = cli(["push", "cli-adapter", "tester/cli-edit", "--commit-message", "from the CLI"])
 from huggingface_hub import HfApi
 files = sorted(HfApi().list_repo_files("tester/refusal-edit"))
+from peft import LoraConfig, PeftMixedModel                 # a Hub edit stacked on a local LoRA fine-tune
+torch.manual_seed(2)
+lora = LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False)
+get_peft_model(tiny_model("llama"), lora).save_pretrained("fine-tune")
+onto_lora = PeftModel.from_pretrained(tiny_model("llama"), "fine-tune", adapter_name="ft")
+onto_lora.load_adapter("tester/refusal-edit", adapter_name="edit")
+onto_lora.set_adapter("edit")
+mixed = PeftMixedModel.from_pretrained(tiny_model("llama"), "fine-tune", adapter_name="ft")
+mixed.load_adapter("tester/refusal-edit", "edit")
+mixed.set_adapter(["edit"])
 print(json.dumps({
+    "onto_lora_is_second": torch.allclose(logits(onto_lora), logits(second), atol=1e-5),
+    "mixed_is_second": torch.allclose(logits(mixed), logits(second), atol=1e-5),
     "revisions_differ": old.oid != new.oid,
     "latest_is_second": torch.allclose(logits(latest), logits(second)),
     "pinned_is_first": torch.allclose(logits(pinned), logits(first)),
@@ -121,6 +133,7 @@ def test_push_twice_load_each_revision_then_load_offline_from_the_cache(tmp_path
         result = run_child(CHILD, env, tmp_path)
         assert result["revisions_differ"] and result["latest_is_second"] and result["pinned_is_first"]
         assert result["native_is_second"] and result["cli_exit"] == 0
+        assert result["onto_lora_is_second"] and result["mixed_is_second"]
         assert {"README.md", "adapter_config.json", "adapter_model.safetensors", "edit_heatmap.png"} <= set(
             result["files"]
         )
