@@ -8,6 +8,10 @@ Steer2Edit adapters:
 - transformers' ``model.load_adapter``: the adapter is read and checked by Steer2Edit first (config, weights,
   digest, fit to the model), and transformers then loads exactly the checked tensors.
 - ``PeftConfig.from_json_file``: an adapter_config.json that is not a JSON object is one clear error.
+- transformers' adapter management (``set_adapter`` and the like): where it refuses this PEFT's version on a
+  model that holds an edit, the error says what works instead.
+
+Stacking with other adapter types (PeftMixedModel, an edit onto a LoRA PeftModel) is in :mod:`.stacking`.
 """
 
 from __future__ import annotations
