@@ -12,6 +12,7 @@ from torch import nn
 from .architectures import decoder_model
 from .errors import Steer2EditError
 from .tuner import Steer2EditLayer
+from .tuner.checkpoint import PEFT_PREFIX
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -105,7 +106,7 @@ class EditReport:
                 with safe_open(str(weights), framework="pt") as handle:
                     for key in handle.keys():  # noqa: SIM118  (safe_open has no __iter__)
                         if key.endswith(".steer2edit_lambda"):
-                            module = key.removeprefix("base_model.model.").removesuffix(".steer2edit_lambda")
+                            module = key.removeprefix(PEFT_PREFIX).removesuffix(".steer2edit_lambda")
                             lambdas[module] = handle.get_tensor(key).float().tolist()
             except Exception as error:  # safetensors raises its own error types for damaged files
                 raise Steer2EditError(f"{weights} cannot be read as safetensors: {error}") from error

@@ -20,7 +20,7 @@ from ..architectures import decoder_model
 from ..errors import Steer2EditError
 from ..solver import ModuleEdit
 from ..tuner import Steer2EditLayer
-from ..tuner.checkpoint import TENSOR_NAMES
+from ..tuner.checkpoint import PEFT_PREFIX, TENSOR_NAMES
 from ..tuner.layer import component_columns
 from ..tuner.lora_equivalent import equivalent_lora_config
 from ..tuner.lora_equivalent import lora_factors as lora_factors_of_tensors
@@ -78,8 +78,8 @@ def to_lora(
             lora_a, lora_b = padded(lora_a, lora_b, rank, name)
         ranks[name] = lora_a.shape[0]
         fan_in_fan_out.add(module.fan_in_fan_out)
-        state[f"base_model.model.{name}.lora_A.weight"] = lora_a.cpu()
-        state[f"base_model.model.{name}.lora_B.weight"] = lora_b.cpu()
+        state[f"{PEFT_PREFIX}{name}.lora_A.weight"] = lora_a.cpu()
+        state[f"{PEFT_PREFIX}{name}.lora_B.weight"] = lora_b.cpu()
     if len(fan_in_fan_out) > 1:
         raise Steer2EditError("the edit mixes Conv1D and Linear modules, which one LoRA config cannot describe")
     source = _source_config(model, adapter_name)
@@ -132,8 +132,8 @@ def bundle_for_hotswap(
         for module, (in_features, out_features) in sorted(shapes.items()):
             lora_a, lora_b = per_module.get(module, (torch.zeros(1, in_features), torch.zeros(out_features, 1)))
             lora_a, lora_b = padded(lora_a, lora_b, rank, module)
-            state[f"base_model.model.{module}.lora_A.weight"] = lora_a.contiguous()
-            state[f"base_model.model.{module}.lora_B.weight"] = lora_b.contiguous()
+            state[f"{PEFT_PREFIX}{module}.lora_A.weight"] = lora_a.contiguous()
+            state[f"{PEFT_PREFIX}{module}.lora_B.weight"] = lora_b.contiguous()
         source = _source_config(models[name], adapter_name)
         config = LoraConfig(
             r=rank,
