@@ -101,28 +101,23 @@ def demo_probe(
     """The model's own responses to the behaviour's built-in prompts: shipped for the embedded model, else sampled
     (or read from ``previous``, an earlier run's folder, when they were sampled there for the same request)."""
     name = f"probe-{behaviour}.jsonl"
-    return builtin_probe_data(
-        model, tokenizer, behaviour, batch_size=batch_size, cache=output / name, reuse=_earlier(previous, name)
-    )
+    earlier = [previous / name] if previous is not None and (previous / name).is_file() else []
+    return builtin_probe_data(model, tokenizer, behaviour, batch_size=batch_size, cache=output / name, reuse=earlier)
 
 
 def demo_utility(
     model: Any, tokenizer: Any, output: Path, batch_size: int, previous: Path | None = None
 ) -> UtilityData:
     shipped = shipped_file(model, "utility")
+    earlier = [previous / "utility.jsonl"] if previous is not None and (previous / "utility.jsonl").is_file() else []
     return generate_utility_data(
         model,
         tokenizer,
         builtin_prompts("benign"),
         batch_size=batch_size,
         cache=output / "utility.jsonl",
-        reuse=([shipped] if shipped else []) + _earlier(previous, "utility.jsonl"),
+        reuse=([shipped] if shipped else []) + earlier,
     )
-
-
-def _earlier(previous: Path | None, name: str) -> list[Path]:
-    """An earlier run's file of this name, to reuse when it records the same request."""
-    return [previous / name] if previous is not None and (previous / name).is_file() else []
 
 
 def match_steering_strength(

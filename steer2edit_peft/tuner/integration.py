@@ -23,9 +23,9 @@ from typing import Any
 
 from ..errors import AdapterValidationError, Steer2EditError
 from ..files import atomic_folder
-from .checkpoint import by_module, read_config_file
+from .checkpoint import PEFT_PREFIX, by_module, read_config_file
 from .config import Steer2EditConfig
-from .model import adapter_layers, remove_adapter_layers
+from .model import remove_adapter_layers
 
 _INSTALLED_MARK = "__steer2edit_wrapped__"
 
@@ -73,9 +73,7 @@ def _strict_load_adapter(original: Any) -> Any:
     ) -> Any:
         config = kwargs.get("peft_config")
         state = kwargs.get("adapter_state_dict")
-        from .stacking import saved_peft_type
-
-        if config is None and peft_model_id is not None and saved_peft_type(peft_model_id, kwargs) == "STEER2EDIT":
+        if config is None and peft_model_id is not None and _names_steer2edit(peft_model_id, kwargs):
             hub_kwargs = {key: kwargs[key] for key in ("revision", "token", "cache_dir") if kwargs.get(key)}
             hub_kwargs.update(kwargs.get("adapter_kwargs") or {})
             config = Steer2EditConfig.from_pretrained(peft_model_id, **hub_kwargs)
@@ -94,12 +92,26 @@ def _strict_load_adapter(original: Any) -> Any:
     return load_adapter
 
 
+def _names_steer2edit(peft_model_id: str, kwargs: dict[str, Any]) -> bool:
+    """Whether the adapter at ``peft_model_id`` (folder or Hub repo) says it is a Steer2Edit adapter."""
+    from .stacking import saved_peft_type
+
+    return saved_peft_type(peft_model_id, kwargs) == "STEER2EDIT"
+
+
 def _check_loaded(model: Any, adapter_name: str, state: dict[str, Any]) -> None:
     """After transformers' loader: every layer must hold exactly the tensors that were checked."""
     import torch
 
+    from .layer import Steer2EditLayer
+
     expected = by_module(state)
-    for module, layer in adapter_layers(model, adapter_name).items():
+    layers = {
+        name.removeprefix(PEFT_PREFIX): module
+        for name, module in model.named_modules()
+        if isinstance(module, Steer2EditLayer) and adapter_name in module.steer2edit_u
+    }
+    for module, layer in layers.items():
         for tensor, value in expected.get(module, {}).items():
             loaded = getattr(layer, tensor)[adapter_name]
             if loaded.shape != value.shape or not torch.equal(loaded.detach().cpu().to(value.dtype), value):

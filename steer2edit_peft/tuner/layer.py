@@ -245,9 +245,9 @@ class Steer2EditLayer(BaseTunerLayer):
 
     def add_edit_output(self, result: torch.Tensor, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """``result + edit_output(x)``; in place (one fused addmm, no temporary) when nothing needs gradients."""
-        if torch.is_grad_enabled() or result.dtype != x.dtype or not result.is_contiguous():
-            return result + self.edit_output(x, adapter_name).to(result.dtype)
         key, scaled_u = self._forward_factors(adapter_name, x.dtype)
+        if torch.is_grad_enabled() or result.dtype != x.dtype or not result.is_contiguous():
+            return result + ((x @ key) @ scaled_u).to(result.dtype)
         rows = x.reshape(-1, x.shape[-1])
         # One term (every solved edit): a matrix-vector product reads x once, faster than a one-column matmul.
         scores = torch.mv(rows, key[:, 0]).unsqueeze(1) if key.shape[1] == 1 else rows @ key

@@ -125,12 +125,11 @@ def remove_adapter_layers(model: nn.Module, adapter_name: str) -> None:
             module.delete_adapter(adapter_name)
 
 
-def adapter_layers(model: nn.Module, adapter_name: str | None = None) -> dict[str, Steer2EditLayer]:
-    """The Steer2Edit layers of ``model`` by base-model name: those holding ``adapter_name``, or all."""
+def _layers(model: nn.Module, adapter_name: str) -> dict[str, Steer2EditLayer]:
     return {
         name.removeprefix(PEFT_PREFIX): module
         for name, module in model.named_modules()
-        if isinstance(module, Steer2EditLayer) and (adapter_name is None or adapter_name in module.steer2edit_u)
+        if isinstance(module, Steer2EditLayer) and adapter_name in module.steer2edit_u
     }
 
 
@@ -250,7 +249,7 @@ class Steer2EditModel(BaseTuner):
     ) -> None:
         """Check a state dict and give every layer the components it lists (a state dict is self-contained)."""
         ours = {key: value for key, value in state_dict.items() if split_key(key, adapter_name) is not None}
-        layers = adapter_layers(model, adapter_name)
+        layers = _layers(model, adapter_name)
         if was_loaded(config):
             edited = config.edited_components  # a file: its config must describe the tensors exactly
         else:
@@ -299,9 +298,7 @@ class Steer2EditModel(BaseTuner):
         names = [adapter_name] if adapter_name else self.active_adapters
         for name in names:
             value = self._config(name).check_strength(strength)
-            largest = max(
-                (m.largest_component_magnitude(name) for m in adapter_layers(self.model, name).values()), default=0
-            )
+            largest = max((m.largest_component_magnitude(name) for m in _layers(self.model, name).values()), default=0)
             if abs(value) * largest > MAX_EDIT_MAGNITUDE:
                 raise AdapterValidationError(
                     f"set_strength({strength!r}) would move the weights of adapter {name!r} by "
@@ -309,7 +306,7 @@ class Steer2EditModel(BaseTuner):
                 )
         for name in names:
             self._config(name).strength = float(strength)
-            for module in adapter_layers(self.model, name).values():
+            for module in _layers(self.model, name).values():
                 module.set_strength(name, strength)
 
     def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str) -> None:
@@ -326,7 +323,7 @@ class Steer2EditModel(BaseTuner):
         if len(head_dims) > 1:
             raise ValueError(f"add_weighted_adapter needs adapters with the same head_dim, got {sorted(head_dims)}")
         terms: dict[str, tuple[list[list[int]], torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        for module, layer in adapter_layers(self.model).items():
+        for module, layer in _all_layers(self.model).items():
             scale = [(name, w * layer.strength[name]) for name, w in zip(adapters, weights) if name in layer.strength]
             if scale:
                 combined_terms = _concatenated_terms(layer, scale)
@@ -348,12 +345,20 @@ class Steer2EditModel(BaseTuner):
         combined.edited_components = {module: layout for module, (layout, _, _, _) in terms.items()}
         self.peft_config[adapter_name] = combined
         self.inject_adapter(self.model, adapter_name)
-        for module, layer in adapter_layers(self.model, adapter_name).items():
+        for module, layer in _layers(self.model, adapter_name).items():
             _, u, k, magnitudes = terms[module]
             with torch.no_grad():
                 layer.steer2edit_u[adapter_name].copy_(u)
                 layer.steer2edit_k[adapter_name].copy_(k)
                 layer.steer2edit_lambda[adapter_name].copy_(magnitudes)
+
+
+def _all_layers(model: nn.Module) -> dict[str, Steer2EditLayer]:
+    return {
+        name.removeprefix(PEFT_PREFIX): module
+        for name, module in model.named_modules()
+        if isinstance(module, Steer2EditLayer)
+    }
 
 
 def _concatenated_terms(
