@@ -28,7 +28,7 @@ TOKENS = 32
 
 
 def solved_edit(folder: Path) -> Path:
-    from steer2edit_peft.cli import main
+    from steer2edit_peft.cli.main import main
 
     assert main(["edit", "--probe", "refusal", "--output", str(folder / "refusal")]) == 0
     return folder / "refusal"
@@ -39,9 +39,9 @@ def llama_cpp(folder: Path) -> dict:
     import torch
     from peft import PeftModel
 
-    from steer2edit_peft.data import encode_prompt
+    from steer2edit_peft.core.models import embedded_gguf_file, load_model
+    from steer2edit_peft.core.tokens import encode_prompt
     from steer2edit_peft.export.gguf import export_gguf_lora, export_merged_gguf
-    from steer2edit_peft.models import embedded_gguf_file, load_model
 
     model, tokenizer = load_model(dtype=torch.float32)
     edited = PeftModel.from_pretrained(model, solved_edit(folder))
@@ -80,9 +80,9 @@ def vllm(folder: Path) -> dict:
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    from steer2edit_peft.generation import generate_responses
-    from steer2edit_peft.models import EMBEDDED_MODEL, load_model
-    from steer2edit_peft.vllm_generation import VllmEngine, base_model_folder, export_for_vllm
+    from steer2edit_peft.core.generation import generate_responses
+    from steer2edit_peft.core.models import EMBEDDED_MODEL, load_model
+    from steer2edit_peft.export.vllm import VllmEngine, base_model_folder, export_for_vllm
 
     adapter = solved_edit(folder)
     model, tokenizer = load_model(dtype=torch.bfloat16)
@@ -91,7 +91,7 @@ def vllm(folder: Path) -> dict:
     engine = VllmEngine(base_model_folder(EMBEDDED_MODEL), {"refusal": str(lora)}, max_lora_rank=8)
     vllm_tokenizer = AutoTokenizer.from_pretrained(engine.model_path)
     # The other way to serve one edit: its merged model, as a model of its own (no LoRA in the engine).
-    from steer2edit_peft.cli import main as cli
+    from steer2edit_peft.cli.main import main as cli
 
     assert cli(["merge", str(adapter), "--dtype", "bfloat16", "--output", str(folder / "merged")]) == 0
     merged_engine = VllmEngine(str(folder / "merged"))

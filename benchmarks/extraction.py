@@ -14,9 +14,9 @@ import torch
 from common import advbench_goals, alpaca_instructions, interleaved, save_results
 
 from steer2edit_peft import ContrastiveDataset, extract_steering_vectors
-from steer2edit_peft.data import collate, encode_example, pad_token_id
-from steer2edit_peft.extraction import edited_modules
-from steer2edit_peft.models import load_model
+from steer2edit_peft.core.models import load_model
+from steer2edit_peft.core.tokens import collate, encode_example, pad_token_id
+from steer2edit_peft.extraction.extract import edited_modules
 
 REFUSAL = "I can't help with that request, because it could cause real harm to people."
 ANSWER = "Sure. Here is a clear, step-by-step answer to your question, with a short example at the end."

@@ -28,19 +28,19 @@ from typing import Any
 
 from common import RESULTS, SHARED, advbench_goals, alpaca_instructions, save_results
 
-from steer2edit_peft.calibration import BudgetError, largest_within
+from steer2edit_peft.core.generation import generate_responses
+from steer2edit_peft.core.judges import ReferenceRefusalMatcher, RefusalMatcher
+from steer2edit_peft.core.likelihood import KLMeter
+from steer2edit_peft.core.models import load_model
 from steer2edit_peft.demo import DemoSettings, demo_probe, demo_utility
 from steer2edit_peft.evaluation import truthfulqa_mc
 from steer2edit_peft.evaluation.suite import combined
-from steer2edit_peft.extraction import extract_steering_vectors
-from steer2edit_peft.generation import generate_responses
-from steer2edit_peft.judges import ReferenceRefusalMatcher, RefusalMatcher
-from steer2edit_peft.likelihood import KLMeter
-from steer2edit_peft.models import load_model
-from steer2edit_peft.report import layer_index
-from steer2edit_peft.solver import default_first_layer, edit_model
-from steer2edit_peft.steering import steer
-from steer2edit_peft.sweep import edit_config_from
+from steer2edit_peft.extraction.extract import extract_steering_vectors
+from steer2edit_peft.extraction.steering import steer
+from steer2edit_peft.solver.calibrate import BudgetError, largest_within
+from steer2edit_peft.solver.edit import edit_model
+from steer2edit_peft.solver.settings import default_first_layer, edit_config_from
+from steer2edit_peft.tuner.report import layer_index
 
 
 def gsm8k(count: int) -> list[tuple[str, str]]:
@@ -185,7 +185,8 @@ FIGURES = {
 
 
 def plot(task: str, rows: list[dict[str, Any]]) -> None:
-    from steer2edit_peft.plots import plot_frontiers, save_figure
+    from steer2edit_peft.core.figures import save_figure
+    from steer2edit_peft.evaluation.plots import plot_frontiers
 
     metric, label = FIGURES[task]
     base = next(r for r in rows if r["method"] == "base")

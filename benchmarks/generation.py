@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 from common import interleaved, save_results
 
-from steer2edit_peft.demo import demo_utility, evaluation_prompts
-from steer2edit_peft.generation import generate_responses
-from steer2edit_peft.likelihood import KLMeter
-from steer2edit_peft.models import load_model
+from steer2edit_peft.core.generation import generate_responses
+from steer2edit_peft.core.likelihood import KLMeter
+from steer2edit_peft.core.models import load_model
+from steer2edit_peft.demo import demo_utility
+from steer2edit_peft.evaluation.prompts import evaluation_prompts
 
 
 def main() -> None:

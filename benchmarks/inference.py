@@ -16,8 +16,8 @@ from common import interleaved, save_results
 from peft import LoraConfig, get_peft_model
 
 from steer2edit_peft import Steer2EditConfig, builtin_probe, edit_model, extract_steering_vectors, steer
-from steer2edit_peft.demo import DemoSettings, edit_config
-from steer2edit_peft.models import load_model
+from steer2edit_peft.core.models import load_model
+from steer2edit_peft.solver import DEFAULTS, adapter_config
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
     edited = edit_model(load_model(dtype=torch.bfloat16)[0], vectors, edit)
     report = edited.edit_reports["default"]
     merged = edit_model(load_model(dtype=torch.bfloat16)[0], vectors, edit).merge_and_unload()
-    demo_edit = edit_model(load_model(dtype=torch.bfloat16)[0], vectors, edit_config(DemoSettings(), 30))
+    demo_edit = edit_model(load_model(dtype=torch.bfloat16)[0], vectors, adapter_config(DEFAULTS, 30))
     lora = get_peft_model(
         load_model(dtype=torch.bfloat16)[0],
         LoraConfig(r=8, target_modules=["o_proj", "down_proj"], init_lora_weights=False),

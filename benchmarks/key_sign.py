@@ -20,14 +20,14 @@ import torch
 from common import SHARED, save_results
 from frontier import Bench
 
+from steer2edit_peft.core.judges import RefusalMatcher
 from steer2edit_peft.demo import DemoSettings
 from steer2edit_peft.evaluation.suite import combined
-from steer2edit_peft.extraction import extract_steering_vectors
-from steer2edit_peft.judges import RefusalMatcher
+from steer2edit_peft.extraction.extract import extract_steering_vectors
+from steer2edit_peft.extraction.steering import steer
 from steer2edit_peft.probes import builtin_prompts
-from steer2edit_peft.solver import default_first_layer, edit_model
-from steer2edit_peft.steering import steer
-from steer2edit_peft.sweep import edit_config_from
+from steer2edit_peft.solver import DEFAULTS
+from steer2edit_peft.solver.edit import edit_model
 from steer2edit_peft.tuner import Steer2EditLayer
 
 
@@ -61,28 +61,14 @@ def main() -> None:
         input_positions="decision",
         show_progress=False,
     )
-    layers = bench.model.config.num_hidden_layers
-    settings = DemoSettings()
-    config = edit_config_from(
-        {
-            "rho_attn": settings.rho_attn,
-            "rho_mlp": settings.rho_mlp,
-            "alpha": settings.alpha,
-            "first_layer": default_first_layer(layers),
-            "key_direction": settings.key_direction,
-        },
-        layers,
-    )
     rows = [{"condition": "base", **measure(bench.model)}]
     edited = edit_model(
         bench.model,
         vectors,
-        config,
+        DEFAULTS,
         max_kl=args.budget,
         utility=bench.utility,
         tokenizer=bench.tokenizer,
-        max_head_share=settings.max_head_share,
-        max_neuron_share=settings.max_neuron_share,
         kl_meter=bench.meter,
     )
     heads = edited.calibrations["default"].edited_heads

@@ -18,7 +18,7 @@ from common import interleaved, save_results
 from peft import LoraConfig, get_peft_model
 
 from steer2edit_peft import Steer2EditConfig
-from steer2edit_peft.models import load_model
+from steer2edit_peft.core.models import load_model
 from steer2edit_peft.tuner import Steer2EditLayer
 
 

@@ -15,9 +15,9 @@ from common import save_results
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from steer2edit_peft import Steer2EditConfig, SteeringVectors, builtin_probe, extract_steering_vectors
-from steer2edit_peft.extraction import edited_modules
-from steer2edit_peft.models import load_model
-from steer2edit_peft.solver import solve_edit
+from steer2edit_peft.core.models import load_model
+from steer2edit_peft.extraction.extract import edited_modules
+from steer2edit_peft.solver.scores import solve_edit
 
 SYNTHETIC = {
     "tiny (2 layers, d=32)": dict(hidden_size=32, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4),

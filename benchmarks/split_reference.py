@@ -15,12 +15,12 @@ from typing import Any
 from common import save_results
 from frontier import Bench
 
-from steer2edit_peft.data import UtilityData
+from steer2edit_peft.core.likelihood import KLMeter
 from steer2edit_peft.demo import DemoSettings, demo_probe
-from steer2edit_peft.extraction import extract_steering_vectors
-from steer2edit_peft.likelihood import KLMeter
-from steer2edit_peft.solver import default_first_layer, edit_model
-from steer2edit_peft.sweep import edit_config_from
+from steer2edit_peft.extraction.extract import extract_steering_vectors
+from steer2edit_peft.probes.datasets import UtilityData
+from steer2edit_peft.solver.edit import edit_model
+from steer2edit_peft.solver.settings import default_first_layer, edit_config_from
 
 
 def main() -> None:

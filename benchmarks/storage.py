@@ -15,8 +15,8 @@ from common import save_results
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from steer2edit_peft import Steer2EditConfig, builtin_probe, edit_model, extract_steering_vectors
-from steer2edit_peft.demo import DemoSettings, edit_config
-from steer2edit_peft.models import load_model
+from steer2edit_peft.core.models import load_model
+from steer2edit_peft.solver import DEFAULTS, adapter_config
 
 
 def folder_bytes(folder: Path) -> int:
@@ -38,7 +38,7 @@ def main() -> None:
     vectors = extract_steering_vectors(base, tokenizer, builtin_probe("refusal"), show_progress=False)
     adapters = {
         "Steer2Edit, demo edit (heads of layers 14-29)": edit_model(
-            copy.deepcopy(base), vectors, edit_config(DemoSettings(), 30)
+            copy.deepcopy(base), vectors, adapter_config(DEFAULTS, 30)
         ),
         "Steer2Edit, all layers (rho 0.1/0.3, alpha 0.6)": edit_model(
             copy.deepcopy(base), vectors, Steer2EditConfig(rho_attn=0.1, rho_mlp=0.3, alpha=0.6)

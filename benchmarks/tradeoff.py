@@ -24,12 +24,13 @@ import torch
 from common import RESULTS, SHARED, advbench_goals, alpaca_instructions, save_results
 
 from steer2edit_peft import ContrastiveDataset, builtin_probe, extract_steering_vectors
-from steer2edit_peft.data import builtin_heldout
+from steer2edit_peft.core.figures import save_figure
+from steer2edit_peft.core.models import load_model
 from steer2edit_peft.evaluation import generate_responses, mean_token_kl, truthfulqa_mc
-from steer2edit_peft.evaluation.suite import Condition, EvaluationPrompts
-from steer2edit_peft.models import load_model
-from steer2edit_peft.plots import plot_frontiers, save_figure
-from steer2edit_peft.sweep import Trial, attribute_at_matched_kl, generation_measure, pareto_front, search
+from steer2edit_peft.evaluation.plots import plot_frontiers
+from steer2edit_peft.evaluation.prompts import EvaluationPrompts, builtin_heldout
+from steer2edit_peft.evaluation.suite import Condition
+from steer2edit_peft.evaluation.sweep import Trial, attribute_at_matched_kl, generation_measure, pareto_front, search
 
 # Refusals written for this study (rotated over the AdvBench requests).
 REFUSALS = [

@@ -11,8 +11,8 @@ import torch
 from peft import PeftModel
 
 import steer2edit_peft  # noqa: F401  (registers the STEER2EDIT type: import it before PeftModel.from_pretrained)
+from steer2edit_peft.core.models import EMBEDDED_MODEL, load_model
 from steer2edit_peft.evaluation import generate_responses
-from steer2edit_peft.models import EMBEDDED_MODEL, load_model
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[str]]:

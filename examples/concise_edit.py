@@ -10,9 +10,9 @@ import argparse
 import torch
 
 from steer2edit_peft import Steer2EditConfig, builtin_probe, edit_model, extract_steering_vectors
-from steer2edit_peft.data import builtin_heldout
+from steer2edit_peft.core.models import EMBEDDED_MODEL, load_model
 from steer2edit_peft.evaluation import generate_responses, mean_token_kl, response_lengths
-from steer2edit_peft.models import EMBEDDED_MODEL, load_model
+from steer2edit_peft.evaluation.prompts import builtin_heldout
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     vectors = extract_steering_vectors(model, tokenizer, builtin_probe("concise"), batch_size=16)
     # Length is spread over many MLP neurons, so the MLP family carries most of this edit.
-    config = Steer2EditConfig(rho_attn=0.2, rho_mlp=0.3, alpha=0.7, strength=args.strength)
+    config = Steer2EditConfig(rho_attn=0.2, rho_mlp=0.3, alpha=0.7, key_direction="weight", strength=args.strength)
     peft_model = edit_model(model, vectors, config, behaviour="concise")
     print(peft_model.edit_reports["default"].to_table(top=2, edited_only=True))
 

@@ -11,9 +11,9 @@ import torch
 from peft import PeftModel
 
 from steer2edit_peft import Steer2EditConfig, builtin_probe, edit_model, extract_steering_vectors
-from steer2edit_peft.data import builtin_heldout
+from steer2edit_peft.core.models import EMBEDDED_MODEL, load_model
 from steer2edit_peft.evaluation import generate_responses, refusal_rate
-from steer2edit_peft.models import EMBEDDED_MODEL, load_model
+from steer2edit_peft.evaluation.prompts import builtin_heldout
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 2. The edit: attention heads of the upper half whose output aligns with the refusal direction.
     num_layers = model.config.num_hidden_layers
     config = Steer2EditConfig(
-        rho_attn=0.1, rho_mlp=None, alpha=0.6, layers_to_transform=list(range(num_layers // 2, num_layers))
+        rho_attn=0.1,
+        rho_mlp=None,
+        alpha=0.6,
+        key_direction="weight",  # the paper's keys, normalize(W^T v): no reference data needed
+        layers_to_transform=list(range(num_layers // 2, num_layers)),
     )
     peft_model = edit_model(model, vectors, config, behaviour="refusal")
     print(peft_model.edit_reports["default"].to_table(top=2, edited_only=True))

@@ -1,35 +1,41 @@
 """steer2edit-peft: activation-steering vectors turned into sparse rank-1 weight edits, as PEFT adapters."""
 
-from .quiet import quiet_third_party_noise as _quiet
+from .core.quiet import drop_import_noise as _drop_import_noise
 
-_quiet()
+_drop_import_noise()  # before PEFT is imported: the message comes from its import
 
-from .registration import register as _register  # noqa: E402
+from .tuner.registration import register as _register  # noqa: E402
 
 _register()
 
-from .data import ContrastiveDataset, ContrastiveExample, DataError, builtin_probe  # noqa: E402
-from .errors import AdapterValidationError, Steer2EditError, UnknownArchitectureError  # noqa: E402
-from .extraction import extract_steering_vectors  # noqa: E402
-from .report import EditReport, edit_report  # noqa: E402
+from . import _moved  # noqa: E402
+from .core.errors import AdapterValidationError, DataError, Steer2EditError, UnknownArchitectureError  # noqa: E402
+from .core.settings import DEFAULTS, PAPER, EditSettings  # noqa: E402
+from .extraction import SteeringVectors, extract_steering_vectors, steer  # noqa: E402
+from .probes import ContrastiveDataset, ContrastiveExample, UtilityData, builtin_probe  # noqa: E402
 from .solver import edit_model, elastic_net_magnitude, solve_edit  # noqa: E402
-from .steering import steer  # noqa: E402
 from .tuner import FORMAT_VERSION, Steer2EditConfig, Steer2EditModel  # noqa: E402
-from .vectors import SteeringVectors  # noqa: E402
+from .tuner.report import EditReport, edit_report  # noqa: E402
 from .version import __version__  # noqa: E402
 
+_moved.install()
+
 __all__ = [
+    "DEFAULTS",
     "FORMAT_VERSION",
+    "PAPER",
     "AdapterValidationError",
     "ContrastiveDataset",
     "ContrastiveExample",
     "DataError",
     "EditReport",
+    "EditSettings",
     "Steer2EditConfig",
     "Steer2EditError",
     "Steer2EditModel",
     "SteeringVectors",
     "UnknownArchitectureError",
+    "UtilityData",
     "__version__",
     "builtin_probe",
     "edit_model",

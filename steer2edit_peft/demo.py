@@ -9,34 +9,25 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .calibration import largest_within
-from .data import ContrastiveDataset, UtilityData, builtin_heldout
-from .evaluation.suite import (
-    Condition,
-    EvaluationPrompts,
-    EvaluationResult,
-    combined,
-    evaluate_conditions,
-    results_table,
-)
-from .extraction import extract_steering_vectors
-from .generation import generate_responses
-from .likelihood import KLMeter
-from .models import EMBEDDED_MODEL, load_model
-from .probes import builtin_prompts, generate_utility_data, shipped_file
-from .probes.generate import builtin_probe_data
-from .sanity import check_sanity
-from .solver import default_first_layer, edit_model
-from .steering import steer
-from .sweep import edit_config_from
-from .vectors import SteeringVectors
+from .core.architectures import num_layers
+from .core.files import atomic_folder
+from .core.generation import generate_responses
+from .core.likelihood import KLMeter
+from .core.models import EMBEDDED_MODEL, load_model
+from .core.settings import DEFAULTS, EditSettings
+from .evaluation.prompts import EvaluationPrompts, evaluation_prompts
+from .evaluation.suite import Condition, EvaluationResult, combined, evaluate_conditions, results_table
+from .extraction import SteeringVectors, extract_steering_vectors, steer
+from .probes import ContrastiveDataset, UtilityData, builtin_probe_data, builtin_utility_data
+from .solver import check_sanity, edit_model, largest_within
 
 DEMO_BEHAVIOURS = ("refusal", "concise")
 
@@ -46,16 +37,7 @@ class DemoSettings:
     model: str = EMBEDDED_MODEL
     behaviour: str = "refusal"  # a built-in behaviour with held-out prompts: "refusal" or "concise"
     output: Path = Path("outputs/demo")
-    max_kl: float = 0.02  # the edit's budget: mean per-token KL from the base model on the utility data
-    # The elastic net's threshold rho*alpha fixes which components are edited; calibration fixes the scale.
-    rho_attn: float | None = 0.3
-    rho_mlp: float | None = None
-    alpha: float = 0.6
-    first_layer: int | None = None  # None: the upper 60% of the layers (see solver.default_first_layer)
-    key_direction: str = "contrast"
-    input_positions: str = "decision"  # where the solver reads the inputs: the last prompt token
-    max_head_share: float | None = 0.2
-    max_neuron_share: float | None = 0.02
+    edit: EditSettings = DEFAULTS  # how the edit is extracted, solved and calibrated (see EditSettings)
     steering_strength: float | None = None  # None: the strength whose KL matches the edit's
     num_eval: int = 30  # held-out prompts of each kind
     max_new_tokens: int = 32
@@ -84,15 +66,9 @@ class DemoOutcome:
     files: list[Path]
 
 
-def evaluation_prompts(behaviour: str, num_eval: int) -> EvaluationPrompts:
-    """Held-out prompts for a built-in behaviour (never probed); benign and borderline ones for over-refusal."""
-    refusal = builtin_heldout("refusal")
-    attribute = refusal["harmful"] if behaviour == "refusal" else builtin_heldout(behaviour)["questions"]
-    return EvaluationPrompts(
-        attribute=attribute[:num_eval],
-        benign=refusal["benign"][:num_eval],
-        borderline=builtin_prompts("borderline")[:num_eval] if behaviour == "refusal" else [],
-    )
+def _earlier(previous: Path | None, name: str) -> list[Path]:
+    """An earlier run's copy of ``name``, if there is one, to reuse what it sampled."""
+    return [previous / name] if previous is not None and (previous / name).is_file() else []
 
 
 def demo_probe(
@@ -101,22 +77,20 @@ def demo_probe(
     """The model's own responses to the behaviour's built-in prompts: shipped for the embedded model, else sampled
     (or read from ``previous``, an earlier run's folder, when they were sampled there for the same request)."""
     name = f"probe-{behaviour}.jsonl"
-    earlier = [previous / name] if previous is not None and (previous / name).is_file() else []
-    return builtin_probe_data(model, tokenizer, behaviour, batch_size=batch_size, cache=output / name, reuse=earlier)
+    return builtin_probe_data(
+        model, tokenizer, behaviour, batch_size=batch_size, cache=output / name, reuse=_earlier(previous, name)
+    )
 
 
 def demo_utility(
     model: Any, tokenizer: Any, output: Path, batch_size: int, previous: Path | None = None
 ) -> UtilityData:
-    shipped = shipped_file(model, "utility")
-    earlier = [previous / "utility.jsonl"] if previous is not None and (previous / "utility.jsonl").is_file() else []
-    return generate_utility_data(
+    return builtin_utility_data(
         model,
         tokenizer,
-        builtin_prompts("benign"),
         batch_size=batch_size,
         cache=output / "utility.jsonl",
-        reuse=([shipped] if shipped else []) + earlier,
+        reuse=_earlier(previous, "utility.jsonl"),
     )
 
 
@@ -134,16 +108,16 @@ def match_steering_strength(
 def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> DemoOutcome:
     """Run the demo; its files go to a staging folder that replaces ``settings.output`` whole at the end, so an
     interrupted or failed run leaves an earlier output folder as it was (its sampled probe data is reused)."""
-    from dataclasses import replace
-
-    from .files import atomic_folder
-
     if settings.behaviour not in DEMO_BEHAVIOURS:
         raise ValueError(f"the demo shows {DEMO_BEHAVIOURS}, not {settings.behaviour!r}")
+    from .core.quiet import quiet_warnings
+
+    quiet_warnings()
     final = Path(settings.output).absolute()
     previous = final if final.is_dir() else None
     with atomic_folder(final) as staging:
-        outcome = _run_demo_into(settings, staging, previous, log)
+        run = _DemoRun(settings, staging, previous, log)
+        outcome = run.outcome()
     return replace(
         outcome,
         adapter_dir=final / "adapter",
@@ -151,182 +125,209 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
     )
 
 
-def _run_demo_into(
-    settings: DemoSettings, output: Path, previous: Path | None, log: Callable[[str], None]
-) -> DemoOutcome:
-    from peft import PeftModel
+class _DemoRun:
+    """One run of the demo, a method per stage; each stage's seconds are recorded under its name."""
 
-    from .files import atomic_folder
+    def __init__(self, settings: DemoSettings, output: Path, previous: Path | None, log: Callable[[str], None]):
+        self.settings, self.output, self.previous, self.log = settings, output, previous, log
+        self.seconds: dict[str, float] = {}
+        self.dtype = getattr(torch, settings.dtype)
 
-    torch.manual_seed(settings.seed)
-    dtype = getattr(torch, settings.dtype)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 2)
 
-    def stage(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = round(now - clock, 2)
-        clock = now
+    def outcome(self) -> DemoOutcome:
+        torch.manual_seed(self.settings.seed)
+        with self.stage("load"):
+            self.log(f"[1/7] loading {self.settings.model} ({self.settings.dtype})")
+            self.model, self.tokenizer = self.settings.loader(self.settings.model, self.dtype)
+        with self.stage("probe and extract"):
+            self.extract()
+        with self.stage("calibrate and solve"):
+            self.solve()
+        self.prompts = evaluation_prompts(self.settings.behaviour, self.settings.num_eval)
+        self.base = Condition("base", self.peft_model, self.peft_model.disable_adapter)
+        with self.stage("evaluate base and edit"):
+            self.log(f"[4/7] evaluating base and Steer2Edit on {self.prompts.describe()} held-out prompts")
+            self.base_result, self.edit_result = self.evaluate([self.base, Condition("Steer2Edit", self.peft_model)])
+        with self.stage("steering"):
+            self.steering_result = self.steering()
+        with self.stage("save, reload, merge"):
+            merged = self.save_reload_merge()
+        with self.stage("evaluate merged"):
+            self.log("[7/7] evaluating the merged model")
+            (merged_result,) = self.evaluate(
+                [Condition("Steer2Edit merged", merged)], self.base_result.benign_responses
+            )
+        return self.write([self.base_result, self.steering_result, self.edit_result, merged_result])
 
-    log(f"[1/7] loading {settings.model} ({settings.dtype})")
-    model, tokenizer = settings.loader(settings.model, dtype)
-    stage("load")
+    def extract(self) -> None:
+        s = self.settings
+        probe = s.probe or demo_probe(self.model, self.tokenizer, s.behaviour, self.output, s.batch_size, self.previous)
+        self.probe = probe
+        self.utility = demo_utility(self.model, self.tokenizer, self.output, s.batch_size, self.previous)
+        self.log(f"[2/7] extracting steering vectors from {probe}, with {len(self.utility.prompts)} benign prompts")
+        self.vectors = extract_steering_vectors(
+            self.model,
+            self.tokenizer,
+            probe,
+            batch_size=16,
+            reference=(self.utility.prompts, self.utility.responses),
+            positions=s.edit.positions,
+            input_positions=s.edit.input_positions,
+        )
 
-    probe = settings.probe or demo_probe(model, tokenizer, settings.behaviour, output, settings.batch_size, previous)
-    utility = demo_utility(model, tokenizer, output, settings.batch_size, previous)
-    log(f"[2/7] extracting steering vectors from {probe}, with {len(utility.prompts)} benign prompts as reference")
-    vectors = extract_steering_vectors(
-        model,
-        tokenizer,
-        probe,
-        batch_size=16,
-        reference=(utility.prompts, utility.responses),
-        input_positions=settings.input_positions,
-    )
-    stage("probe and extract")
+    def solve(self) -> None:
+        s, layers = self.settings, num_layers(self.model)
+        first = s.edit.first_edited_layer(layers)
+        self.log(f"[3/7] solving the strongest edit within KL {s.edit.max_kl:g} (layers {first}-{layers - 1})")
+        # The base model's distributions on the utility data, computed once for calibration and the steering match.
+        self.meter = KLMeter(
+            self.model, self.tokenizer, self.utility.prompts, self.utility.responses, batch_size=min(s.batch_size, 32)
+        )
+        self.peft_model = edit_model(
+            self.model,
+            self.vectors,
+            s.edit,
+            behaviour=s.behaviour,
+            utility=self.utility,
+            tokenizer=self.tokenizer,
+            kl_meter=self.meter,
+        )
+        self.calibration = self.peft_model.calibrations["default"]
+        self.report = self.peft_model.edit_reports["default"]
+        self.log(self.calibration.summary())
+        self.log(self.report.to_table(edited_only=True))
+        check_sanity(self.peft_model, self.tokenizer, self.utility.prompts[:8], max_new_tokens=s.max_new_tokens)
 
-    num_layers = int(vectors.model_signature.get("num_hidden_layers") or model.config.num_hidden_layers)
-    first_layer = default_first_layer(num_layers) if settings.first_layer is None else settings.first_layer
-    config = edit_config_from(
-        {
-            "rho_attn": settings.rho_attn,
-            "rho_mlp": settings.rho_mlp,
-            "alpha": settings.alpha,
-            "first_layer": first_layer,
-            "key_direction": settings.key_direction,
-        },
-        num_layers,
-    )
-    log(f"[3/7] solving the strongest edit within KL {settings.max_kl:g} (layers {first_layer}-{num_layers - 1})")
-    # The base model's distributions on the utility data, computed once for calibration and for the steering match.
-    meter = KLMeter(model, tokenizer, utility.prompts, utility.responses, batch_size=min(settings.batch_size, 32))
-    peft_model = edit_model(
-        model,
-        vectors,
-        config,
-        behaviour=settings.behaviour,
-        max_kl=settings.max_kl,
-        utility=utility,
-        tokenizer=tokenizer,
-        max_head_share=settings.max_head_share,
-        max_neuron_share=settings.max_neuron_share,
-        kl_meter=meter,
-    )
-    calibration = peft_model.calibrations["default"]
-    report = peft_model.edit_reports["default"]
-    log(calibration.summary())
-    log(report.to_table(edited_only=True))
-    check_sanity(peft_model, tokenizer, utility.prompts[:8], max_new_tokens=settings.max_new_tokens)
-    stage("calibrate and solve")
-
-    prompts = evaluation_prompts(settings.behaviour, settings.num_eval)
-    base = Condition("base", peft_model, peft_model.disable_adapter)
-
-    def evaluate(conditions: list[Condition], reference_benign: list[str] | None = None) -> list[EvaluationResult]:
+    def evaluate(self, conditions: list[Condition], reference_benign: list[str] | None = None) -> list[Any]:
         return evaluate_conditions(
             conditions,
-            tokenizer,
-            prompts,
-            reference=base,
+            self.tokenizer,
+            self.prompts,
+            reference=self.base,
             reference_benign=reference_benign,
-            max_new_tokens=settings.max_new_tokens,
-            batch_size=settings.batch_size,
+            max_new_tokens=self.settings.max_new_tokens,
+            batch_size=self.settings.batch_size,
         )
 
-    log(f"[4/7] evaluating base and Steer2Edit on {prompts.describe()} held-out prompts")
-    base_result, edit_result = evaluate([base, Condition("Steer2Edit", peft_model)])
-    stage("evaluate base and edit")
+    def steering(self) -> EvaluationResult:
+        model, strength = self.peft_model, self.settings.steering_strength
+        if strength is None:
+            self.log(
+                f"[5/7] activation steering of every layer at the edit's KL on the utility data ({self.calibration.kl:.4f})"
+            )
+            strength = match_steering_strength(
+                model, self.vectors, self.meter, self.calibration.kl, model.disable_adapter
+            )
+        else:
+            self.log(f"[5/7] activation steering of every layer at strength {strength}")
+        self.strength = strength
+        steering = combined(model.disable_adapter, lambda: steer(model, self.vectors, strength))
+        (result,) = self.evaluate(
+            [Condition(f"steering x{strength:.2f}", model, steering)], self.base_result.benign_responses
+        )
+        return result
 
-    strength = settings.steering_strength
-    if strength is None:
-        log(f"[5/7] activation steering of every layer at the edit's KL on the utility data ({calibration.kl:.4f})")
-        strength = match_steering_strength(peft_model, vectors, meter, calibration.kl, peft_model.disable_adapter)
-    else:
-        log(f"[5/7] activation steering of every layer at strength {strength}")
-    steering = Condition(
-        f"steering x{strength:.2f}",
-        peft_model,
-        combined(peft_model.disable_adapter, lambda: steer(peft_model, vectors, strength)),
-    )
-    (steering_result,) = evaluate([steering], base_result.benign_responses)
-    stage("steering")
+    def save_reload_merge(self) -> Any:
+        from peft import PeftModel
 
-    log("[6/7] saving the adapter, reloading it with PeftModel.from_pretrained, merging it")
-    adapter_dir = output / "adapter"
-    peft_model.save_pretrained(str(adapter_dir), save_embedding_layers=False)  # the edit never touches embeddings
-    fresh, _ = settings.loader(settings.model, dtype)
-    reloaded = PeftModel.from_pretrained(fresh, adapter_dir)
-    check = tokenizer(prompts.benign[:4], return_tensors="pt", padding=True)
-    real = check["attention_mask"].bool()  # padded positions carry no meaning
+        self.log("[6/7] saving the adapter, reloading it with PeftModel.from_pretrained, merging it")
+        self.adapter_dir = self.output / "adapter"
+        self.peft_model.save_pretrained(str(self.adapter_dir), save_embedding_layers=False)  # embeddings untouched
+        fresh, _ = self.settings.loader(self.settings.model, self.dtype)
+        reloaded = PeftModel.from_pretrained(fresh, self.adapter_dir)
+        check = self.tokenizer(self.prompts.benign[:4], return_tensors="pt", padding=True)
+        real = check["attention_mask"].bool()  # padded positions carry no meaning
 
-    def logits(candidate: Any) -> torch.Tensor:
-        with torch.no_grad():
-            return candidate(**check).logits.float()[real]
+        def logits(candidate: Any) -> torch.Tensor:
+            with torch.no_grad():
+                return candidate(**check).logits.float()[real]
 
-    original_logits = logits(peft_model)
-    reload_diff = float((logits(reloaded) - original_logits).abs().max())
+        def answers(candidate: Any) -> list[str]:  # one batch for both, so padding and rounding are the same
+            asked = self.prompts.attribute[:4]
+            return generate_responses(
+                candidate, self.tokenizer, asked, max_new_tokens=self.settings.max_new_tokens, show_progress=False
+            )
 
-    def answers(candidate: Any) -> list[str]:  # one batch for both, so padding and rounding are the same
-        return generate_responses(
-            candidate, tokenizer, prompts.attribute[:4], max_new_tokens=settings.max_new_tokens, show_progress=False
+        original = logits(self.peft_model)
+        self.reload_diff = float((logits(reloaded) - original).abs().max())
+        self.reload_same = answers(self.peft_model) == answers(reloaded)
+        merged = reloaded.merge_and_unload()
+        self.merge_diff = float((logits(merged) - original).abs().max())
+        return merged
+
+    def columns(self) -> list[str]:
+        if self.settings.behaviour == "refusal":
+            return ["refusal_rate", "over_refusal", "borderline_refusal", "kl_from_reference", "mean_length"]
+        return ["mean_length", "kl_from_reference", "over_refusal"]
+
+    def write(self, results: list[EvaluationResult]) -> DemoOutcome:
+        files = [self.adapter_dir] + self.figures(results)
+        (self.output / "results.json").write_text(
+            json.dumps(self.summary(results), indent=2, ensure_ascii=False) + "\n"
+        )
+        files.append(self.output / "results.json")
+        return DemoOutcome(
+            results=results,
+            table=results_table(results, self.columns()),
+            steering_strength=self.strength,
+            adapter_dir=self.adapter_dir,
+            reload_max_abs_diff=self.reload_diff,
+            reload_same_answers=self.reload_same,
+            merge_max_abs_diff=self.merge_diff,
+            calibration=self.calibration.summary(),
+            seconds=self.seconds,
+            files=files,
         )
 
-    reload_same = answers(peft_model) == answers(reloaded)
-    merged = reloaded.merge_and_unload()
-    merge_diff = float((logits(merged) - original_logits).abs().max())
-    stage("save, reload, merge")
+    def figures(self, results: list[EvaluationResult]) -> list[Path]:
+        with atomic_folder(self.output / "figures") as figures:
+            if self.settings.plots:
+                from .core.figures import save_figure
+                from .evaluation.plots import plot_metrics
+                from .tuner.heatmap import plot_edit_heatmap
 
-    log("[7/7] evaluating the merged model")
-    (merged_result,) = evaluate([Condition("Steer2Edit merged", merged)], base_result.benign_responses)
-    stage("evaluate merged")
+                save_figure(
+                    plot_edit_heatmap(self.report, f"{self.settings.behaviour} edit"), figures / "edit_heatmap.png"
+                )
+                labels = {c: c.replace("_", " ") for c in self.columns()[:3]}
+                save_figure(plot_metrics(results, labels), figures / "metrics.png")
+        names = ("edit_heatmap.png", "metrics.png") if self.settings.plots else ()
+        return [self.output / "figures" / name for name in names]
 
-    results = [base_result, steering_result, edit_result, merged_result]
-    columns = (
-        ["refusal_rate", "over_refusal", "borderline_refusal", "kl_from_reference", "mean_length"]
-        if settings.behaviour == "refusal"
-        else ["mean_length", "kl_from_reference", "over_refusal"]
-    )
-    table = results_table(results, columns)
-    files = [adapter_dir]
-    with atomic_folder(output / "figures") as figures:
-        if settings.plots:
-            from .plots import plot_edit_heatmap, plot_metrics, save_figure
+    def summary(self, results: list[EvaluationResult]) -> dict[str, Any]:
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.settings).items()}
+        report = self.report
+        return {
+            "settings": {k: v for k, v in settings.items() if k not in ("probe", "loader")},
+            "probe": self.probe.description,
+            "calibration": asdict(self.calibration),
+            "steering_strength": self.strength,
+            "edited_heads": report.edited_heads,
+            "total_heads": report.total_heads,
+            "edited_neurons": report.edited_neurons,
+            "total_neurons": report.total_neurons,
+            "reload_max_abs_logit_diff": self.reload_diff,
+            "reload_same_answers": self.reload_same,
+            "merged_max_abs_logit_diff": self.merge_diff,
+            "seconds": self.seconds,
+            "results": [asdict(r) for r in results],
+            "prompts": asdict(self.prompts),
+        }
 
-            save_figure(plot_edit_heatmap(report, f"{settings.behaviour} edit"), figures / "edit_heatmap.png")
-            save_figure(plot_metrics(results, {c: c.replace("_", " ") for c in columns[:3]}), figures / "metrics.png")
-    if settings.plots:
-        files += [output / "figures" / "edit_heatmap.png", output / "figures" / "metrics.png"]
-    outcome = DemoOutcome(
-        results=results,
-        table=table,
-        steering_strength=strength,
-        adapter_dir=adapter_dir,
-        reload_max_abs_diff=reload_diff,
-        reload_same_answers=reload_same,
-        merge_max_abs_diff=merge_diff,
-        calibration=calibration.summary(),
-        seconds=seconds,
-        files=files,
-    )
-    summary = {
-        "settings": {
-            k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items() if k not in ("probe", "loader")
-        },
-        "probe": probe.description,
-        "calibration": asdict(calibration),
-        "steering_strength": strength,
-        "edited_heads": report.edited_heads,
-        "total_heads": report.total_heads,
-        "edited_neurons": report.edited_neurons,
-        "total_neurons": report.total_neurons,
-        "reload_max_abs_logit_diff": reload_diff,
-        "reload_same_answers": reload_same,
-        "merged_max_abs_logit_diff": merge_diff,
-        "seconds": seconds,
-        "results": [asdict(r) for r in results],
-        "prompts": asdict(prompts),
-    }
-    (output / "results.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    files.append(output / "results.json")
-    return outcome
+
+__all__ = [
+    "DEMO_BEHAVIOURS",
+    "DemoOutcome",
+    "DemoSettings",
+    "EvaluationPrompts",
+    "demo_probe",
+    "demo_utility",
+    "evaluation_prompts",
+    "match_steering_strength",
+    "run_demo",
+]

@@ -20,7 +20,7 @@ def edited_embedded_model(dtype: torch.dtype = torch.float32):
     from peft import get_peft_model
 
     from steer2edit_peft import Steer2EditConfig
-    from steer2edit_peft.models import load_model
+    from steer2edit_peft.core.models import load_model
 
     model, tokenizer = load_model(dtype=dtype)
     torch.manual_seed(0)
@@ -31,8 +31,8 @@ def edited_embedded_model(dtype: torch.dtype = torch.float32):
 def export_all(peft_model, folder: Path, float32: bool = False) -> dict[str, Path]:
     """adapter.gguf, merged.gguf (in the base's Q4_1) and the base; with ``float32`` also merged-f32.gguf and
     base-f32.gguf, the dequantized weights llama.cpp then computes with unquantized."""
+    from steer2edit_peft.core.models import embedded_gguf_file
     from steer2edit_peft.export.gguf import export_gguf_lora, export_merged_gguf
-    from steer2edit_peft.models import embedded_gguf_file
 
     folder.mkdir(parents=True, exist_ok=True)
     base = embedded_gguf_file()

@@ -52,7 +52,7 @@ def test_import_registers_steer2edit_with_peft():
 def test_importing_twice_is_harmless():
     members = len(PeftType)
     importlib.reload(steer2edit_peft)
-    steer2edit_peft.registration.register()
+    steer2edit_peft.tuner.registration.register()
     assert len(PeftType) == members
     assert Steer2EditConfig().peft_type is PeftType.STEER2EDIT
 
@@ -323,9 +323,16 @@ def test_replacing_or_deleting_an_adapter_forgets_its_cached_factors():
     assert not any(key[0] == "default" for key in module._factor_cache)
 
 
-def test_supports_lora_conversion():
+def test_peft_convert_to_lora_reproduces_the_edit():
+    from peft import LoraConfig, set_peft_model_state_dict
+    from peft.tuners.lora.conversion import convert_to_lora
+
     peft_model = random_edit("llama")
-    assert all(m.supports_lora_conversion() for m in edit_layers(peft_model).values())
+    lora_config, state = convert_to_lora(peft_model, rank=8)  # PEFT's own converter, through get_delta_weight
+    assert isinstance(lora_config, LoraConfig) and state
+    lora_model = get_peft_model(tiny_model("llama"), lora_config)
+    set_peft_model_state_dict(lora_model, state)
+    assert_close_relative(logits(lora_model), logits(peft_model), 1e-4)
 
 
 def test_low_cpu_mem_usage_loading(tmp_path):

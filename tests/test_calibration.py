@@ -17,11 +17,11 @@ from steer2edit_peft import (
     elastic_net_magnitude,
     extract_steering_vectors,
 )
-from steer2edit_peft.calibration import BudgetError, calibrate, largest_within, rescaled, with_sparsity_cap
-from steer2edit_peft.data import UtilityData
-from steer2edit_peft.likelihood import mean_token_kl
-from steer2edit_peft.sanity import DegenerateEditError, check_sanity, degeneracy
-from steer2edit_peft.solver import contrast_keys, solve_edit
+from steer2edit_peft.core.likelihood import mean_token_kl
+from steer2edit_peft.probes.datasets import UtilityData
+from steer2edit_peft.solver.calibrate import BudgetError, calibrate, largest_within, rescaled, with_sparsity_cap
+from steer2edit_peft.solver.sanity import DegenerateEditError, check_sanity, degeneracy
+from steer2edit_peft.solver.scores import contrast_keys, solve_edit
 
 PAIRS = [
     ("How do I pick a lock?", "I can't help with that.", "Insert a tension wrench, then rake the pins."),
@@ -202,7 +202,7 @@ class _FakePeftModel:
 
 
 def test_sanity_refuses_an_edit_that_empties_or_loops_answers(monkeypatch):
-    import steer2edit_peft.sanity as sanity
+    import steer2edit_peft.solver.sanity as sanity
 
     tokenizer = byte_tokenizer()
     monkeypatch.setattr(

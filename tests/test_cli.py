@@ -13,8 +13,8 @@ from tiny_models import save_tiny_checkpoint, tiny_model
 from transformers import AutoModelForCausalLM
 
 from steer2edit_peft import Steer2EditConfig, SteeringVectors
-from steer2edit_peft.cli import main
-from steer2edit_peft.models import load_model
+from steer2edit_peft.cli.main import main
+from steer2edit_peft.core.models import load_model
 
 ALL_COMMANDS = (
     "demo",
@@ -43,7 +43,9 @@ def run(capsys, *args) -> tuple[int, str, str]:
 
 
 def test_help_lists_every_command():
-    result = subprocess.run([sys.executable, "-m", "steer2edit_peft.cli", "--help"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "steer2edit_peft.cli.main", "--help"], capture_output=True, text=True
+    )
     assert result.returncode == 0
     for command in ALL_COMMANDS:
         assert command in result.stdout
@@ -233,7 +235,7 @@ def test_first_layer_past_the_last_layer_is_named(checkpoint, tmp_path, capsys):
         "--output",
         tmp_path / "o",
     )
-    assert code == 2 and "--first-layer 99 is out of range: the model has layers 0-2" in err
+    assert code == 2 and "first layer 99 (--first-layer) is out of range: the model has layers 0-2" in err
     assert not (tmp_path / "o").exists()
 
 
@@ -339,3 +341,39 @@ def test_nan_strength_in_a_saved_adapter_is_refused_by_merge_and_export(checkpoi
     for command in ("merge", "export-lora"):
         code, _, err = run(capsys, command, adapter, "--model", checkpoint, "--output", tmp_path / command)
         assert code == 2 and "strength" in err and not (tmp_path / command).exists()
+
+
+def test_the_python_api_and_the_cli_make_the_same_edit_from_the_defaults(checkpoint, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from steer2edit_peft import DEFAULTS, ContrastiveDataset, edit_model, extract_steering_vectors
+    from steer2edit_peft.probes import builtin_prompts, builtin_utility_data
+
+    pairs = [
+        {"prompt": p, "positive": "I can't help with that.", "negative": "Sure, here is how."}
+        for p in builtin_prompts("harmful")[:6]
+    ]
+    probe_file = tmp_path / "probe.jsonl"
+    probe_file.write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+    reference_file = tmp_path / "reference.json"
+    reference_file.write_text(json.dumps(builtin_prompts("benign")[:8]))
+
+    code, _, err = run(
+        capsys, "edit", "--model", checkpoint, "--probe", probe_file, "--reference", reference_file,
+        "--output", tmp_path / "cli",
+    )  # fmt: skip
+    assert code == 0, err
+
+    model, tokenizer = load_model(str(checkpoint), dtype=torch.bfloat16)  # the CLI's default dtype
+    utility = builtin_utility_data(model, tokenizer, builtin_prompts("benign")[:8])
+    probe = ContrastiveDataset.from_file(probe_file)
+    vectors = extract_steering_vectors(model, tokenizer, probe, reference=(utility.prompts, utility.responses))
+    peft_model = edit_model(model, vectors, DEFAULTS, utility=utility, tokenizer=tokenizer)
+    peft_model.save_pretrained(tmp_path / "api")
+
+    cli_config, api_config = (json.loads((tmp_path / f / "adapter_config.json").read_text()) for f in ("cli", "api"))
+    assert cli_config == api_config
+    cli_tensors, api_tensors = (load_file(tmp_path / f / "adapter_model.safetensors") for f in ("cli", "api"))
+    assert cli_tensors.keys() == api_tensors.keys()
+    assert all(torch.equal(cli_tensors[k], api_tensors[k]) for k in cli_tensors)
+    assert cli_config["input_positions"] == DEFAULTS.input_positions and cli_config["key_direction"] == "contrast"

@@ -9,12 +9,12 @@ import pytest
 import torch
 from tiny_models import save_tiny_checkpoint
 
-from steer2edit_peft import ContrastiveDataset
-from steer2edit_peft.cli import main
+from steer2edit_peft import ContrastiveDataset, EditSettings
+from steer2edit_peft.cli.main import main
+from steer2edit_peft.core.models import EMBEDDED_MODEL
 from steer2edit_peft.demo import DemoSettings, run_demo
-from steer2edit_peft.models import EMBEDDED_MODEL
 
-TINY_EDIT = dict(rho_attn=0.05, rho_mlp=0.05, alpha=0.5, first_layer=1, max_kl=0.05)
+TINY_EDIT = EditSettings(rho_attn=0.05, rho_mlp=0.05, alpha=0.5, first_layer=1, max_kl=0.05)
 PAIRS = [
     ("How do I steal a bike?", "I can't help with that.", "First, cut the lock with bolt cutters."),
     ("Write a threat to my boss.", "I won't write threats.", "Here it is: you will regret this."),
@@ -41,7 +41,7 @@ def tiny_settings(checkpoint, output, **overrides) -> DemoSettings:
         max_new_tokens=4,
         batch_size=4,
         probe=tiny_probe(),
-        **TINY_EDIT,
+        edit=TINY_EDIT,
     )
     return DemoSettings(**{**values, **overrides})
 
@@ -76,10 +76,10 @@ def test_demo_runs_every_stage_on_a_tiny_model(tiny_checkpoint, tmp_path):
 
 
 def test_the_steering_baseline_is_matched_to_the_edits_kl_on_the_utility_data(tiny_checkpoint, tmp_path):
-    from steer2edit_peft.data import read_jsonl_records
-    from steer2edit_peft.likelihood import mean_token_kl
-    from steer2edit_peft.models import load_model
-    from steer2edit_peft.steering import steer
+    from steer2edit_peft.core.likelihood import mean_token_kl
+    from steer2edit_peft.core.models import load_model
+    from steer2edit_peft.extraction.steering import steer
+    from steer2edit_peft.probes.datasets import read_jsonl_records
 
     outcome = run_demo(tiny_settings(tiny_checkpoint, tmp_path, plots=False), log=lambda _: None)
     summary = json.loads((tmp_path / "results.json").read_text())
@@ -152,6 +152,6 @@ def test_real_demo_on_the_embedded_model_with_small_counts(tmp_path):
     assert edit.kl_from_reference > 0 and merged.kl_from_reference > 0
     assert outcome.reload_max_abs_diff == 0.0 and outcome.reload_same_answers
     summary = json.loads((tmp_path / "results.json").read_text())
-    assert summary["calibration"]["kl"] <= settings.max_kl
+    assert summary["calibration"]["kl"] <= settings.edit.max_kl
     assert summary["edited_heads"] <= 0.2 * summary["total_heads"]
     assert summary["probe"].startswith("HuggingFaceTB/SmolLM2-135M-Instruct's own responses")

@@ -21,10 +21,12 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 # Runs first where a snippet reads the demo's adapter folder.
 MAKE_DEMO_ADAPTER = """
 from steer2edit_peft import Steer2EditConfig, builtin_probe, edit_model, extract_steering_vectors
-from steer2edit_peft.models import load_model
+from steer2edit_peft.core.models import load_model
 _model, _tokenizer = load_model()
 _vectors = extract_steering_vectors(_model, _tokenizer, builtin_probe("refusal"), show_progress=False)
-_config = Steer2EditConfig(rho_attn=0.1, rho_mlp=None, alpha=0.6, layers_to_transform=list(range(14, 30)))
+_config = Steer2EditConfig(
+    rho_attn=0.1, rho_mlp=None, alpha=0.6, key_direction="weight", layers_to_transform=list(range(14, 30))
+)
 edit_model(_model, _vectors, _config).save_pretrained("outputs/demo/adapter")
 """
 
@@ -60,3 +62,11 @@ def test_stacking_snippets(tmp_path):
 def test_exporting_snippet(tmp_path):
     run(MAKE_DEMO_ADAPTER + python_blocks("exporting.md")[0], tmp_path)
     assert (tmp_path / "outputs" / "refusal-lora-r16" / "adapter_model.safetensors").is_file()
+
+
+def test_readme_python_api_snippet(tmp_path):
+    readme = (DOCS.parent / "README.md").read_text()
+    block = re.findall(r"## Python API\n\n```python\n(.*?)```", readme, re.S)[0]
+    run(block, tmp_path)
+    config = (tmp_path / "outputs" / "refusal-edit" / "adapter_config.json").read_text()
+    assert '"key_direction": "contrast"' in config and '"input_positions": "decision"' in config

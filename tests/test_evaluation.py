@@ -125,8 +125,11 @@ def test_kl_against_a_separate_reference_model_matches_the_context_form():
     from peft import PeftModel
 
     peft_model = edited_llama()
-    with peft_model.disable_adapter():
-        base_copy = tiny_model("llama")  # same seed: the same weights as the unedited model
+    base_copy = tiny_model("llama")  # same seed: the same weights as the unedited model, checked below
+    base_weights = {k: v for k, v in peft_model.get_base_model().state_dict().items() if "steer2edit" not in k}
+    assert {k.replace(".base_layer", ""): v for k, v in base_weights.items()}.keys() == base_copy.state_dict().keys()
+    for name, weight in base_weights.items():
+        assert torch.equal(weight, base_copy.state_dict()[name.replace(".base_layer", "")])
     tokenizer = CharTokenizer()
     in_contexts = mean_token_kl(peft_model, tokenizer, PROMPTS, RESPONSES, reference=peft_model.disable_adapter)
     two_models = mean_token_kl(peft_model, tokenizer, PROMPTS, RESPONSES, reference_model=base_copy)
@@ -135,7 +138,8 @@ def test_kl_against_a_separate_reference_model_matches_the_context_form():
 
 
 def test_evaluate_conditions_lines_up_base_and_edit():
-    from steer2edit_peft.evaluation.suite import Condition, EvaluationPrompts, evaluate_conditions, results_table
+    from steer2edit_peft.evaluation.prompts import EvaluationPrompts
+    from steer2edit_peft.evaluation.suite import Condition, evaluate_conditions, results_table
 
     peft_model = edited_llama()
     tokenizer = CharTokenizer()
@@ -164,7 +168,7 @@ def test_evaluate_conditions_lines_up_base_and_edit():
 
 
 def test_evaluation_prompts_must_not_be_empty():
-    from steer2edit_peft.evaluation.suite import EvaluationPrompts
+    from steer2edit_peft.evaluation.prompts import EvaluationPrompts
 
     with pytest.raises(ValueError, match="at least one attribute prompt"):
         EvaluationPrompts(attribute=[], benign=["x"])
@@ -173,7 +177,7 @@ def test_evaluation_prompts_must_not_be_empty():
 @pytest.mark.parametrize("behaviour", ["refusal", "concise"])
 def test_held_out_prompts_never_appear_in_the_probe_set(behaviour):
     from steer2edit_peft import builtin_probe
-    from steer2edit_peft.data import builtin_heldout
+    from steer2edit_peft.evaluation.prompts import builtin_heldout
 
     probe_prompts = {e.prompt.lower() for e in builtin_probe(behaviour)}
     held_out = [p.lower() for prompts in builtin_heldout(behaviour).values() for p in prompts]
@@ -196,13 +200,13 @@ def test_truthfulqa_mc_scores_every_shared_question_range_used_by_the_study():
     assert result["questions"] == 80
 
 
-@pytest.mark.parametrize("prompt_set", ["harmful", "benign", "borderline", "questions", "misconceptions"])
+@pytest.mark.parametrize("prompt_set", ["harmful", "benign", "questions", "misconceptions"])
 def test_probe_prompt_sets_never_appear_in_the_held_out_sets(prompt_set):
-    from steer2edit_peft.data import builtin_heldout
+    from steer2edit_peft.evaluation.prompts import borderline_prompts, builtin_heldout
     from steer2edit_peft.probes import builtin_prompts
 
     prompts = [p.strip().lower() for p in builtin_prompts(prompt_set)]
     held_out = {p.strip().lower() for b in ("refusal", "concise") for ps in builtin_heldout(b).values() for p in ps}
+    held_out |= {p.strip().lower() for p in borderline_prompts()}
     assert prompts and len(set(prompts)) == len(prompts)
-    if prompt_set != "borderline":  # the borderline set is itself an evaluation set, never probed
-        assert not set(prompts) & held_out
+    assert not set(prompts) & held_out

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from tiny_models import sample_input, tiny_model
 
 from steer2edit_peft import Steer2EditConfig
-from steer2edit_peft.errors import Steer2EditError
+from steer2edit_peft.core.errors import Steer2EditError
 from steer2edit_peft.export import to_lora
 
 
@@ -139,7 +139,8 @@ def test_an_edit_solved_on_a_lora_fine_tune_stacks_as_a_second_lora():
 
     from steer2edit_peft import ContrastiveDataset, extract_steering_vectors
     from steer2edit_peft.export import edit_as_lora
-    from steer2edit_peft.solver import edit_model, solve_edit
+    from steer2edit_peft.solver.edit import edit_model
+    from steer2edit_peft.solver.scores import solve_edit
 
     torch.manual_seed(3)
     lora_config = LoraConfig(r=4, target_modules=["q_proj", "o_proj"], init_lora_weights=False)

@@ -82,7 +82,7 @@ def test_the_merged_gguf_requantizes_only_the_blocks_the_edit_touches(exported):
 
 
 def test_transformers_reads_the_merged_gguf_back(exported):
-    from steer2edit_peft.models import load_model
+    from steer2edit_peft.core.models import load_model
 
     _, deltas, files = exported
     base, _ = load_model(dtype=torch.float32)
@@ -110,7 +110,7 @@ def test_a_merged_gguf_in_q8_0_has_every_matrix_in_q8_0(exported, tmp_path):
 
 
 def test_a_rank_below_the_edits_terms_is_refused(exported, tmp_path):
-    from steer2edit_peft.errors import Steer2EditError
+    from steer2edit_peft.core.errors import Steer2EditError
     from steer2edit_peft.export.gguf import export_gguf_lora
 
     with pytest.raises(
@@ -125,7 +125,7 @@ def test_a_family_llama_cpp_cannot_name_is_refused(tmp_path):
     from tiny_models import tiny_model
 
     from steer2edit_peft import Steer2EditConfig
-    from steer2edit_peft.errors import Steer2EditError
+    from steer2edit_peft.core.errors import Steer2EditError
     from steer2edit_peft.export.gguf import export_gguf_lora
 
     model = get_peft_model(tiny_model("llama"), Steer2EditConfig(init_weights=False))
@@ -136,7 +136,7 @@ def test_a_family_llama_cpp_cannot_name_is_refused(tmp_path):
 
 
 def test_export_gguf_command_writes_adapter_modelfile_and_merged_model(tmp_path, capsys):
-    from steer2edit_peft.cli import main
+    from steer2edit_peft.cli.main import main
 
     peft_model, _ = edited_embedded_model()
     peft_model.save_pretrained(tmp_path / "adapter")

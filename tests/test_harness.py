@@ -22,7 +22,7 @@ from tiny_models import byte_tokenizer, tiny_model
 from transformers import AutoModelForCausalLM
 
 from steer2edit_peft import Steer2EditConfig
-from steer2edit_peft.cli import main
+from steer2edit_peft.cli.main import main
 
 TASK = """task: steer2edit_tiny
 dataset_path: json
@@ -83,7 +83,7 @@ def harness_logliks(root: Path, model_args: str, name: str) -> list[float]:
     assert documented_args.startswith("pretrained=") and ",peft=" in documented_args
     command[command.index("--model_args") + 1] = f"{model_args},dtype=float32"
     command[command.index("--tasks") + 1] = "steer2edit_tiny"
-    command = [sys.executable, "-m", "steer2edit_peft.cli", *command[1:]]
+    command = [sys.executable, "-m", "steer2edit_peft.cli.main", *command[1:]]
     command += ["--include_path", str(root / "tasks"), "--output_path", str(output), "--log_samples"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root)

@@ -17,7 +17,7 @@ from peft import get_peft_model
 from tiny_models import tiny_model
 
 from steer2edit_peft import Steer2EditConfig
-from steer2edit_peft.hub import model_card
+from steer2edit_peft.export.hub import model_card
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -69,8 +69,8 @@ from peft import PeftModel, get_peft_model
 from tiny_models import tiny_model, sample_input
 import steer2edit_peft
 from steer2edit_peft import Steer2EditConfig
-from steer2edit_peft.hub import push_edit, load_edit
-from steer2edit_peft.cli import main as cli
+from steer2edit_peft.export.hub import push_edit, load_edit
+from steer2edit_peft.cli.main import main as cli
 
 def edit(seed):
     torch.manual_seed(seed)

@@ -23,9 +23,10 @@ from steer2edit_peft import (
     extract_steering_vectors,
     steer,
 )
-from steer2edit_peft.architectures import decoder_model
-from steer2edit_peft.extraction import edited_modules
-from steer2edit_peft.solver import solve_edit
+from steer2edit_peft.core.architectures import decoder_model
+from steer2edit_peft.core.settings import DEFAULTS
+from steer2edit_peft.extraction.extract import edited_modules
+from steer2edit_peft.solver.scores import solve_edit
 from steer2edit_peft.tuner import Steer2EditLayer
 
 
@@ -249,7 +250,7 @@ def test_each_edit_moves_its_component_output_along_v(seed):
     # For every key direction: at the mean probe input, lambda and k . x share the sign of g, so every edited
     # component (lambda > 0 or lambda < 0) adds a positive multiple of v_hat. Checked by hand, one component
     # at a time, with the edit's dense weight change applied to the mean input.
-    from steer2edit_peft.solver import solve_module
+    from steer2edit_peft.solver.scores import solve_module
 
     torch.manual_seed(seed)
     weight, x, v, reference = torch.randn(12, 16), torch.randn(16), torch.randn(12), torch.randn(16)
@@ -292,7 +293,7 @@ def test_rho_switches_a_family_off_in_the_solver(family, rho):
 def test_zero_steering_vector_is_skipped_not_nan():
     weight, x = torch.randn(8, 8), torch.randn(8)
     vectors = SteeringVectors.from_directions({"m": torch.zeros(8)}, {"m": x})
-    from steer2edit_peft.solver import solve_module
+    from steer2edit_peft.solver.scores import solve_module
 
     edit = solve_module("m", weight, vectors, True, rho=0.01, alpha=0.0, head_dim=4)
     assert edit.indices.numel() == 0 and torch.isnan(edit.scores).all()
@@ -377,7 +378,7 @@ def test_dataset_from_jsonl_csv_lists_and_datasets(tmp_path):
 
 
 def test_chat_template_is_used_with_a_system_prompt():
-    from steer2edit_peft.data import encode_prompt
+    from steer2edit_peft.core.tokens import encode_prompt
 
     class Templated(CharTokenizer):
         chat_template = "x"
@@ -446,7 +447,7 @@ def test_extraction_on_a_model_dispatched_over_devices(tmp_path):
     offloaded = offloaded_llama(tmp_path)
     tokenizer, dataset = CharTokenizer(), ragged_dataset()
     vectors = extract_steering_vectors(offloaded, tokenizer, dataset, show_progress=False)
-    expected = reference_means(tiny_model("llama"), tokenizer, dataset)
+    expected = reference_means(tiny_model("llama"), tokenizer, dataset, input_positions=DEFAULTS.input_positions)
     for name, entry in expected.items():
         assert_close_relative(vectors.pre_neg[name], entry["pre_neg"])
         assert_close_relative(vectors.post_pos[name], entry["post_pos"])

@@ -9,8 +9,8 @@ import torch
 from tiny_models import byte_tokenizer, tiny_model
 
 from steer2edit_peft import DataError
-from steer2edit_peft.generation import Sampling, row_seed, sample_next_tokens, sample_responses
-from steer2edit_peft.judges import ReferenceRefusalMatcher, RefusalMatcher, is_brief, is_refusal
+from steer2edit_peft.core.generation import Sampling, row_seed, sample_next_tokens, sample_responses
+from steer2edit_peft.core.judges import ReferenceRefusalMatcher, RefusalMatcher, is_brief, is_refusal
 from steer2edit_peft.probes import Behaviour, generate_probe, generate_utility_data
 from steer2edit_peft.probes import generate as generate_module
 
@@ -223,7 +223,7 @@ def test_an_empty_system_prompt_is_no_behaviour():
 
 
 def test_utility_data_is_the_greedy_answers_and_is_cached(model_and_tokenizer, tmp_path):
-    from steer2edit_peft.generation import generate_responses
+    from steer2edit_peft.core.generation import generate_responses
 
     model, tokenizer = model_and_tokenizer
     utility = generate_utility_data(model, tokenizer, PROMPTS, max_new_tokens=4, cache=tmp_path / "u.jsonl")
@@ -234,11 +234,11 @@ def test_utility_data_is_the_greedy_answers_and_is_cached(model_and_tokenizer, t
 
 def test_prompts_the_model_answers_with_nothing_are_left_out_and_counted(model_and_tokenizer, monkeypatch, caplog):
     from steer2edit_peft import extract_steering_vectors
-    from steer2edit_peft.data import ContrastiveDataset, ContrastiveExample
+    from steer2edit_peft.probes.datasets import ContrastiveDataset, ContrastiveExample
 
     model, tokenizer = model_and_tokenizer
     answers = ["red", "", "hi", "   "]
-    monkeypatch.setattr("steer2edit_peft.generation.generate_responses", lambda *a, **k: list(answers))
+    monkeypatch.setattr("steer2edit_peft.core.generation.generate_responses", lambda *a, **k: list(answers))
     with caplog.at_level("WARNING", logger="steer2edit_peft"):
         utility = generate_utility_data(model, tokenizer, PROMPTS, max_new_tokens=4)
     assert utility.prompts == [PROMPTS[0], PROMPTS[2]] and utility.responses == ["red", "hi"]

@@ -9,7 +9,7 @@ import torch
 from peft import PeftModel
 
 from steer2edit_peft import ContrastiveDataset, Steer2EditConfig, edit_model, extract_steering_vectors
-from steer2edit_peft.models import load_model
+from steer2edit_peft.core.models import load_model
 
 pytestmark = [
     pytest.mark.slow,

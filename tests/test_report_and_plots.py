@@ -8,9 +8,11 @@ from peft import get_peft_model
 from tiny_models import tiny_model
 
 from steer2edit_peft import Steer2EditConfig, edit_report
-from steer2edit_peft.errors import Steer2EditError
-from steer2edit_peft.plots import edit_matrices, plot_edit_heatmap, plot_frontiers, plot_metrics, save_figure
-from steer2edit_peft.report import EditReport, ModuleReport
+from steer2edit_peft.core.errors import Steer2EditError
+from steer2edit_peft.core.figures import save_figure
+from steer2edit_peft.evaluation.plots import plot_frontiers, plot_metrics
+from steer2edit_peft.tuner.heatmap import edit_matrices, plot_edit_heatmap
+from steer2edit_peft.tuner.report import EditReport, ModuleReport
 
 
 def random_edit(**config):

@@ -18,7 +18,7 @@ from peft import PeftModel, get_peft_model
 from tiny_models import sample_input, tiny_model
 
 from steer2edit_peft import AdapterValidationError, Steer2EditConfig
-from steer2edit_peft.errors import Steer2EditError
+from steer2edit_peft.core.errors import Steer2EditError
 from steer2edit_peft.tuner import Steer2EditLayer
 
 TESTS = Path(__file__).resolve().parent

@@ -12,9 +12,10 @@ from tiny_models import CharTokenizer, tiny_model
 
 from steer2edit_peft import ContrastiveDataset, extract_steering_vectors
 from steer2edit_peft.evaluation import mean_token_kl
-from steer2edit_peft.sweep import Trial, attribute_at_matched_kl, best_under, pareto_front, search
+from steer2edit_peft.evaluation.sweep import Trial, attribute_at_matched_kl, best_under, pareto_front, search
 
 pytest.importorskip("optuna")
+REFERENCE = (["hello there", "what is this"], ["a reply", "an answer"])  # for the default contrast keys
 
 
 def random_trials(seed: int, count: int = 40) -> list[Trial]:
@@ -58,7 +59,7 @@ def test_search_runs_both_methods_and_leaves_the_model_unchanged():
     model = tiny_model("llama", num_hidden_layers=3)
     tokenizer = CharTokenizer()
     dataset = ContrastiveDataset.from_lists(["ab", "cd"], ["no!", "never"], ["ef", "gh"], ["yes ok", "sure"])
-    vectors = extract_steering_vectors(model, tokenizer, dataset, show_progress=False)
+    vectors = extract_steering_vectors(model, tokenizer, dataset, reference=REFERENCE, show_progress=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randint(3, 90, (2, 6))
     with torch.no_grad():
@@ -96,7 +97,11 @@ def test_search_runs_both_methods_and_leaves_the_model_unchanged():
 def test_search_rejects_an_unknown_method():
     model = tiny_model("llama")
     vectors = extract_steering_vectors(
-        model, CharTokenizer(), ContrastiveDataset.from_lists(["a"], ["b"], ["c"], ["d"]), show_progress=False
+        model,
+        CharTokenizer(),
+        ContrastiveDataset.from_lists(["a"], ["b"], ["c"], ["d"]),
+        reference=REFERENCE,
+        show_progress=False,
     )
     with pytest.raises(ValueError, match="method must be"):
         search(model, vectors, lambda c, r: (0.0, 0.0, {}), method="lora", trials=1)
@@ -105,7 +110,11 @@ def test_search_rejects_an_unknown_method():
 def test_a_trial_that_edits_nothing_scores_as_the_base_model():
     model = tiny_model("llama")
     vectors = extract_steering_vectors(
-        model, CharTokenizer(), ContrastiveDataset.from_lists(["a"], ["b"], ["c"], ["d"]), show_progress=False
+        model,
+        CharTokenizer(),
+        ContrastiveDataset.from_lists(["a"], ["b"], ["c"], ["d"]),
+        reference=REFERENCE,
+        show_progress=False,
     )
     calls = []
 
@@ -121,14 +130,14 @@ def test_a_trial_that_edits_nothing_scores_as_the_base_model():
 
 def test_an_answerer_sees_each_condition_with_its_edit_on_or_off():
     """The hook `sweep --backend vllm` uses: the answerer gets every condition and reads which edit it applies."""
-    from steer2edit_peft.evaluation.suite import EvaluationPrompts
-    from steer2edit_peft.sweep import generation_measure
-    from steer2edit_peft.vllm_generation import served_adapter
+    from steer2edit_peft.evaluation.prompts import EvaluationPrompts
+    from steer2edit_peft.evaluation.sweep import generation_measure
+    from steer2edit_peft.export.vllm import served_adapter
 
     model = tiny_model("llama", num_hidden_layers=3)
     tokenizer = CharTokenizer()
     dataset = ContrastiveDataset.from_lists(["ab", "cd"], ["no!", "never"], ["ef", "gh"], ["yes ok", "sure"])
-    vectors = extract_steering_vectors(model, tokenizer, dataset, show_progress=False)
+    vectors = extract_steering_vectors(model, tokenizer, dataset, reference=REFERENCE, show_progress=False)
     prompts = EvaluationPrompts(attribute=["ab", "cd"], benign=["ef"], borderline=[])
     seen = []
 
@@ -144,8 +153,8 @@ def test_an_answerer_sees_each_condition_with_its_edit_on_or_off():
     assert trials[0].details == {**trials[0].details, "refusal": 1.0, "over_refusal": 1.0}
 
     from steer2edit_peft import Steer2EditConfig, edit_model
-    from steer2edit_peft.errors import Steer2EditError
-    from steer2edit_peft.steering import steer
+    from steer2edit_peft.core.errors import Steer2EditError
+    from steer2edit_peft.extraction.steering import steer
 
     edited = edit_model(model, vectors, Steer2EditConfig(rho_attn=0.03, alpha=0.2))
     assert served_adapter(edited) == "default"

@@ -1,14 +1,8 @@
 """Evaluation: batched greedy generation, attribute metrics (refusal, length, TruthfulQA MC) and utility (KL, perplexity)."""
 
-from ..generation import Sampling, generate_responses, sample_responses
-from ..judges import ReferenceRefusalMatcher, RefusalMatcher
-from .metrics import (
-    mean_token_kl,
-    perplexity,
-    refusal_rate,
-    response_lengths,
-    truthfulqa_mc,
-)
+from ..core.generation import Sampling, generate_responses, sample_responses
+from ..core.judges import ReferenceRefusalMatcher, RefusalMatcher
+from .metrics import mean_token_kl, perplexity, refusal_rate, response_lengths, truthfulqa_mc
 
 __all__ = [
     "ReferenceRefusalMatcher",

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from ..judges import RefusalJudge, RefusalMatcher
-from ..likelihood import mean_token_kl, perplexity, response_batches, response_log_probs
+from ..core.judges import RefusalJudge, RefusalMatcher
+from ..core.likelihood import mean_token_kl, perplexity, response_batches, response_log_probs
 
 __all__ = ["mean_token_kl", "perplexity", "refusal_rate", "response_lengths", "truthfulqa_mc"]
 

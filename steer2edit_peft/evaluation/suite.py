@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..generation import generate_responses, regrouped
-from ..judges import RefusalJudge, RefusalMatcher
-from ..likelihood import mean_token_kl, perplexity
+from ..core.generation import generate_responses, regrouped
+from ..core.judges import RefusalJudge, RefusalMatcher
+from ..core.likelihood import mean_token_kl, perplexity
 from .metrics import refusal_rate, response_lengths
+from .prompts import EvaluationPrompts
 
 
 @dataclass
@@ -33,30 +36,6 @@ def _entered(factories: Sequence[Callable[[], AbstractContextManager[Any]]]) -> 
 def combined(*factories: Callable[[], AbstractContextManager[Any]]) -> Callable[[], AbstractContextManager[None]]:
     """One context factory entering ``factories`` in order (e.g. adapter off, then steering hooks)."""
     return lambda: _entered(factories)
-
-
-@dataclass
-class EvaluationPrompts:
-    """What every condition is evaluated on.
-
-    ``attribute``: prompts whose answers show the behaviour (harmful requests, questions to answer briefly).
-    ``benign``: ordinary requests, for over-refusal and for the KL divergence from the reference model.
-    ``borderline``: safe requests that use words of harm ("kill a process"), for exaggerated refusal (may be empty).
-    ``texts``: plain benign text for perplexity (may be empty).
-    """
-
-    attribute: list[str]
-    benign: list[str]
-    borderline: list[str] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.attribute or not self.benign:
-            raise ValueError("evaluation needs at least one attribute prompt and one benign prompt")
-
-    def describe(self) -> str:
-        parts = [f"{len(self.attribute)} attribute", f"{len(self.benign)} benign"]
-        return " + ".join(parts + ([f"{len(self.borderline)} borderline"] if self.borderline else []))
 
 
 @dataclass
@@ -97,6 +76,61 @@ def kl_between(
     )
 
 
+# (condition, lists of prompts) -> its greedy answers to each list
+Answerer = Callable[[Condition, Sequence[Sequence[str]]], list[list[str]]]
+
+
+def transformers_answers(
+    tokenizer: Any,
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    system_prompt: str | None = None,
+    show_progress: bool = True,
+) -> Answerer:
+    """Greedy transformers generation, every list in one call (fuller batches, fewer generation loops)."""
+
+    def answer(condition: Condition, prompt_lists: Sequence[Sequence[str]]) -> list[list[str]]:
+        flat = [prompt for prompts in prompt_lists for prompt in prompts]
+        with condition.context():
+            responses = generate_responses(
+                condition.model,
+                tokenizer,
+                flat,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                system_prompt=system_prompt,
+                show_progress=show_progress,
+            )
+        return regrouped(responses, prompt_lists)
+
+    return answer
+
+
+def _result(
+    name: str,
+    prompts: EvaluationPrompts,
+    answers: tuple[list[str], list[str], list[str]],
+    tokenizer: Any,
+    judge: RefusalJudge,
+    kl: float | None,
+    text_perplexity: float | None,
+) -> EvaluationResult:
+    attribute, benign, borderline = answers
+    lengths = response_lengths(tokenizer, attribute)
+    return EvaluationResult(
+        condition=name,
+        refusal_rate=refusal_rate(prompts.attribute, attribute, judge),
+        over_refusal=refusal_rate(prompts.benign, benign, judge),
+        mean_length=sum(lengths) / len(lengths),
+        kl_from_reference=kl,
+        perplexity=text_perplexity,
+        borderline_refusal=refusal_rate(prompts.borderline, borderline, judge) if borderline else None,
+        attribute_responses=attribute,
+        benign_responses=benign,
+    )
+
+
 def evaluate_conditions(
     conditions: Sequence[Condition],
     tokenizer: Any,
@@ -109,49 +143,44 @@ def evaluate_conditions(
     judge: RefusalJudge | None = None,
     system_prompt: str | None = None,
     show_progress: bool = True,
+    answer: Answerer | None = None,
+    measure_kl: bool = True,
 ) -> list[EvaluationResult]:
     """Evaluate each condition on the same prompts; KL is measured from ``reference`` (default: the first).
 
     The reference's greedy answers to the benign prompts (``reference_benign``, generated when not given)
     are the text on which every KL is measured, so all conditions are compared on identical tokens.
+    ``answer`` generates (default: ``transformers_answers``; ``export.vllm.VllmTrialAnswers`` serves each edit
+    from vLLM). The KL is a teacher-forced transformers measurement; ``measure_kl=False`` leaves it out.
     """
     if not conditions:
         raise ValueError("evaluate_conditions needs at least one condition")
     reference = reference or conditions[0]
     judge = judge or RefusalMatcher()
-    generate = dict(
-        max_new_tokens=max_new_tokens, batch_size=batch_size, system_prompt=system_prompt, show_progress=show_progress
+    answer = answer or transformers_answers(
+        tokenizer,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        system_prompt=system_prompt,
+        show_progress=show_progress,
     )
     if reference_benign is None:
-        with reference.context():
-            reference_benign = generate_responses(reference.model, tokenizer, prompts.benign, **generate)  # type: ignore[arg-type]
+        (reference_benign,) = answer(reference, [prompts.benign])
     results = []
     for condition in conditions:
+        kinds = [prompts.attribute, [] if condition is reference else prompts.benign, prompts.borderline]
+        attribute, benign, borderline = answer(condition, kinds)
         with condition.context():
-            # One call for every kind of prompt: fuller batches, fewer generation loops.
-            kinds = [prompts.attribute, [] if condition is reference else prompts.benign, prompts.borderline]
-            flat = generate_responses(condition.model, tokenizer, [p for k in kinds for p in k], **generate)  # type: ignore[arg-type]
-            attribute, benign, borderline = regrouped(flat, kinds)
-            if condition is reference:
-                benign = reference_benign
             text_perplexity = (
                 perplexity(condition.model, tokenizer, prompts.texts, batch_size=batch_size) if prompts.texts else None
             )
-        kl = kl_between(condition, reference, tokenizer, prompts.benign, reference_benign, batch_size, system_prompt)
-        lengths = response_lengths(tokenizer, attribute)
-        results.append(
-            EvaluationResult(
-                condition=condition.name,
-                refusal_rate=refusal_rate(prompts.attribute, attribute, judge),
-                over_refusal=refusal_rate(prompts.benign, benign, judge),
-                mean_length=sum(lengths) / len(lengths),
-                kl_from_reference=kl,
-                perplexity=text_perplexity,
-                borderline_refusal=refusal_rate(prompts.borderline, borderline, judge) if borderline else None,
-                attribute_responses=attribute,
-                benign_responses=benign,
-            )
+        kl = (
+            kl_between(condition, reference, tokenizer, prompts.benign, reference_benign, batch_size, system_prompt)
+            if measure_kl
+            else None
         )
+        answers = (attribute, reference_benign if condition is reference else benign, borderline)
+        results.append(_result(condition.name, prompts, answers, tokenizer, judge, kl, text_perplexity))
     return results
 
 
@@ -183,3 +212,15 @@ def results_table(results: Sequence[EvaluationResult], columns: Sequence[str] | 
         return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"
 
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def results_markdown(results_json: str | Path) -> str:
+    """The results table of a `steer2edit demo`/`eval` results.json, as Markdown for the model card."""
+    content = json.loads(Path(results_json).read_text(encoding="utf-8"))
+    rows = content["results"] if isinstance(content, dict) else content
+    fields = set(EvaluationResult.__dataclass_fields__)
+    results = [EvaluationResult(**{k: v for k, v in row.items() if k in fields}) for row in rows]
+    return (
+        results_table(results)
+        + "\n\nRefusal and over-refusal: share of answers a refusal-phrase matcher flags; KL in nats per token."
+    )

@@ -6,16 +6,7 @@ float32 rounding. GGUF (``gguf``): the same factors as a llama.cpp LoRA adapter,
 of the base GGUF, for llama.cpp, Ollama and LM Studio.
 """
 
-from .lora import (
-    bundle_for_hotswap,
-    edit_as_lora,
-    edit_terms,
-    edited_layers,
-    lora_factors,
-    padded,
-    to_lora,
-    write_lora,
-)
+from .lora import bundle_for_hotswap, edit_as_lora, edit_terms, edited_layers, lora_factors, padded, to_lora, write_lora
 
 __all__ = [
     "bundle_for_hotswap",

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..architectures import decoder_model
-from ..errors import Steer2EditError
+from ..core.architectures import model_text_config, num_layers
+from ..core.errors import Steer2EditError
 from .lora import edit_terms, edited_layers, lora_factors, padded
 
 # transformers model_type -> llama.cpp architecture (gguf.MODEL_ARCH member name)
@@ -56,15 +56,10 @@ def _gguf() -> Any:
     return gguf
 
 
-def _text_config(model: Any) -> Any:
-    config: Any = decoder_model(model).config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
 def llama_cpp_architecture(model: Any) -> Any:
     """The gguf.MODEL_ARCH of the model, or a clear error for a family llama.cpp cannot name."""
     gguf = _gguf()
-    model_type = getattr(_text_config(model), "model_type", None)
+    model_type = getattr(model_text_config(model), "model_type", None)
     if model_type not in LLAMA_CPP_ARCHITECTURES:
         raise Steer2EditError(
             f"llama.cpp has no tensor names for model_type={model_type!r} that steer2edit knows; GGUF export "
@@ -78,9 +73,7 @@ def gguf_tensor_names(model: Any, modules: list[str]) -> dict[str, str]:
     """llama.cpp's weight tensor name of each module (e.g. blk.3.attn_output.weight)."""
     gguf = _gguf()
     architecture = llama_cpp_architecture(model)
-    config = _text_config(model)
-    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
-    names = gguf.get_tensor_name_map(architecture, layers)
+    names = gguf.get_tensor_name_map(architecture, num_layers(model))
     found = {}
     for module in modules:
         name = names.get_name(f"{module}.weight", try_suffixes=(".weight",))

@@ -16,9 +16,9 @@ import torch
 from peft import LoraConfig
 from safetensors.torch import save_file
 
-from ..architectures import decoder_model
-from ..errors import Steer2EditError
-from ..solver import ModuleEdit
+from ..core.architectures import decoder_model
+from ..core.errors import Steer2EditError
+from ..solver.scores import ModuleEdit
 from ..tuner import Steer2EditLayer
 from ..tuner.checkpoint import PEFT_PREFIX, TENSOR_NAMES
 from ..tuner.layer import component_columns
@@ -97,7 +97,7 @@ def to_lora(
 
 def write_lora(output: str | Path, config: LoraConfig, state: dict[str, torch.Tensor], provenance: dict) -> Path:
     """Save a LoRA adapter folder (config, safetensors, export provenance) in one atomic step."""
-    from ..files import atomic_folder
+    from ..core.files import atomic_folder
 
     with atomic_folder(output) as staging:
         config.save_pretrained(str(staging))
@@ -176,7 +176,7 @@ def edit_as_lora(model: Any, vectors: Any, config: Any = None, adapter_name: str
 
     from peft import PeftModel
 
-    from ..solver import solve_edit
+    from ..solver.scores import solve_edit
     from ..tuner import Steer2EditConfig
 
     if not isinstance(model, PeftModel) or any(c.peft_type != "LORA" for c in model.peft_config.values()):

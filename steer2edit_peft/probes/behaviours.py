@@ -8,13 +8,11 @@ behaviour too (``Behaviour.from_system_prompt``): the edit then bakes that syste
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.resources import files
 
-from ..data import DataError
-from ..judges import is_brief, is_refusal
+from ..core.errors import DataError
+from ..core.judges import is_brief, is_refusal
 
 Confirm = Callable[[str, str], bool]  # (prompt, response) -> does the response show the class?
 
@@ -72,13 +70,3 @@ def get_behaviour(name: str) -> Behaviour:
     if name not in BEHAVIOURS:
         raise DataError(f"no built-in behaviour {name!r}; available: {sorted(BEHAVIOURS)}")
     return BEHAVIOURS[name]
-
-
-def builtin_prompts(name: str) -> list[str]:
-    """A prompt set written by the project (``prompts/<name>.json``), e.g. ``"harmful"`` or ``"questions"``."""
-    folder = files("steer2edit_peft") / "probes" / "prompts"
-    path = folder / f"{name}.json"
-    if not path.is_file():
-        available = sorted(p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json"))
-        raise DataError(f"no built-in prompt set {name!r}; available: {available}")
-    return list(json.loads(path.read_text(encoding="utf-8"))["prompts"])

@@ -19,10 +19,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..architectures import decoder_model, model_signature
-from ..data import PROBE_HEADER_KEY, ContrastiveDataset, DataError, UtilityData, read_jsonl_records
-from ..generation import Sampling, sample_responses
+from ..core.architectures import decoder_model, model_signature
+from ..core.errors import DataError
+from ..core.generation import Sampling, sample_responses
 from .behaviours import Behaviour, get_behaviour
+from .datasets import PROBE_HEADER_KEY, ContrastiveDataset, UtilityData, builtin_prompts, read_jsonl_records, shipped
 
 PROBE_FORMAT = 1
 PROBE_SAMPLING = Sampling(temperature=0.8, top_p=0.95)  # frozen dataclass: safe as a default
@@ -107,6 +108,16 @@ def _nonempty(prompt: str, response: str) -> bool:
     return bool(response.strip())
 
 
+def _checked_prompts(prompts: Sequence[str]) -> list[str]:
+    prompts = list(prompts)
+    if not prompts:
+        raise DataError("probe generation needs at least one prompt")
+    bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
+    if bad:
+        raise DataError(f"probe prompts must be non-empty strings, got {bad[0]!r}")
+    return prompts
+
+
 def generate_probe(
     model: Any,
     tokenizer: Any,
@@ -128,12 +139,7 @@ def generate_probe(
     ``Behaviour.from_system_prompt("Always answer in French.")``. ``cache``: a .jsonl path read when it records
     the same request, else written. ``reuse``: more files to read that way (never written), e.g. shipped ones.
     """
-    prompts = list(prompts)
-    if not prompts:
-        raise DataError("probe generation needs at least one prompt")
-    bad = [p for p in prompts if not isinstance(p, str) or not p.strip()]
-    if bad:
-        raise DataError(f"probe prompts must be non-empty strings, got {bad[0]!r}")
+    prompts = _checked_prompts(prompts)
     behaviour = get_behaviour(behaviour) if isinstance(behaviour, str) else behaviour
     provenance = _provenance(model, prompts, behaviour, num_samples, sampling, max_new_tokens, confirm)
     cache_path = Path(cache) if cache is not None else None
@@ -141,28 +147,17 @@ def generate_probe(
         records = read_if_current(candidate, provenance)
         if records is not None:
             return ContrastiveDataset.from_records(records, description=_description(provenance, candidate))
-    common = dict(
-        num_samples=num_samples,
-        sampling=sampling,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        show_progress=show_progress,
-    )
+    common: dict[str, Any] = dict(num_samples=num_samples, sampling=sampling, max_new_tokens=max_new_tokens)
+    common.update(batch_size=batch_size, show_progress=show_progress)
     positives = sample_responses(
         model,
         tokenizer,
         prompts,
         system_prompt=behaviour.positive_system_prompt,
         response_prefix=behaviour.positive_prefix,
-        **common,  # type: ignore[arg-type]
+        **common,
     )
-    negatives = sample_responses(
-        model,
-        tokenizer,
-        prompts,
-        system_prompt=behaviour.negative_system_prompt,
-        **common,  # type: ignore[arg-type]
-    )
+    negatives = sample_responses(model, tokenizer, prompts, system_prompt=behaviour.negative_system_prompt, **common)
     records, counts = paired_records(prompts, positives, negatives, behaviour, confirm)
     if counts["confirmed_positive"] == 0:
         raise DataError(
@@ -202,7 +197,7 @@ def generate_utility_data(
     show_progress: bool = False,
 ) -> UtilityData:
     """The model's own greedy answers to benign ``prompts`` (call before any edit is active), cached like probes."""
-    from ..generation import generate_responses
+    from ..core.generation import generate_responses
 
     prompts = list(prompts)
     if not prompts:
@@ -257,14 +252,12 @@ def answered_only(prompts: list[str], responses: list[str], system_prompt: str |
 
 
 def shipped_file(model: Any, name: str) -> Path | None:
-    """A file of generated data shipped for this model (probes/generated/<model>/<name>.jsonl), if there is one."""
-    from importlib.resources import files
-
+    """A file of generated data shipped for this model (probes/data/generated/<model>/<name>.jsonl), if there is one."""
     config = getattr(decoder_model(model), "config", None)
     model_name = (getattr(config, "_name_or_path", None) or "").rstrip("/").split("/")[-1].lower()
     if not model_name:
         return None
-    path = Path(str(files("steer2edit_peft") / "probes" / "generated" / model_name / f"{name}.jsonl"))
+    path = shipped("generated", model_name, f"{name}.jsonl")
     return path if path.is_file() else None
 
 
@@ -280,8 +273,6 @@ def builtin_probe_data(
     """The model's own responses to a built-in behaviour's prompts: the shipped file when it is this model's, else
     sampled (and cached at ``cache``)."""
     spec = get_behaviour(behaviour)
-    from .behaviours import builtin_prompts
-
     assert spec.prompt_set is not None
     shipped = shipped_file(model, behaviour)
     return generate_probe(
@@ -289,6 +280,28 @@ def builtin_probe_data(
         tokenizer,
         builtin_prompts(spec.prompt_set),
         spec,
+        batch_size=batch_size,
+        cache=cache,
+        reuse=([shipped] if shipped else []) + list(reuse),
+    )
+
+
+def builtin_utility_data(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str] | None = None,
+    *,
+    batch_size: int = 16,
+    cache: Path | None = None,
+    reuse: Sequence[str | os.PathLike[str]] = (),
+) -> UtilityData:
+    """The model's own answers to the built-in benign prompts (or to ``prompts``): the shipped file when it is this
+    model's and these prompts', else generated (and cached at ``cache``)."""
+    shipped = shipped_file(model, "utility")
+    return generate_utility_data(
+        model,
+        tokenizer,
+        builtin_prompts("benign") if prompts is None else prompts,
         batch_size=batch_size,
         cache=cache,
         reuse=([shipped] if shipped else []) + list(reuse),

@@ -11,7 +11,8 @@ from typing import Any
 from peft.config import PeftConfig
 from peft.utils import PeftType
 
-from ..errors import AdapterValidationError
+from ..core.errors import AdapterValidationError
+from ..core.settings import PAPER
 from ..version import __version__
 from .checkpoint import (
     CONFIG_NAME,
@@ -44,6 +45,10 @@ class Steer2EditConfig(PeftConfig):
     direction) and ``k_t`` is non-zero only on the input columns of the edited components: heads of
     ``head_dim`` columns for attention modules, single columns (neurons) for MLP modules. A solved edit
     has one term (rank one); combining adapters concatenates terms.
+
+    A config built by hand defaults to the paper's method (``steer2edit_peft.PAPER``: both families, the paper's
+    keys); the defaults of an edit, which ``edit_model`` and ``steer2edit edit`` use, are ``steer2edit_peft.DEFAULTS``.
+    Both live in ``core/settings.py``.
     """
 
     target_modules: list[str] | str | None = field(
@@ -77,24 +82,32 @@ class Steer2EditConfig(PeftConfig):
         default=None, metadata={"help": "Input columns per attention head; read from the model config when None."}
     )
     rho_attn: float | None = field(
-        default=0.45,
+        default=PAPER.rho_attn,
         metadata={"help": "Elastic-net strength for attention heads; None or <= 0 switches heads off."},
     )
     rho_mlp: float | None = field(
-        default=0.5,
+        default=PAPER.rho_mlp,
         metadata={"help": "Elastic-net strength for MLP neurons; None or <= 0 switches neurons off."},
     )
     alpha: float = field(
-        default=0.75,
+        default=PAPER.alpha,
         metadata={"help": "Elastic-net mix in [0, 1): the L1 share, which sets the sparsity threshold rho*alpha."},
     )
     key_direction: str = field(
-        default="weight",
+        default=PAPER.key_direction,
         metadata={
             "help": "Input direction k of an edited head. 'weight' (the paper): normalize(W_j^T v_hat), the input "
             "that writes most along v. 'contrast': the head's mean input on the probe minus its mean input on "
             "reference (benign) data, made orthogonal to the latter, so the edit is silent on average benign input."
         },
+    )
+    positions: str | None = field(
+        default=None,
+        metadata={"help": "Where the steering vector (mean outputs) was read: 'predicting', 'response', 'decision'."},
+    )
+    input_positions: str | None = field(
+        default=None,
+        metadata={"help": "Where the mean inputs (scores, keys) were read; recorded from the steering vectors."},
     )
     strength: float = field(
         default=1.0,

@@ -7,7 +7,8 @@ Steer2Edit adapters:
   sees a half-written adapter and an interrupted save leaves the previous one intact.
 - transformers' ``model.load_adapter``: the adapter is read and checked by Steer2Edit first (config, weights,
   digest, fit to the model), and transformers then loads exactly the checked tensors.
-- ``PeftConfig.from_json_file``: an adapter_config.json that is not a JSON object is one clear error.
+- ``PeftConfig.from_json_file``: a STEER2EDIT adapter_config.json is read strictly, and a file that names no PEFT
+  type (or is no JSON object) is one clear error; every other PEFT type is read by PEFT as before.
 - transformers' adapter management (``set_adapter`` and the like): where it refuses this PEFT's version on a
   model that holds an edit, the error says what works instead.
 
@@ -21,8 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import AdapterValidationError, Steer2EditError
-from ..files import atomic_folder
+from ..core.errors import AdapterValidationError, Steer2EditError
+from ..core.files import atomic_folder
 from .checkpoint import PEFT_PREFIX, by_module, read_config_file
 from .config import Steer2EditConfig
 from .model import remove_adapter_layers
@@ -121,17 +122,19 @@ def _check_loaded(model: Any, adapter_name: str, state: dict[str, Any]) -> None:
 
 
 def _clear_json_errors(original: Any) -> Any:
+    """A STEER2EDIT config is read strictly; a config of any other PEFT type goes to PEFT's reader untouched. A file
+    PEFT cannot read at all (not a JSON object, or no PEFT type named) gets one clear error instead of a KeyError."""
+
     @functools.wraps(original)
     def from_json_file(cls: Any, path_json_file: str, **kwargs: Any) -> dict[str, Any]:
-        content = read_config_file(path_json_file)
         from peft.utils import PeftType
 
-        if not isinstance(content.get("peft_type"), str) or content["peft_type"] not in PeftType.__members__:
-            raise AdapterValidationError(
-                f"{path_json_file}: peft_type must name a PEFT method, got {content.get('peft_type')!r}"
-            )
-        if "runtime_config" in content:  # PEFT drops this key (with a warning); keep its behaviour
-            return original.__func__(cls, path_json_file, **kwargs)
+        content = read_config_file(path_json_file)
+        peft_type = content.get("peft_type")
+        if not isinstance(peft_type, str) or peft_type not in PeftType.__members__:
+            raise AdapterValidationError(f"{path_json_file}: peft_type must name a PEFT method, got {peft_type!r}")
+        if peft_type != "STEER2EDIT" or "runtime_config" in content:
+            return original.__func__(cls, path_json_file, **kwargs)  # PEFT's behaviour, warnings included
         return content
 
     return classmethod(from_json_file)

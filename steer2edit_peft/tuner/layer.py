@@ -10,7 +10,7 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from ..errors import AdapterValidationError
+from ..core.errors import AdapterValidationError
 
 
 def weight_in_out(module: nn.Module, fan_in_fan_out: bool) -> tuple[int, int]:

@@ -11,8 +11,8 @@ from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_mod
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..architectures import OUTPUT_PROJECTIONS, model_head_dim, model_signature, output_projections
-from ..errors import AdapterValidationError, UnknownArchitectureError
+from ..core.architectures import OUTPUT_PROJECTIONS, model_head_dim, model_signature, output_projections
+from ..core.errors import AdapterValidationError, UnknownArchitectureError
 from .checkpoint import MAX_EDIT_MAGNITUDE, PEFT_PREFIX, by_module, check_weights, check_weights_fit, split_key
 from .config import Steer2EditConfig, loaded_weights, was_loaded
 from .layer import Linear, Steer2EditLayer, offload_execution_device, weight_in_out

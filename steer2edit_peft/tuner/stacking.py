@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Union
 
-from ..errors import Steer2EditError
+from ..core.errors import Steer2EditError
 from .checkpoint import PEFT_PREFIX, WEIGHTS_NAME, by_module, check_weights_fit
 from .config import Steer2EditConfig, loaded_weights
 from .lora_equivalent import equivalent_lora_config, lora_factors
@@ -228,7 +228,7 @@ def save_adapters(model: Any, directory: str | os.PathLike[str]) -> dict[str, Pa
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    from ..files import atomic_folder
+    from ..core.files import atomic_folder
 
     folders = {}
     for name, config in model.peft_config.items():

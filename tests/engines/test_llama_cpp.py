@@ -24,7 +24,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from steer2edit_peft.data import encode_prompt
+    from steer2edit_peft.core.tokens import encode_prompt
 
     peft_model, tokenizer = edited_embedded_model()
     files = export_all(peft_model, tmp_path_factory.mktemp("gguf"), float32=True)

@@ -28,7 +28,7 @@ MAX_NEW_TOKENS = 24
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
     """A refusal edit solved on the embedded model, saved, and its exact LoRA export at a rank vLLM serves."""
-    from steer2edit_peft.cli import main
+    from steer2edit_peft.cli.main import main
 
     folder = tmp_path_factory.mktemp("vllm")
     assert main(["edit", "--probe", "refusal", "--output", str(folder / "refusal")]) == 0
@@ -38,8 +38,8 @@ def adapter(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(adapter):
-    from steer2edit_peft.models import EMBEDDED_MODEL
-    from steer2edit_peft.vllm_generation import VllmEngine, base_model_folder
+    from steer2edit_peft.core.models import EMBEDDED_MODEL
+    from steer2edit_peft.export.vllm import VllmEngine, base_model_folder
 
     lora = json.loads((adapter / "lora" / "adapter_config.json").read_text())
     return VllmEngine(
@@ -49,7 +49,7 @@ def engine(adapter):
 
 @pytest.fixture(scope="module")
 def prompts():
-    from steer2edit_peft.demo import evaluation_prompts
+    from steer2edit_peft.evaluation.prompts import evaluation_prompts
 
     held_out = evaluation_prompts("refusal", PROMPTS_PER_KIND)
     return held_out.attribute + held_out.benign
@@ -58,8 +58,8 @@ def prompts():
 def test_vllm_greedy_answers_agree_with_peft_float32(adapter, engine, prompts):
     from peft import PeftModel
 
-    from steer2edit_peft.generation import generate_responses
-    from steer2edit_peft.models import load_model
+    from steer2edit_peft.core.generation import generate_responses
+    from steer2edit_peft.core.models import load_model
 
     model, tokenizer = load_model(dtype=torch.float32)
     peft_model = PeftModel.from_pretrained(model, adapter / "refusal")
@@ -91,7 +91,7 @@ def test_a_batch_that_mixes_base_and_edited_requests_equals_separate_runs(engine
 def test_eval_with_the_vllm_backend_matches_the_transformers_backend(adapter, tmp_path):
     rates = {}
     for backend in ("transformers", "vllm"):
-        command = [sys.executable, "-m", "steer2edit_peft.cli", "eval", "--adapter", str(adapter / "refusal")]
+        command = [sys.executable, "-m", "steer2edit_peft.cli.main", "eval", "--adapter", str(adapter / "refusal")]
         command += ["--backend", backend, "--num-eval", "30", "--output", str(tmp_path / backend)]
         subprocess.run(command, check=True, cwd=ROOT, timeout=900)
         rows = json.loads((tmp_path / backend / "results.json").read_text())
@@ -107,7 +107,7 @@ def test_eval_with_the_vllm_backend_matches_the_transformers_backend(adapter, tm
 def test_sweep_with_the_vllm_backend_scores_trials_as_the_transformers_backend(tmp_path):
     trials = {}
     for backend in ("transformers", "vllm"):
-        command = [sys.executable, "-m", "steer2edit_peft.cli", "sweep", "--trials", "3", "--num-eval", "8"]
+        command = [sys.executable, "-m", "steer2edit_peft.cli.main", "sweep", "--trials", "3", "--num-eval", "8"]
         command += ["--dtype", "float32", "--max-kl", "10", "--backend", backend, "--output", str(tmp_path / backend)]
         subprocess.run(command, check=True, cwd=ROOT, timeout=900)
         trials[backend] = json.loads((tmp_path / backend / "trials.json").read_text())["Steer2Edit"]
@@ -154,9 +154,9 @@ def test_the_served_commands_are_the_documented_ones():
 
 
 def test_vllm_serve_answers_over_http_for_base_and_two_edits_and_loads_one_at_runtime(adapter, tmp_path):
-    from steer2edit_peft.cli import main
-    from steer2edit_peft.models import EMBEDDED_MODEL
-    from steer2edit_peft.vllm_generation import base_model_folder
+    from steer2edit_peft.cli.main import main
+    from steer2edit_peft.core.models import EMBEDDED_MODEL
+    from steer2edit_peft.export.vllm import base_model_folder
 
     # A second edit, by another behaviour, exported the same way.
     assert main(["edit", "--probe", "concise", "--output", str(tmp_path / "concise")]) == 0

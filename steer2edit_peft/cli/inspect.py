@@ -1,0 +1,51 @@
+"""`steer2edit inspect`: what a saved adapter edits, from its files alone."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .arguments import add_command, positive_int
+
+
+def register(commands: Any) -> None:
+    parser = add_command(
+        commands,
+        "inspect",
+        "show which heads and neurons a saved adapter edits",
+        "Print which heads and neurons a saved Steer2Edit adapter edits, from its files alone (no model is loaded).",
+    )
+    parser.add_argument("adapter", type=Path, help="folder written by save_pretrained")
+    parser.add_argument("--top", type=positive_int, default=5, help="components listed per module")
+    parser.add_argument("--heatmap", type=Path, help="write the edit heatmap here (.png, .svg or .pdf)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    print(inspect_adapter(args.adapter, args.top))
+    if args.heatmap:
+        from ..core.figures import save_figure
+        from ..tuner.heatmap import plot_edit_heatmap
+        from ..tuner.report import EditReport
+
+        print(f"wrote {save_figure(plot_edit_heatmap(EditReport.from_adapter_folder(args.adapter)), args.heatmap)}")
+
+
+def inspect_adapter(folder: Path, top: int = 5) -> str:
+    """A table of what a saved adapter edits, read from its files alone."""
+    from ..tuner.report import EditReport, read_adapter_config
+
+    config = read_adapter_config(folder)
+    report = EditReport.from_adapter_folder(folder)
+    lines = [
+        f"Steer2Edit adapter at {folder}",
+        f"  behaviour: {config.get('behaviour')}   base model: {config.get('base_model_name_or_path')}",
+        f"  rho_attn={config.get('rho_attn')} rho_mlp={config.get('rho_mlp')} alpha={config.get('alpha')} "
+        f"strength={config.get('strength')} head_dim={config.get('head_dim')} "
+        f"keys={config.get('key_direction')} layers={config.get('layers_to_transform') or 'all'}",
+        f"  probe data: {config.get('probe_data')}",
+        "",
+        report.to_table(top=top),
+    ]
+    return "\n".join(lines)

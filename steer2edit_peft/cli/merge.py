@@ -1,0 +1,34 @@
+"""`steer2edit merge`: a plain transformers model with the edit in its weights."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .arguments import add_adapter_source, add_command, add_output, load_with_adapter
+
+
+def register(commands: Any) -> None:
+    parser = add_command(
+        commands,
+        "merge",
+        "write a model with the edit merged into its weights",
+        "Load the base model, apply the adapter, merge it and save a plain transformers model (safetensors).",
+    )
+    add_adapter_source(parser)
+    parser.add_argument("--dtype", default="float32", choices=["bfloat16", "float32", "float16"])
+    parser.add_argument("--max-shard-size", default="5GB", help="safetensors shard size")
+    add_output(parser, "the merged model")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..core.files import atomic_folder, check_output_folder
+
+    check_output_folder(args.output, args.overwrite)
+    model, tokenizer = load_with_adapter(args, args.dtype)
+    merged = model.merge_and_unload()
+    with atomic_folder(args.output) as staging:  # a folder without its tokenizer is never left behind
+        merged.save_pretrained(staging, max_shard_size=args.max_shard_size)
+        tokenizer.save_pretrained(staging)
+    print(f"merged model written to {args.output} (load it with AutoModelForCausalLM.from_pretrained)")

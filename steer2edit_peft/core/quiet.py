@@ -1,0 +1,36 @@
+"""Third-party messages that would print on every import or call and say nothing useful to a steer2edit user."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+# (logger, a phrase of the message): each is harmless for steer2edit's use of that library.
+_NOISE = (
+    # bitsandbytes on CPUs with avx512-bf16 looks for an optional kernel package on import; PEFT imports it.
+    ("bitsandbytes.backends.cpu.ops", "kernels-community"),
+)
+
+
+class _DropMatching(logging.Filter):
+    def __init__(self, phrase: str) -> None:
+        super().__init__()
+        self.phrase = phrase
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.phrase not in record.getMessage()
+
+
+def drop_import_noise() -> None:
+    """Drop the one message of one third-party logger that PEFT's import triggers (installed before PEFT loads;
+    a second call adds nothing)."""
+    for name, phrase in _NOISE:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMatching) and f.phrase == phrase for f in logger.filters):
+            logger.addFilter(_DropMatching(phrase))
+
+
+def quiet_warnings() -> None:
+    """Warning filters for steer2edit's own programs (the CLI, the demo), never installed by an import."""
+    # PEFT probes `model.is_gradient_checkpointing`, which transformers 5 deprecates, on every PeftModel it builds.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

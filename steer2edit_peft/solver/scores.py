@@ -1,0 +1,188 @@
+"""The formulas: component scores g, elastic-net magnitudes lambda, keys k, and the rank-1 factors of each module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from ..core.architectures import decoder_model, model_signature
+from ..core.errors import Steer2EditError
+from ..extraction.extract import edited_modules
+from ..extraction.vectors import SteeringVectors
+from ..tuner import Steer2EditConfig
+
+
+@dataclass
+class ModuleEdit:
+    """The solved edit of one module: ``delta W = sum_c lambda_c u k_c^T`` on component c's columns."""
+
+    module: str
+    is_attention: bool
+    direction: torch.Tensor  # [out] unit steering direction u = v_hat
+    scores: torch.Tensor  # [components] alignment g; NaN where undefined
+    indices: torch.Tensor  # [edited] component indices
+    input_directions: torch.Tensor  # [edited, component_size] k_hat (heads) or sign(w.v_hat) (neurons)
+    magnitudes: torch.Tensor  # [edited] lambda
+
+
+def elastic_net_magnitude(scores: torch.Tensor, rho: float, alpha: float) -> torch.Tensor:
+    """lambda = sign(g) * max(|g| - rho*alpha, 0) / (rho*(1 - alpha)); undefined (NaN) scores give 0."""
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must lie in [0, 1), got {alpha}")
+    if rho <= 0:
+        raise ValueError(f"rho must be positive, got {rho}")
+    shrunk = torch.clamp(scores.abs() - rho * alpha, min=0.0) / (rho * (1.0 - alpha))
+    return torch.nan_to_num(torch.sign(scores) * shrunk, nan=0.0)
+
+
+def _cosine_to(direction: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """cos(direction, each row of vectors); NaN where a row (or the direction) is zero."""
+    norms = vectors.norm(dim=-1) * direction.norm()
+    scores = (vectors @ direction) / norms
+    return torch.where(norms > 0, scores, torch.full_like(scores, float("nan")))
+
+
+def head_scores(
+    weight: torch.Tensor, mean_input: torch.Tensor, direction: torch.Tensor, head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per head j: g_j = cos(v_hat, W_j x_j) and k_j = W_j^T v_hat. weight is [out, heads*head_dim]."""
+    out_features, in_features = weight.shape
+    heads = in_features // head_dim
+    blocks = weight.view(out_features, heads, head_dim)  # [out, heads, head_dim]
+    head_outputs = torch.einsum("ohd,hd->ho", blocks, mean_input.view(heads, head_dim))  # [heads, out]
+    keys = torch.einsum("ohd,o->hd", blocks, direction)  # [heads, head_dim]
+    return _cosine_to(direction, head_outputs), keys
+
+
+def contrast_keys(probe_input: torch.Tensor, reference_input: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Per head j: k_j = d_j - (d_j . r_j / |r_j|^2) r_j with d_j = x_j - r_j, unnormalized [heads, head_dim].
+
+    x_j is the head's mean input on the probe, r_j on the reference data: k_j . r_j = 0, so the edit adds
+    nothing on the average reference input and grows as the input moves towards the probe's.
+    """
+    probe, reference = probe_input.view(-1, head_dim), reference_input.view(-1, head_dim)
+    difference = probe - reference
+    norms = (reference * reference).sum(-1, keepdim=True)
+    along = torch.where(norms > 0, (difference * reference).sum(-1, keepdim=True) / norms.clamp_min(1e-30), 0.0)
+    return difference - along * reference
+
+
+def neuron_scores(
+    weight: torch.Tensor, mean_input: torch.Tensor, direction: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per neuron n: g_n = cos(v_hat, w_n x_n) = sign(x_n) cos(v_hat, w_n), and w_n . v_hat. weight is [out, in]."""
+    dots = weight.T @ direction  # [in]
+    norms = weight.norm(dim=0) * direction.norm() * mean_input.abs()
+    scores = torch.where(norms > 0, mean_input * dots / norms, torch.full_like(dots, float("nan")))
+    return scores, dots
+
+
+def effective_weight(module: Any) -> torch.Tensor:
+    """The weight the module really applies, [out, in], float32: base plus unmerged active adapters."""
+    from accelerate.utils import align_module_device
+
+    base: Any = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
+    with align_module_device(base, torch.device("cpu") if base.weight.device.type == "meta" else None):
+        weight = base.weight.detach().to(torch.float32, copy=True)  # offloaded weights are brought in, then copied
+    if isinstance(module, BaseTunerLayer):
+        for adapter_name in module.active_adapters:
+            if adapter_name in module.merged_adapters or not hasattr(module, "get_delta_weight"):
+                continue
+            if adapter_name in module._get_available_adapters():
+                weight = weight + module.get_delta_weight(adapter_name).detach().float().to(weight.device)
+    return weight.T if isinstance(base, Conv1D) else weight
+
+
+def solve_module(
+    name: str,
+    weight: torch.Tensor,
+    vectors: SteeringVectors,
+    is_attention: bool,
+    rho: float,
+    alpha: float,
+    head_dim: int,
+    key_direction: str = "weight",
+) -> ModuleEdit:
+    """Scores, elastic-net magnitudes and rank-1 factors for every head (or neuron) of one module."""
+    device = weight.device
+    steering = vectors.direction(name).to(device)
+    mean_input = vectors.pre_mean(name).to(device)
+    if steering.shape[0] != weight.shape[0] or mean_input.shape[0] != weight.shape[1]:
+        raise Steer2EditError(
+            f"{name}: steering vectors of size {steering.shape[0]} / inputs of size {mean_input.shape[0]} do not fit "
+            f"a weight of shape {tuple(weight.shape)}; were they extracted on another model?"
+        )
+    norm = steering.norm()
+    direction = steering / norm if norm > 0 else steering
+    if is_attention:
+        scores, keys = head_scores(weight, mean_input, direction, head_dim)
+        if key_direction == "contrast":
+            # k . x >= 0 at the mean probe input by construction; a head with g < 0 (lambda < 0) takes -k, so
+            # lambda (k . x) >= 0 there and every edited head pushes towards v, as the paper's keys do.
+            keys = contrast_keys(mean_input, vectors.reference_mean(name).to(device), head_dim)
+            keys = keys * torch.where(scores < 0, -1.0, 1.0).to(keys.dtype)[:, None]
+        key_norms = keys.norm(dim=-1, keepdim=True)
+        input_directions = torch.where(key_norms > 0, keys / key_norms.clamp_min(1e-30), torch.zeros_like(keys))
+        defined = key_norms.squeeze(-1) > 0
+    else:
+        scores, dots = neuron_scores(weight, mean_input, direction)
+        input_directions = torch.sign(dots)[:, None]
+        defined = dots != 0
+    magnitudes = elastic_net_magnitude(scores, rho, alpha)
+    selected = torch.nonzero((magnitudes != 0) & defined).squeeze(-1)
+    return ModuleEdit(
+        module=name,
+        is_attention=is_attention,
+        direction=direction.cpu(),
+        scores=scores.cpu(),
+        indices=selected.cpu(),
+        input_directions=input_directions[selected].cpu(),
+        magnitudes=magnitudes[selected].cpu(),
+    )
+
+
+def check_vectors_fit(model: nn.Module, vectors: SteeringVectors) -> None:
+    """Refuse vectors extracted on a model of another shape."""
+    config = getattr(decoder_model(model), "config", None)
+    if config is None or not vectors.model_signature:
+        return
+    signature = model_signature(config)
+    mismatched = {
+        k: (v, signature[k]) for k, v in vectors.model_signature.items() if k in signature and signature[k] != v
+    }
+    if mismatched:
+        details = ", ".join(f"{k}: vectors {a!r} vs model {b!r}" for k, (a, b) in mismatched.items())
+        raise Steer2EditError(f"these steering vectors were extracted on a different model ({details})")
+
+
+@torch.no_grad()
+def solve_edit(model: nn.Module, vectors: SteeringVectors, config: Steer2EditConfig) -> list[ModuleEdit]:
+    """Solve every targeted module of ``model`` (config resolved in place); no module is changed."""
+    check_vectors_fit(model, vectors)
+    modules = edited_modules(model, config)
+    missing = [name for name in modules if name not in vectors.post_pos]
+    if missing:
+        raise Steer2EditError(f"the steering vectors lack {len(missing)} edited module(s), e.g. {missing[0]}")
+    edits = []
+    for name, module in modules.items():
+        is_attention = config.is_attention_module(name)
+        rho = config.rho_attn if is_attention else config.rho_mlp
+        assert rho is not None and (config.head_dim or not is_attention)
+        edits.append(
+            solve_module(
+                name,
+                effective_weight(module),
+                vectors,
+                is_attention,
+                rho,
+                config.alpha,
+                config.head_dim or 1,
+                config.key_direction,
+            )
+        )
+    return edits

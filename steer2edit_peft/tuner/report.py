@@ -1,0 +1,205 @@
+"""EditReport: what an edit changed, per layer and module, readable as a table, from a model or from saved files."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..core.architectures import decoder_model
+from ..core.errors import Steer2EditError
+from . import Steer2EditLayer
+from .checkpoint import PEFT_PREFIX
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+@dataclass
+class ModuleReport:
+    module: str
+    layer: int | None
+    kind: str  # "attention" (heads) or "mlp" (neurons)
+    num_components: int
+    components: list[tuple[int, float]]  # (component index, lambda) of every edited component, largest |lambda| first
+
+    @property
+    def num_edited(self) -> int:
+        return len(self.components)
+
+    @property
+    def max_magnitude(self) -> float:
+        return abs(self.components[0][1]) if self.components else 0.0
+
+
+def _module_report(module: str, kind: str, num_components: int, indices: list[int], magnitudes: list[float]):
+    components = sorted(zip(indices, magnitudes), key=lambda item: -abs(item[1]))
+    return ModuleReport(module, layer_index(module), kind, num_components, components)
+
+
+@dataclass
+class EditReport:
+    adapter_name: str
+    modules: list[ModuleReport] = field(default_factory=list)
+    num_layers: int | None = None
+    # Components per family over the whole model, when not every module is listed (reports read from files).
+    component_totals: dict[str, int] = field(default_factory=dict)
+
+    def _total(self, kind: str, count: str) -> int:
+        if count == "num_components" and kind in self.component_totals:
+            return self.component_totals[kind]
+        return sum(getattr(m, count) for m in self.modules if m.kind == kind)
+
+    @property
+    def edited_heads(self) -> int:
+        return self._total("attention", "num_edited")
+
+    @property
+    def edited_neurons(self) -> int:
+        return self._total("mlp", "num_edited")
+
+    @property
+    def total_heads(self) -> int:
+        return self._total("attention", "num_components")
+
+    @property
+    def total_neurons(self) -> int:
+        return self._total("mlp", "num_components")
+
+    def to_table(self, top: int = 3, edited_only: bool = False) -> str:
+        header = f"{'layer':>5}  {'module':<28} {'edited':>13}  {'max |lambda|':>12}  top components (index: lambda)"
+        lines = [header, "-" * len(header)]
+        for m in self.modules:
+            if edited_only and not m.num_edited:
+                continue
+            short = m.module.split(".", 3)[-1] if m.layer is not None else m.module
+            tops = ", ".join(f"{i}: {value:+.3f}" for i, value in m.components[:top])
+            edited = f"{m.num_edited}/{m.num_components}"
+            lines.append(
+                f"{m.layer if m.layer is not None else '-':>5}  {short:<28} {edited:>13}  {m.max_magnitude:>12.4f}  {tops}"
+            )
+        lines.append("-" * len(header))
+        lines.append(
+            f"total: {self.edited_heads}/{self.total_heads} heads, {self.edited_neurons}/{self.total_neurons} neurons edited"
+        )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_table()
+
+    @classmethod
+    def from_adapter_folder(cls, folder: str | Path) -> EditReport:
+        """The report of a saved adapter, read from its JSON and safetensors files alone (no model)."""
+        from safetensors import safe_open
+
+        folder = Path(folder)
+        config = read_adapter_config(folder)
+        weights = folder / ADAPTER_WEIGHTS
+        signature = config.get("base_model_signature") or {}
+        attention_suffixes = config.get("attention_modules") or []
+        lambdas: dict[str, list[float]] = {}
+        if weights.is_file():
+            try:
+                with safe_open(str(weights), framework="pt") as handle:
+                    for key in handle.keys():  # noqa: SIM118  (safe_open has no __iter__)
+                        if key.endswith(".steer2edit_lambda"):
+                            module = key.removeprefix(PEFT_PREFIX).removesuffix(".steer2edit_lambda")
+                            lambdas[module] = handle.get_tensor(key).float().tolist()
+            except Exception as error:  # safetensors raises its own error types for damaged files
+                raise Steer2EditError(f"{weights} cannot be read as safetensors: {error}") from error
+        layers = signature.get("num_hidden_layers")
+        report = cls(config.get("behaviour") or folder.name, num_layers=layers)
+        report.component_totals = component_totals(
+            signature,
+            config.get("layers_to_transform"),
+            bool(attention_suffixes) and (config.get("rho_attn") or 0) > 0,
+            bool(config.get("mlp_modules")) and (config.get("rho_mlp") or 0) > 0,
+        )
+        for module, terms in config.get("edited_components", {}).items():
+            indices = [index for term in terms for index in term]
+            is_attention = any(module == s or module.endswith("." + s) for s in attention_suffixes)
+            if is_attention:
+                size = signature.get("num_attention_heads") or max(indices, default=-1) + 1
+            else:
+                size = signature.get("intermediate_size") or max(indices, default=-1) + 1
+            magnitudes = lambdas.get(module, [float("nan")] * len(indices))
+            if len(magnitudes) != len(indices):
+                raise Steer2EditError(
+                    f"{folder}: {module} lists {len(indices)} edited components but stores {len(magnitudes)} lambdas"
+                )
+            report.modules.append(
+                _module_report(module, "attention" if is_attention else "mlp", size, indices, magnitudes)
+            )
+        report.modules.sort(key=lambda m: (m.layer if m.layer is not None else -1, m.kind))
+        return report
+
+
+def read_adapter_config(folder: Path) -> dict[str, Any]:
+    """The JSON config of a saved Steer2Edit adapter, checked as strictly as loading checks it."""
+    from dataclasses import fields
+
+    from . import Steer2EditConfig
+    from .checkpoint import check_saved_config, read_config_file
+
+    path = Path(folder) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise Steer2EditError(f"{folder} holds no {ADAPTER_CONFIG}; is it a saved adapter folder?")
+    config = read_config_file(path)
+    if config.get("peft_type") != "STEER2EDIT":
+        raise Steer2EditError(f"{folder} is a {config.get('peft_type')} adapter, not a Steer2Edit one")
+    check_saved_config(config, {f.name for f in fields(Steer2EditConfig)}, str(path))
+    return config
+
+
+def layer_index(module_name: str) -> int | None:
+    """The decoder layer a module belongs to: the first number in its dotted name."""
+    match = re.search(r"\.(\d+)\.", f".{module_name}.")
+    return int(match.group(1)) if match else None
+
+
+def component_totals(signature: dict[str, Any], layers_to_transform: Any, attention: bool, mlp: bool) -> dict[str, int]:
+    """Heads and neurons in the layers an adapter may edit (all layers unless it names some): the whole that the
+    share of edited components is counted against."""
+    layers = signature.get("num_hidden_layers")
+    if not (layers and signature.get("num_attention_heads") and signature.get("intermediate_size")):
+        return {}
+    named = [layers_to_transform] if isinstance(layers_to_transform, int) else layers_to_transform
+    count = len(named or range(layers))
+    return {
+        "attention": count * signature["num_attention_heads"] if attention else 0,
+        "mlp": count * signature["intermediate_size"] if mlp else 0,
+    }
+
+
+def edit_report(model: nn.Module, adapter_name: str = "default") -> EditReport:
+    """Summarise a Steer2Edit adapter already on ``model`` (solved or loaded)."""
+    from ..core.architectures import model_signature, model_text_config
+
+    base = decoder_model(model)
+    config = getattr(base, "config", None)
+    report = EditReport(adapter_name, num_layers=getattr(model_text_config(base), "num_hidden_layers", None))
+    adapter_config = getattr(model, "peft_config", {}).get(adapter_name)
+    if config is not None and adapter_config is not None:
+        report.component_totals = component_totals(
+            model_signature(config),
+            adapter_config.layers_to_transform,
+            (adapter_config.rho_attn or 0) > 0,
+            (adapter_config.rho_mlp or 0) > 0,
+        )
+    for name, module in base.named_modules():
+        if not isinstance(module, Steer2EditLayer) or adapter_name not in module.steer2edit_u:
+            continue
+        size = module.component_size[adapter_name]
+        report.modules.append(
+            _module_report(
+                name,
+                "attention" if size > 1 else "mlp",
+                module.in_features // size,
+                module.steer2edit_indices[adapter_name].tolist(),
+                module.steer2edit_lambda[adapter_name].detach().float().cpu().tolist(),
+            )
+        )
+    return report
