@@ -94,28 +94,20 @@ def test_search_runs_both_methods_and_leaves_the_model_unchanged():
     torch.testing.assert_close(model(x).logits, reference_logits)
 
 
-def test_search_rejects_an_unknown_method():
+def one_pair_vectors():
     model = tiny_model("llama")
-    vectors = extract_steering_vectors(
-        model,
-        CharTokenizer(),
-        ContrastiveDataset.from_lists(["a"], ["b"], ["c"], ["d"]),
-        reference=REFERENCE,
-        show_progress=False,
-    )
+    dataset = ContrastiveDataset.from_lists(["a"], ["b"], ["c"], ["d"])
+    return model, extract_steering_vectors(model, CharTokenizer(), dataset, reference=REFERENCE, show_progress=False)
+
+
+def test_search_rejects_an_unknown_method():
+    model, vectors = one_pair_vectors()
     with pytest.raises(ValueError, match="method must be"):
         search(model, vectors, lambda c, r: (0.0, 0.0, {}), method="lora", trials=1)
 
 
 def test_a_trial_that_edits_nothing_scores_as_the_base_model():
-    model = tiny_model("llama")
-    vectors = extract_steering_vectors(
-        model,
-        CharTokenizer(),
-        ContrastiveDataset.from_lists(["a"], ["b"], ["c"], ["d"]),
-        reference=REFERENCE,
-        show_progress=False,
-    )
+    model, vectors = one_pair_vectors()
     calls = []
 
     def measure(condition, reference):
