@@ -343,7 +343,7 @@ def test_nan_strength_in_a_saved_adapter_is_refused_by_merge_and_export(checkpoi
         assert code == 2 and "strength" in err and not (tmp_path / command).exists()
 
 
-def test_the_python_api_and_the_cli_make_the_same_edit_from_the_defaults(checkpoint, tmp_path, capsys):
+def test_the_python_api_and_the_cli_make_the_same_edit_from_the_defaults(checkpoint, tmp_path, capsys, monkeypatch):
     from safetensors.torch import load_file
 
     from steer2edit_peft import DEFAULTS, ContrastiveDataset, edit_model, extract_steering_vectors
@@ -358,13 +358,16 @@ def test_the_python_api_and_the_cli_make_the_same_edit_from_the_defaults(checkpo
     reference_file = tmp_path / "reference.json"
     reference_file.write_text(json.dumps(builtin_prompts("benign")[:8]))
 
+    # The sanity gate reads the tiny random model's answers, which are noise; it has tests of its own.
+    checked = []
+    monkeypatch.setattr("steer2edit_peft.solver.check_sanity", lambda *args, **kwargs: checked.append(args))
     code, _, err = run(
-        capsys, "edit", "--model", checkpoint, "--probe", probe_file, "--reference", reference_file,
-        "--output", tmp_path / "cli",
+        capsys, "edit", "--model", checkpoint, "--dtype", "float32", "--probe", probe_file,
+        "--reference", reference_file, "--output", tmp_path / "cli",
     )  # fmt: skip
-    assert code == 0, err
+    assert code == 0 and len(checked) == 1, err
 
-    model, tokenizer = load_model(str(checkpoint), dtype=torch.bfloat16)  # the CLI's default dtype
+    model, tokenizer = load_model(str(checkpoint), dtype=torch.float32)
     utility = builtin_utility_data(model, tokenizer, builtin_prompts("benign")[:8])
     probe = ContrastiveDataset.from_file(probe_file)
     vectors = extract_steering_vectors(model, tokenizer, probe, reference=(utility.prompts, utility.responses))
