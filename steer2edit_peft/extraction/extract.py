@@ -179,7 +179,9 @@ def extract_steering_vectors(
     accumulator = _Accumulator()
     with _evaluating(model), _recording_hooks(modules, accumulator):
         device = input_device(model)
-        for batch_classes, masks, inputs in tqdm(batches, desc="extracting", unit="batch", disable=not show_progress):
+        total = -(-len(encoded) // batch_size)
+        progress = tqdm(batches, total=total, desc="extracting", unit="batch", disable=not show_progress)
+        for batch_classes, masks, inputs in progress:
             accumulator.start_batch(batch_classes, masks)
             with suppress(_StopForward):
                 model(**{name: tensor.to(device) for name, tensor in inputs.items()}, use_cache=False)
@@ -233,10 +235,10 @@ def _batches(
     padding_side: str,
     batch_size: int,
     windows: dict[str, str],
-) -> list[tuple[list[str], dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
-    """(classes, position masks per statistic, model inputs) of each batch; similar lengths together (less padding)."""
+) -> Iterator[tuple[list[str], dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+    """(classes, position masks per statistic, model inputs) of each batch, padded as it is reached (so memory does
+    not grow with the data); similar lengths together (less padding)."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    batches = []
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         input_ids, attention_mask, position_ids, response_mask = collate(
@@ -244,8 +246,7 @@ def _batches(
         )
         masks = {statistic: position_mask(response_mask, window) for statistic, window in windows.items()}
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-        batches.append(([classes[i] for i in rows], masks, inputs))
-    return batches
+        yield [classes[i] for i in rows], masks, inputs
 
 
 def _means(
