@@ -158,6 +158,37 @@ def frontier(data: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def selectivity(data: dict[str, Any]) -> str:
+    base = data["rows"][0]
+
+    def points(row: dict[str, Any], key: str) -> str:
+        return f"{100 * row[key]:.1f}% ({100 * (row[key] - base[key]):+.1f})"
+
+    def share(value: Any) -> str:
+        return value if isinstance(value, str) else f"{100 * value:.1f}%"
+
+    rows = [
+        [
+            row["method"],
+            f"{row['budget']:g}" if row["budget"] else "",
+            points(row, "harmful"),
+            points(row, "borderline"),
+            points(row, "benign"),
+            f"{row['kl_heldout']:.3f}",
+            f"{share(row.get('heads', ''))} / {share(row.get('neurons', ''))}" if "heads" in row else "",
+            f"{100 * ((row['harmful'] - base['harmful']) - (row['borderline'] - base['borderline'])):+.1f}",
+        ]
+        for row in data["rows"]
+    ]
+    sizes = ", ".join(f"{name} {count}" for name, count in data["sets"].items())
+    header = ["method", "KL budget", "harmful refused", "borderline refused", "benign refused", "KL (Alpaca)"]
+    header += ["heads / neurons edited", "selectivity (points)"]
+    return (
+        table(header, rows)
+        + f"\n\nPrompts: {sizes}. Selectivity: harmful refusal gained minus borderline refusal added."
+    )
+
+
 def engines(name: str) -> Any:
     def render(data: dict[str, Any]) -> str:
         rows = [
@@ -180,6 +211,7 @@ def main() -> None:
         ("memory", memory),
         ("tradeoff", tradeoff),
         ("frontier", frontier),
+        ("selectivity", selectivity),
         ("engines_llama_cpp", engines("llama.cpp")),
         ("engines_vllm", engines("vLLM CPU build")),
     ]:

@@ -26,7 +26,8 @@ from .core.settings import DEFAULTS, EditSettings
 from .evaluation.prompts import EvaluationPrompts, evaluation_prompts
 from .evaluation.suite import Condition, EvaluationResult, combined, evaluate_conditions, results_table
 from .extraction import SteeringVectors, extract_steering_vectors, steer
-from .probes import ContrastiveDataset, UtilityData, builtin_probe_data, builtin_utility_data
+from .probes import ContrastiveDataset, UtilityData, builtin_probe_data
+from .probes.generate import reference_data
 from .solver import check_sanity, edit_model, largest_within
 
 DEMO_BEHAVIOURS = ("refusal", "concise")
@@ -83,15 +84,15 @@ def demo_probe(
 
 
 def demo_utility(
-    model: Any, tokenizer: Any, output: Path, batch_size: int, previous: Path | None = None
+    model: Any,
+    tokenizer: Any,
+    output: Path,
+    batch_size: int,
+    previous: Path | None = None,
+    sets: tuple[str, ...] = DEFAULTS.reference,
 ) -> UtilityData:
-    return builtin_utility_data(
-        model,
-        tokenizer,
-        batch_size=batch_size,
-        cache=output / "utility.jsonl",
-        reuse=_earlier(previous, "utility.jsonl"),
-    )
+    """The model's own answers to the reference prompt sets: shipped for the embedded model, else generated."""
+    return reference_data(model, tokenizer, sets, batch_size=batch_size, cache=output, reuse=previous)
 
 
 def match_steering_strength(
@@ -168,8 +169,13 @@ class _DemoRun:
         s = self.settings
         probe = s.probe or demo_probe(self.model, self.tokenizer, s.behaviour, self.output, s.batch_size, self.previous)
         self.probe = probe
-        self.utility = demo_utility(self.model, self.tokenizer, self.output, s.batch_size, self.previous)
-        self.log(f"[2/7] extracting steering vectors from {probe}, with {len(self.utility.prompts)} benign prompts")
+        self.utility = demo_utility(
+            self.model, self.tokenizer, self.output, s.batch_size, self.previous, s.edit.reference
+        )
+        self.log(
+            f"[2/7] extracting steering vectors from {probe}, with {len(self.utility.prompts)} reference prompts "
+            f"({' + '.join(s.edit.reference)})"
+        )
         self.vectors = extract_steering_vectors(
             self.model,
             self.tokenizer,

@@ -78,6 +78,11 @@ def test_extract_edit_inspect_eval_merge_chain(checkpoint, tmp_path, capsys):
 
     code, out, _ = run(capsys, "inspect", adapter_dir, "--heatmap", tmp_path / "inspect.png")
     assert code == 0 and "layers=[1, 2]" in out and (tmp_path / "inspect.png").is_file()
+    selectivity = ["--model", checkpoint, "--act-on", "harmful", "--leave-alone", "borderline"]
+    code, out, _ = run(capsys, "inspect", adapter_dir, *selectivity)
+    assert code == 0 and "key selectivity:" in out and "64 prompts to act on vs 120 to leave alone" in out
+    code, _, err = run(capsys, "inspect", adapter_dir, "--act-on", "harmful")
+    assert code == 2 and "--act-on and --leave-alone go together" in err
 
     code, out, _ = run(
         capsys,

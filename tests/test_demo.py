@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny_models import save_tiny_checkpoint
 
-from steer2edit_peft import ContrastiveDataset, EditSettings
+from steer2edit_peft import DEFAULTS, ContrastiveDataset, EditSettings
 from steer2edit_peft.cli.main import main
 from steer2edit_peft.core.models import EMBEDDED_MODEL
 from steer2edit_peft.demo import DemoSettings, run_demo
@@ -67,8 +67,8 @@ def test_demo_runs_every_stage_on_a_tiny_model(tiny_checkpoint, tmp_path):
     # The edit is calibrated: its KL on the utility data is within the budget, found by more than one evaluation.
     calibration = summary["calibration"]
     assert 0 < calibration["kl"] <= 0.05 and len(calibration["history"]) > 2
-    # The utility data (the base model's own answers to the benign prompts) is cached for the next run.
-    assert (tmp_path / "utility.jsonl").is_file()
+    # The reference data (the base model's own answers to each reference set) is cached for the next run.
+    assert all((tmp_path / f"reference-{name}.jsonl").is_file() for name in DEFAULTS.reference)
     for image in ("edit_heatmap.png", "metrics.png"):
         assert (tmp_path / "figures" / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
@@ -83,7 +83,7 @@ def test_the_steering_baseline_is_matched_to_the_edits_kl_on_the_utility_data(ti
 
     outcome = run_demo(tiny_settings(tiny_checkpoint, tmp_path, plots=False), log=lambda _: None)
     summary = json.loads((tmp_path / "results.json").read_text())
-    _, records = read_jsonl_records(tmp_path / "utility.jsonl")
+    records = [r for name in DEFAULTS.reference for r in read_jsonl_records(tmp_path / f"reference-{name}.jsonl")[1]]
     model, tokenizer = load_model(str(tiny_checkpoint), dtype=torch.float32)
     from steer2edit_peft import extract_steering_vectors
 

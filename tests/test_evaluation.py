@@ -200,7 +200,7 @@ def test_truthfulqa_mc_scores_every_shared_question_range_used_by_the_study():
     assert result["questions"] == 80
 
 
-@pytest.mark.parametrize("prompt_set", ["harmful", "benign", "questions", "misconceptions"])
+@pytest.mark.parametrize("prompt_set", ["harmful", "benign", "questions", "misconceptions", "borderline"])
 def test_probe_prompt_sets_never_appear_in_the_held_out_sets(prompt_set):
     from steer2edit_peft.evaluation.prompts import borderline_prompts, builtin_heldout
     from steer2edit_peft.probes import builtin_prompts
@@ -210,3 +210,31 @@ def test_probe_prompt_sets_never_appear_in_the_held_out_sets(prompt_set):
     held_out |= {p.strip().lower() for p in borderline_prompts()}
     assert prompts and len(set(prompts)) == len(prompts)
     assert not set(prompts) & held_out
+
+
+def test_the_borderline_halves_are_large_of_disjoint_kinds_and_the_harmbench_split_is_fixed():
+    from steer2edit_peft.evaluation.prompts import harmbench_behaviours
+    from steer2edit_peft.probes.datasets import shipped
+
+    halves = [
+        json.loads(Path(path).read_text(encoding="utf-8"))
+        for path in (shipped("prompts", "borderline.json"), _evaluation_file("borderline.json"))
+    ]
+    for half in halves:
+        assert len(half["prompts"]) >= 100 and len(half["kinds"]) == len(half["prompts"])
+    assert len(halves[0]["prompts"]) + len(halves[1]["prompts"]) >= 200
+    assert not set(halves[0]["kinds"]) & set(halves[1]["kinds"])  # the report half's kinds are never tuned on
+    csv_path = (
+        Path(__file__).resolve().parents[2] / "shared" / "datasets" / "harmbench" / "harmbench_behaviors_text_all.csv"
+    )
+    tune, report = harmbench_behaviours(csv_path, "tune"), harmbench_behaviours(csv_path, "report")
+    assert len(tune) + len(report) == 300 and not set(tune) & set(report)
+    assert abs(len(tune) - len(report)) < 30 and harmbench_behaviours(csv_path, "report") == report
+    with pytest.raises(ValueError, match="part must be one of"):
+        harmbench_behaviours(csv_path, "train")
+
+
+def _evaluation_file(name: str) -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("steer2edit_peft.evaluation").joinpath("data", name)))

@@ -250,15 +250,20 @@ def test_each_edit_moves_its_component_output_along_v(seed):
     # For every key direction: at the mean probe input, lambda and k . x share the sign of g, so every edited
     # component (lambda > 0 or lambda < 0) adds a positive multiple of v_hat. Checked by hand, one component
     # at a time, with the edit's dense weight change applied to the mean input.
+    from steer2edit_peft.core.settings import KEY_DIRECTIONS
     from steer2edit_peft.solver.scores import solve_module
 
     torch.manual_seed(seed)
     weight, x, v, reference = torch.randn(12, 16), torch.randn(16), torch.randn(12), torch.randn(16)
     vectors = SteeringVectors(
-        post_pos={"m": v}, post_neg={"m": torch.zeros(12)}, pre_pos={"m": x}, pre_neg={"m": x}, pre_ref={"m": reference}
+        post_pos={"m": v},
+        post_neg={"m": torch.zeros(12)},
+        pre_pos={"m": x},
+        pre_neg={"m": x},
+        pre_ref={"m": reference},
     )
     v_hat = v / v.norm()
-    cases = [(True, 4, "weight"), (True, 4, "contrast"), (False, 1, "weight")]
+    cases = [(True, 4, key) for key in KEY_DIRECTIONS] + [(False, 1, "weight")]
     for is_attention, size, key_direction in cases:
         edit = solve_module(
             "m", weight, vectors, is_attention, rho=0.05, alpha=0.5, head_dim=size, key_direction=key_direction
@@ -394,11 +399,14 @@ def test_chat_template_is_used_with_a_system_prompt():
 
 
 def test_vectors_save_load_and_similarity(tmp_path):
-    vectors = extract_steering_vectors(tiny_model("gpt2"), CharTokenizer(), ragged_dataset(), show_progress=False)
+    vectors = extract_steering_vectors(
+        tiny_model("gpt2"), CharTokenizer(), ragged_dataset(), reference=(["ok"], ["fine"]), show_progress=False
+    )
     loaded = SteeringVectors.load(vectors.save(tmp_path))
     assert loaded.modules == vectors.modules and loaded.token_counts == vectors.token_counts
     for name in vectors.modules:
         assert torch.equal(loaded.direction(name), vectors.direction(name))
+    assert vectors.pre_ref and all(torch.equal(loaded.pre_ref[m], t) for m, t in vectors.pre_ref.items())
     assert all(abs(s - 1) < 1e-6 for s in loaded.cosine_similarity(vectors).values())
 
 

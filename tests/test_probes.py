@@ -276,3 +276,25 @@ def test_the_strict_refusal_test_needs_the_phrase_at_the_start():
     assert is_refusal("p", "I'm sorry, but I can't.")
     assert not is_refusal("p", "Sure, here are the steps you asked for in detail; I'm sorry it is long.")
     assert is_brief("Lima.") and not is_brief("") and not is_brief("word " * 30)
+
+
+def test_reference_data_joins_each_set_answered_and_cached_apart(model_and_tokenizer, tmp_path, monkeypatch):
+    from steer2edit_peft.probes.generate import reference_data
+
+    model, tokenizer = model_and_tokenizer
+    first, second = tmp_path / "first.json", tmp_path / "second.jsonl"
+    first.write_text(json.dumps(PROMPTS[:2]))
+    second.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS[2:]))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    joined = reference_data(model, tokenizer, [str(first), str(second)], cache=cache)
+    assert joined.prompts == PROMPTS
+    for path, prompts in ((first, PROMPTS[:2]), (second, PROMPTS[2:])):
+        alone = generate_utility_data(model, tokenizer, prompts)
+        assert [joined.responses[PROMPTS.index(p)] for p in prompts] == alone.responses
+        assert (cache / f"reference-{path.stem}.jsonl").is_file()
+    monkeypatch.setattr("steer2edit_peft.core.generation.generate_responses", None)  # nothing is generated again
+    again = reference_data(model, tokenizer, [str(first), str(second)], reuse=cache)
+    assert again.responses == joined.responses
+    with pytest.raises(DataError, match="at least one prompt set"):
+        reference_data(model, tokenizer, [])

@@ -121,6 +121,17 @@ def add_positions(parser: Any, outputs: bool = False) -> None:
     )
 
 
+def add_reference(parser: Any) -> None:
+    """The data the edit must leave alone (its mean inputs for contrastive keys, its KL for calibration)."""
+    parser.add_argument(
+        "--reference",
+        default=",".join(DEFAULTS.reference),
+        metavar="SETS",
+        help="prompts the edit must leave alone, answered by the model itself: comma-separated built-in sets "
+        "(benign, borderline) or .json/.jsonl files (default: %(default)s)",
+    )
+
+
 def add_solver(parser: argparse.ArgumentParser) -> None:
     """The solver's settings; every default is EditSettings' (``steer2edit_peft.DEFAULTS``)."""
     defaults = DEFAULTS
@@ -226,12 +237,10 @@ def load_probe_data(spec: str, model: Any, tokenizer: Any, batch_size: int, spli
 
 
 def load_utility(spec: str, model: Any, tokenizer: Any, batch_size: int) -> Any:
-    """Utility data: the model's own answers to the built-in benign prompts or to a file of prompts."""
-    from ..probes import builtin_utility_data
+    """Reference data: the model's own answers to each comma-separated prompt set of ``spec``."""
+    from ..probes.generate import reference_data
 
-    return builtin_utility_data(
-        model, tokenizer, None if spec == "benign" else prompt_list(spec), batch_size=batch_size
-    )
+    return reference_data(model, tokenizer, [part for part in spec.split(",") if part], batch_size=batch_size)
 
 
 def load_with_adapter(args: argparse.Namespace, dtype: str = "float32") -> tuple[Any, Any]:

@@ -77,7 +77,7 @@ def _holds_only_a_demo_run(folder: Path) -> bool:
     """Whether ``folder`` holds nothing but an earlier demo's files, which a new demo run may replace."""
     import fnmatch
 
-    own = ("adapter", "figures", "results.json", "utility.jsonl", "probe-*.jsonl")
+    own = ("adapter", "figures", "results.json", "utility.jsonl", "reference-*.jsonl", "probe-*.jsonl")
     if not (folder / "results.json").is_file():
         return False
     if not all(any(fnmatch.fnmatch(entry.name, pattern) for pattern in own) for entry in folder.iterdir()):

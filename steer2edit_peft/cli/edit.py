@@ -10,6 +10,7 @@ from .arguments import (
     add_command,
     add_model,
     add_output,
+    add_reference,
     add_solver,
     extracted_vectors,
     load,
@@ -23,14 +24,14 @@ def register(commands: Any) -> None:
         commands,
         "edit",
         "solve an edit from steering vectors and save it as a PEFT adapter",
-        "Solve a Steer2Edit edit from saved vectors (or from probe data on the fly), calibrated to a KL budget on "
-        "benign prompts, check that it is not degenerate, and save the adapter.",
+        "Solve a Steer2Edit edit from saved vectors (or from probe data on the fly), calibrated to a KL budget on the "
+        "reference prompts (benign and borderline), check that it is not degenerate, and save the adapter.",
     )
     add_model(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--vectors", type=Path, help="folder written by `steer2edit extract`")
     source.add_argument("--probe", help="probe data to extract from first (as for `extract`)")
-    parser.add_argument("--reference", default="benign", help="benign prompts for calibration and contrastive keys")
+    add_reference(parser)
     parser.add_argument("--behaviour", default=None, help="name recorded in the adapter (default: the probe name)")
     parser.add_argument("--heatmap", action="store_true", help="also write edit_heatmap.png into the adapter folder")
     add_output(parser, "the adapter")

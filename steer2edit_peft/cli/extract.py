@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .arguments import add_command, add_model, add_output, add_positions, load, load_probe_data, load_utility
+from .arguments import (
+    add_command,
+    add_model,
+    add_output,
+    add_positions,
+    add_reference,
+    load,
+    load_probe_data,
+    load_utility,
+)
 
 
 def register(commands: Any) -> None:
@@ -14,13 +23,13 @@ def register(commands: Any) -> None:
         "extract",
         "extract steering vectors from probe data",
         "Run the probe data through the model and save per-module steering vectors (safetensors + JSON), with the "
-        "mean inputs on benign reference prompts (the model's own answers) for contrastive keys.",
+        "mean inputs on the reference prompts (the model's own answers to safe requests) for contrastive keys.",
     )
     add_model(parser)
     parser.add_argument("--probe", default="refusal", help="built-in behaviour, .jsonl/.json/.csv file, or Hub dataset")
     parser.add_argument("--split", default="train", help="split of a Hub dataset")
     parser.add_argument("--system-prompt", default=None)
-    parser.add_argument("--reference", default="benign", help="benign prompts: a built-in set or a .json/.jsonl file")
+    add_reference(parser)
     add_positions(parser, outputs=True)
     add_output(parser, "the vectors")
     parser.set_defaults(run=run)

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .arguments import add_command, positive_int
+from ..core.errors import Steer2EditError
+from .arguments import add_command, load_with_adapter, positive_int
 
 
 def register(commands: Any) -> None:
@@ -19,11 +20,33 @@ def register(commands: Any) -> None:
     parser.add_argument("adapter", type=Path, help="folder written by save_pretrained")
     parser.add_argument("--top", type=positive_int, default=5, help="components listed per module")
     parser.add_argument("--heatmap", type=Path, help="write the edit heatmap here (.png, .svg or .pdf)")
+    selectivity = parser.add_argument_group(
+        "key selectivity",
+        "load the model with the adapter and print, per edited head, how well its firing at the last prompt token "
+        "tells the first prompt set from the second (AUROC; 1 = every prompt of the first fires harder)",
+    )
+    selectivity.add_argument(
+        "--act-on", metavar="PROMPTS", help="prompts the edit should act on: a built-in set (harmful) or a file"
+    )
+    selectivity.add_argument(
+        "--leave-alone", metavar="PROMPTS", help="prompts it should leave alone, e.g. borderline or a file"
+    )
+    selectivity.add_argument("--model", help="base model (default: the one the adapter records)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
+    if (args.act_on is None) != (args.leave_alone is None):
+        raise Steer2EditError("--act-on and --leave-alone go together: the selectivity of two prompt sets")
     print(inspect_adapter(args.adapter, args.top))
+    if args.act_on is not None:
+        from ..evaluation.selectivity import key_selectivity
+        from ..probes.datasets import load_prompts
+
+        act_on, leave_alone = load_prompts(args.act_on), load_prompts(args.leave_alone)
+        model, tokenizer = load_with_adapter(args)
+        print()
+        print(key_selectivity(model, tokenizer, act_on, leave_alone).to_table())
     if args.heatmap:
         from ..core.figures import save_figure
         from ..tuner.heatmap import plot_edit_heatmap

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> None:
         )
     check_output_folder(args.output, args.overwrite)
     model, tokenizer = load(args)
-    utility = load_utility("benign", model, tokenizer, args.batch_size)
+    utility = load_utility(",".join(DEFAULTS.reference), model, tokenizer, args.batch_size)
     vectors = extracted_vectors(args.behaviour, model, tokenizer, utility, args.batch_size, DEFAULTS)
     trials = search_trials(args, model, tokenizer, vectors)
     best = best_under(trials["Steer2Edit"], args.max_kl)

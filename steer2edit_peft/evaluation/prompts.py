@@ -33,8 +33,39 @@ def builtin_heldout(name: str) -> dict[str, list[str]]:
 
 
 def borderline_prompts() -> list[str]:
-    """Safe requests that sound risky ("How do I kill a Python process?"): refusing them is over-refusal."""
+    """Safe requests that sound risky ("How do I kill a Python process?"): refusing them is over-refusal.
+
+    The report half, of kinds no edit is tuned on; the tuning half is the built-in prompt set ``borderline``."""
     return read_prompts(_shipped("borderline"))
+
+
+HARMBENCH_PARTS = ("tune", "report")
+
+
+def harmbench_behaviours(path: str | Path, part: str, kinds: tuple[str, ...] = ("standard", "contextual")) -> list[str]:
+    """HarmBench behaviours (its ``harmbench_behaviors_text_all.csv``) of one part of a fixed split: ``"tune"`` for
+    probing and tuning, ``"report"`` for figures only. A behaviour's part is the parity of the first byte of the
+    SHA-256 of its BehaviorID, so the split needs no seed and does not move when rows are added. A contextual
+    behaviour is its context, a blank line, then the request."""
+    import csv
+    import hashlib
+
+    if part not in HARMBENCH_PARTS:
+        raise ValueError(f"part must be one of {HARMBENCH_PARTS}, got {part!r}")
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise DataError(f"cannot read HarmBench behaviours from {path}: {error}") from error
+    if rows and not {"Behavior", "FunctionalCategory", "BehaviorID"} <= set(rows[0]):
+        raise DataError(f"{path}: not a HarmBench behaviours CSV (needs Behavior, FunctionalCategory, BehaviorID)")
+    chosen = []
+    for row in rows:
+        in_report = hashlib.sha256(row["BehaviorID"].encode()).digest()[0] % 2 == 1
+        if row["FunctionalCategory"] in kinds and in_report == (part == "report"):
+            context = (row.get("ContextString") or "").strip()
+            chosen.append(f"{context}\n\n{row['Behavior']}" if context else row["Behavior"])
+    return chosen
 
 
 @dataclass
@@ -61,6 +92,11 @@ class EvaluationPrompts:
         return " + ".join(parts + ([f"{len(self.borderline)} borderline"] if self.borderline else []))
 
 
+def _spread(prompts: list[str], count: int) -> list[str]:
+    """``count`` prompts taken evenly through the list, so every kind of a set grouped by kind is asked."""
+    return prompts[:: max(1, len(prompts) // count)][:count]
+
+
 def evaluation_prompts(behaviour: str, num_eval: int) -> EvaluationPrompts:
     """Held-out prompts for a built-in behaviour (never probed); benign and borderline ones for over-refusal."""
     refusal = builtin_heldout("refusal")
@@ -68,5 +104,5 @@ def evaluation_prompts(behaviour: str, num_eval: int) -> EvaluationPrompts:
     return EvaluationPrompts(
         attribute=attribute[:num_eval],
         benign=refusal["benign"][:num_eval],
-        borderline=borderline_prompts()[:num_eval] if behaviour == "refusal" else [],
+        borderline=_spread(borderline_prompts(), num_eval) if behaviour == "refusal" else [],
     )

@@ -18,7 +18,14 @@ from .datasets import (
     load_probe,
     load_prompts,
 )
-from .generate import builtin_probe_data, builtin_utility_data, generate_probe, generate_utility_data, shipped_file
+from .generate import (
+    builtin_probe_data,
+    builtin_utility_data,
+    generate_probe,
+    generate_utility_data,
+    reference_data,
+    shipped_file,
+)
 
 __all__ = [
     "BEHAVIOURS",
@@ -29,6 +36,7 @@ __all__ = [
     "builtin_probe",
     "builtin_probe_data",
     "builtin_utility_data",
+    "reference_data",
     "builtin_prompts",
     "generate_probe",
     "generate_utility_data",

@@ -22,8 +22,17 @@ from typing import Any
 from ..core.architectures import decoder_model, model_signature
 from ..core.errors import DataError
 from ..core.generation import Sampling, sample_responses
+from ..core.settings import DEFAULTS
 from .behaviours import Behaviour, get_behaviour
-from .datasets import PROBE_HEADER_KEY, ContrastiveDataset, UtilityData, builtin_prompts, read_jsonl_records, shipped
+from .datasets import (
+    PROBE_HEADER_KEY,
+    ContrastiveDataset,
+    UtilityData,
+    builtin_prompts,
+    load_prompts,
+    read_jsonl_records,
+    shipped,
+)
 
 PROBE_FORMAT = 1
 PROBE_SAMPLING = Sampling(temperature=0.8, top_p=0.95)  # frozen dataclass: safe as a default
@@ -306,3 +315,41 @@ def builtin_utility_data(
         cache=cache,
         reuse=([shipped] if shipped else []) + list(reuse),
     )
+
+
+def reference_data(
+    model: Any,
+    tokenizer: Any,
+    sets: Sequence[str] = DEFAULTS.reference,
+    *,
+    batch_size: int = 16,
+    cache: Path | None = None,
+    reuse: Path | None = None,
+) -> UtilityData:
+    """The model's own answers to every prompt set in ``sets`` (built-in names such as ``benign`` and
+    ``borderline``, or files of prompts), as one UtilityData: what an edit must leave alone.
+
+    A built-in set's answers are read from the shipped file when it is this model's; ``cache``: a folder where each
+    set's answers are written as ``reference-<set>.jsonl`` (and read when current); ``reuse``: such a folder of an
+    earlier run, read only."""
+    if not sets:
+        raise DataError("the reference needs at least one prompt set")
+    prompts: list[str] = []
+    responses: list[str] = []
+    dropped = 0
+    for spec in sets:
+        builtin = not Path(spec).suffix and Path(spec).parent == Path(".")
+        shipped = shipped_file(model, "utility" if spec == "benign" else spec) if builtin else None
+        name = f"reference-{Path(spec).stem}.jsonl"
+        part = generate_utility_data(
+            model,
+            tokenizer,
+            load_prompts(spec),
+            batch_size=batch_size,
+            cache=cache / name if cache is not None else None,
+            reuse=[p for p in (shipped, reuse / name if reuse is not None else None) if p is not None],
+        )
+        prompts += part.prompts
+        responses += part.responses
+        dropped += part.dropped_empty
+    return UtilityData(prompts, responses, dropped_empty=dropped)

@@ -1,0 +1,192 @@
+"""Selectivity: refusal gained on harmful requests against refusal added on safe requests that sound risky, on
+report sets no probe or tuning touched, for the default edit and its peers, each on its own frontier.
+
+python benchmarks/selectivity.py [--budgets 0.01 0.02 0.05 0.1]   # results/selectivity.json, selectivity.png
+python benchmarks/selectivity.py --plot-only                      # redraw the figure from the JSON
+
+Report sets: HarmBench standard behaviours, report half of the fixed split (`harmbench_behaviours(..., "report")`;
+contextual ones are left out here to keep the run short), the project's borderline report half (120 prompts of
+six kinds that no edit is tuned on), Alpaca [50:80) (plain benign). KL on those Alpaca prompts, against the base
+model's own answers. Greedy, 32 new tokens, the project's refusal matcher.
+
+Methods, every one at each KL budget (strength or scale found by the same bisection, `largest_within`):
+  steering          activation steering of every layer's attention and MLP outputs (the paper's baseline)
+  rank-one          W <- W + a v_hat v_hat^T W on every matrix that writes to the residual stream (peers.py)
+  paper             Steer2Edit with the paper's settings (keys normalize(W^T v), every layer, heads and neurons)
+  contrast/benign   the previous default: contrast keys silent on the benign reference, calibrated on it
+  default           DEFAULTS: contrast keys silent on benign + borderline (tuning half), calibrated on both
+Steering, rank-one and paper are matched on the benign utility data; the two contrast edits on their reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import replace
+from typing import Any
+
+from common import RESULTS, SHARED, save_results
+from frontier import Bench
+from peers import rank_one_injection
+
+from steer2edit_peft.core.judges import RefusalMatcher
+from steer2edit_peft.core.likelihood import KLMeter
+from steer2edit_peft.core.settings import DEFAULTS, PAPER
+from steer2edit_peft.demo import DemoSettings, demo_probe
+from steer2edit_peft.evaluation.prompts import borderline_prompts, harmbench_behaviours
+from steer2edit_peft.extraction.extract import extract_steering_vectors
+from steer2edit_peft.extraction.steering import steer
+from steer2edit_peft.probes.generate import reference_data
+from steer2edit_peft.solver.calibrate import BudgetError, largest_within
+from steer2edit_peft.solver.edit import edit_model
+
+SETS = ("harmful", "borderline", "benign")
+
+
+class Selectivity:
+    def __init__(self) -> None:
+        self.bench = Bench(batch_size=64)
+        model, tokenizer = self.bench.model, self.bench.tokenizer
+        csv_path = SHARED / "harmbench" / "harmbench_behaviors_text_all.csv"
+        self.sets = {
+            "harmful": harmbench_behaviours(csv_path, "report", kinds=("standard",)),
+            "borderline": borderline_prompts(),
+            "benign": self.bench.benign,
+        }
+        self.judge = RefusalMatcher()
+        config = model.config
+        self.heads = config.num_hidden_layers * config.num_attention_heads
+        self.neurons = config.num_hidden_layers * config.intermediate_size
+        probe = demo_probe(model, tokenizer, "refusal", DemoSettings().output, 64)
+        self.references = {
+            sets: reference_data(model, tokenizer, sets, batch_size=64) for sets in (("benign",), DEFAULTS.reference)
+        }
+        self.meters = {
+            sets: KLMeter(model, tokenizer, data.prompts, data.responses, batch_size=32)
+            for sets, data in self.references.items()
+        }
+        self.vectors = {
+            sets: extract_steering_vectors(
+                model, tokenizer, probe, reference=(data.prompts, data.responses), show_progress=False
+            )
+            for sets, data in self.references.items()
+        }
+
+    def measure(self, model: Any, context: Any = None) -> dict[str, float]:
+        prompts = [p for name in SETS for p in self.sets[name]]
+        if context is None:
+            answers = iter(self.bench.generate(model, prompts, 32))
+        else:
+            with context():
+                answers = iter(self.bench.generate(model, prompts, 32))
+        rates = {
+            name: sum(self.judge(p, next(answers)) for p in self.sets[name]) / len(self.sets[name]) for name in SETS
+        }
+        return rates | {"kl_heldout": self.bench.heldout_meter(model, context or nullcontext)}
+
+    def peer(self, name: str, budget: float) -> dict[str, Any]:
+        model, vectors, meter = self.bench.model, self.vectors[("benign",)], self.meters[("benign",)]
+        if name == "steering":
+            make = lambda s: lambda: steer(model, vectors, s)  # noqa: E731
+        else:
+            make = lambda s: lambda: rank_one_injection(model, vectors, s)  # noqa: E731
+        amount, history = largest_within(lambda s: meter(model, make(s)), budget, max_scale=256.0)
+        kl = next(value for scale, value in history if scale == amount)
+        return {"strength": amount, "kl_calibration": kl, "heads": "all", "neurons": "all"} | self.measure(
+            model, make(amount)
+        )
+
+    def edit(self, name: str, budget: float) -> dict[str, Any]:
+        sets = DEFAULTS.reference if name == "default" else ("benign",)
+        settings = {
+            "paper": replace(PAPER, max_kl=budget),
+            "contrast/benign": replace(DEFAULTS, max_kl=budget, reference=("benign",)),
+            "default": replace(DEFAULTS, max_kl=budget),
+        }[name]
+        model = self.bench.model
+        edited = edit_model(
+            model,
+            self.vectors[sets],
+            settings,
+            utility=self.references[sets],
+            tokenizer=self.bench.tokenizer,
+            kl_meter=self.meters[sets],
+        )
+        calibration, report = edited.calibrations["default"], edited.edit_reports["default"]
+        row = {
+            "scale": calibration.scale,
+            "kl_calibration": calibration.kl,
+            "heads": report.edited_heads / self.heads,  # shares of the whole model's heads and neurons
+            "neurons": report.edited_neurons / self.neurons,
+        } | self.measure(edited)
+        edited.unload()
+        return row
+
+
+METHODS = ("steering", "rank-one", "paper", "contrast/benign", "default")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budgets", nargs="+", type=float, default=[0.01, 0.02, 0.05, 0.1])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument("--append", action="store_true", help="keep the saved rows of the methods not rerun")
+    args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads((RESULTS / "selectivity.json").read_text())["rows"])
+        return
+    run = Selectivity()
+    rows = [{"method": "base", "budget": 0.0} | run.measure(run.bench.model)]
+    print(rows[0], flush=True)
+    if args.append and (RESULTS / "selectivity.json").is_file():
+        saved = json.loads((RESULTS / "selectivity.json").read_text())["rows"]
+        rows += [row for row in saved if row["method"] not in ("base", *args.methods)]
+    for method in args.methods:
+        for budget in args.budgets:
+            start = time.perf_counter()
+            try:
+                row = run.peer(method, budget) if method in ("steering", "rank-one") else run.edit(method, budget)
+            except BudgetError as error:
+                print(f"{method} at KL {budget}: {error}", flush=True)
+                continue
+            rows.append({"method": method, "budget": budget, "seconds": round(time.perf_counter() - start)} | row)
+            print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
+            save_results(
+                "selectivity",
+                {
+                    "command": "python benchmarks/selectivity.py",
+                    "sets": {k: len(v) for k, v in run.sets.items()},
+                    "rows": rows,
+                },
+            )
+    plot(rows)
+
+
+def plot(rows: list[dict[str, Any]]) -> None:
+    from steer2edit_peft.core.figures import pyplot, save_figure
+
+    plt = pyplot()
+    base = rows[0]
+    figure, axis = plt.subplots(figsize=(6.4, 4.4))
+    for method in METHODS:
+        points = sorted((r for r in rows if r["method"] == method), key=lambda r: r["budget"])
+        if not points:
+            continue
+        x = [100 * (r["borderline"] - base["borderline"]) for r in points]
+        y = [100 * (r["harmful"] - base["harmful"]) for r in points]
+        axis.plot(x, y, marker="o", label=method)
+        for r, xi, yi in zip(points, x, y):
+            axis.annotate(f"{r['budget']:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axis.axvline(5, color="grey", lw=0.8, ls="--")
+    axis.set_xlabel("borderline refusal added (points, report half)")
+    axis.set_ylabel("HarmBench refusal added (points, report half)")
+    axis.set_title("Refusal gained vs over-refusal added, per KL budget (labels)")
+    axis.legend(fontsize=8)
+    print(f"wrote {save_figure(figure, RESULTS / 'selectivity.png')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""How selective an edit's keys are: per edited head, how well its firing ``lambda (k . x)`` at the last prompt token
+tells prompts it should act on from prompts it should leave alone (AUROC).
+
+A rank-one edit ``y += u (x . k)`` adds in proportion to ``k . x``: it can only refuse harmful requests without
+refusing safe ones that sound risky if its keys fire on the first and stay silent on the second. An AUROC of 1 means
+every harmful prompt makes the head fire harder than every safe one; 0.5, that the key cannot tell them apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.architectures import decoder_model, input_device
+from ..core.tokens import EncodedExample, collate, encode_prompt, pad_token_id
+from ..tuner import Steer2EditLayer
+
+
+def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """P(a positive score > a negative one), ties counting half (the Mann-Whitney U statistic, normalized)."""
+    if not positive.numel() or not negative.numel():
+        raise ValueError("AUROC needs at least one positive and one negative score")
+    scores = torch.cat([positive, negative]).double()
+    order = scores.argsort()
+    ranks = torch.empty_like(scores)
+    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=scores.dtype)
+    for value in scores.unique():  # tied scores share their mean rank
+        tied = scores == value
+        ranks[tied] = ranks[tied].mean()
+    u = ranks[: positive.numel()].sum() - positive.numel() * (positive.numel() + 1) / 2
+    return float(u / (positive.numel() * negative.numel()))
+
+
+@dataclass
+class HeadSelectivity:
+    module: str
+    component: int
+    magnitude: float  # strength * lambda
+    auroc: float
+    mean_firing_positive: float  # mean of strength * lambda * (k . x) at the last prompt token
+    mean_firing_negative: float
+
+
+@dataclass
+class KeySelectivity:
+    """Per edited component of one adapter: how its firing separates the two prompt sets."""
+
+    heads: list[HeadSelectivity]
+    num_positive: int
+    num_negative: int
+
+    @property
+    def mean_auroc(self) -> float:
+        return sum(h.auroc for h in self.heads) / len(self.heads) if self.heads else float("nan")
+
+    def to_table(self) -> str:
+        lines = [
+            f"key selectivity: {len(self.heads)} edited components, {self.num_positive} prompts to act on vs "
+            f"{self.num_negative} to leave alone (firing at the last prompt token); mean AUROC {self.mean_auroc:.3f}",
+            f"{'module':<44} {'comp':>5} {'lambda':>9} {'AUROC':>6} {'firing(act)':>12} {'firing(leave)':>13}",
+        ]
+        for h in self.heads:
+            lines.append(
+                f"{h.module:<44} {h.component:>5} {h.magnitude:>9.3f} {h.auroc:>6.3f} "
+                f"{h.mean_firing_positive:>12.4f} {h.mean_firing_negative:>13.4f}"
+            )
+        return "\n".join(lines)
+
+
+def _edited_layers(model: nn.Module, adapter_name: str) -> dict[str, Steer2EditLayer]:
+    return {
+        name: module
+        for name, module in decoder_model(model).named_modules()
+        if isinstance(module, Steer2EditLayer) and adapter_name in module.steer2edit_k
+    }
+
+
+@torch.no_grad()
+def last_token_inputs(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    modules: Sequence[str],
+    system_prompt: str | None = None,
+    batch_size: int = 16,
+) -> dict[str, torch.Tensor]:
+    """Each module's input at the last prompt token (where the answer is decided), [prompts, in], float32."""
+    named = dict(decoder_model(model).named_modules())
+    captured: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
+    handles = [
+        named[name].register_forward_pre_hook(
+            lambda module, args, name=name: captured[name].append(args[0][:, -1].float().cpu())
+        )
+        for name in modules
+    ]
+    encoded = [EncodedExample(ids, len(ids)) for ids in (encode_prompt(tokenizer, p, system_prompt) for p in prompts)]
+    device = input_device(model)
+    try:
+        for start in range(0, len(encoded), batch_size):
+            input_ids, attention_mask, position_ids, _ = collate(
+                encoded[start : start + batch_size], pad_token_id(tokenizer), "left"
+            )
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+            model(**{k: v.to(device) for k, v in inputs.items()})
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(values) for name, values in captured.items()}
+
+
+def key_selectivity(
+    model: nn.Module,
+    tokenizer: Any,
+    act_on: Sequence[str],
+    leave_alone: Sequence[str],
+    adapter_name: str = "default",
+    system_prompt: str | None = None,
+    batch_size: int = 16,
+) -> KeySelectivity:
+    """The AUROC of every edited component's firing between ``act_on`` (e.g. harmful requests) and ``leave_alone``
+    (e.g. safe requests that sound risky), read with the adapter active, as a user runs it."""
+    layers = _edited_layers(model, adapter_name)
+    prompts = list(act_on) + list(leave_alone)
+    inputs = last_token_inputs(model, tokenizer, prompts, list(layers), system_prompt, batch_size)
+    heads = []
+    for name, layer in layers.items():
+        keys = layer.steer2edit_k[adapter_name].detach().float().cpu()
+        magnitudes = layer.strength[adapter_name] * layer.steer2edit_lambda[adapter_name].detach().float().cpu()
+        size = keys.shape[1]
+        for key, magnitude, index in zip(keys, magnitudes, layer.steer2edit_indices[adapter_name].tolist()):
+            firing = magnitude * (inputs[name][:, index * size : (index + 1) * size] @ key)
+            positive, negative = firing[: len(act_on)], firing[len(act_on) :]
+            heads.append(
+                HeadSelectivity(
+                    name,
+                    index,
+                    float(magnitude),
+                    auroc(positive, negative),
+                    float(positive.mean()),
+                    float(negative.mean()),
+                )
+            )
+    return KeySelectivity(heads, len(act_on), len(leave_alone))
