@@ -29,8 +29,8 @@ class EditSettings:
     - heads only (``rho_mlp=None``), at most ``max_head_share`` of the heads and ``max_neuron_share`` of the neurons.
     - ``reference=("benign", "borderline")``: the data the edit must leave alone holds safe requests that sound
       risky (the tuning half of the project's borderline set) beside plainly benign ones.
-    - ``max_kl``: the edit's scale is calibrated so its mean per-token KL from the base model on benign prompts (the
-      model's own answers) is at most this; rho*alpha still chooses which components are edited.
+    - ``max_kl``: the edit's scale is calibrated so its mean per-token KL from the base model on the reference data
+      (the model's own answers) is at most this; rho*alpha still chooses which components are edited.
     """
 
     rho_attn: float | None = 0.3
