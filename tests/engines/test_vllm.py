@@ -1,6 +1,7 @@
 """vLLM (its CPU build, in .venv-vllm) serves an edit of the embedded model as a LoRA; checked against PEFT.
 
-Run by `bash .ci/engines`. The edit is a real one: `steer2edit edit --probe refusal`, calibrated as the demo's.
+Run by `bash .ci/engines`. The edit is a real one: `steer2edit edit --probe refusal`, calibrated as the demo's but
+on the benign reference alone (what is checked here is serving, and it keeps the lane short).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def adapter(tmp_path_factory):
     from steer2edit_peft.cli.main import main
 
     folder = tmp_path_factory.mktemp("vllm")
-    assert main(["edit", "--probe", "refusal", "--output", str(folder / "refusal")]) == 0
+    edit = ["edit", "--probe", "refusal", "--reference", "benign", "--output", str(folder / "refusal")]
+    assert main(edit) == 0
     assert main(["export-lora", str(folder / "refusal"), "--vllm", "--output", str(folder / "lora")]) == 0
     return folder
 
