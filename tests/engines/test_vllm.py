@@ -161,7 +161,8 @@ def test_vllm_serve_answers_over_http_for_base_and_two_edits_and_loads_one_at_ru
     from steer2edit_peft.export.vllm import base_model_folder
 
     # A second edit, by another behaviour, exported the same way.
-    assert main(["edit", "--probe", "concise", "--output", str(tmp_path / "concise")]) == 0
+    concise = ["edit", "--probe", "concise", "--reference", "benign", "--output", str(tmp_path / "concise")]
+    assert main(concise) == 0
     assert (
         main(["export-lora", str(tmp_path / "concise"), "--vllm", "--rank", "8", "--output", str(tmp_path / "c")]) == 0
     )
