@@ -60,12 +60,12 @@ class Selectivity:
         self.heads = config.num_hidden_layers * config.num_attention_heads
         self.neurons = config.num_hidden_layers * config.intermediate_size
         probe = demo_probe(model, tokenizer, "refusal", DemoSettings().output, 64)
-        self.references = {
-            sets: reference_data(model, tokenizer, sets, batch_size=64) for sets in (("benign",), DEFAULTS.reference)
-        }
+        # The bench already holds the default reference (demo_utility) and its meter; only benign alone is added.
+        benign = reference_data(model, tokenizer, ("benign",), batch_size=64)
+        self.references = {("benign",): benign, DEFAULTS.reference: self.bench.utility}
         self.meters = {
-            sets: KLMeter(model, tokenizer, data.prompts, data.responses, batch_size=32)
-            for sets, data in self.references.items()
+            ("benign",): KLMeter(model, tokenizer, benign.prompts, benign.responses, batch_size=32),
+            DEFAULTS.reference: self.bench.meter,
         }
         self.vectors = {
             sets: extract_steering_vectors(

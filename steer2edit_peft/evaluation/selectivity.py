@@ -24,15 +24,8 @@ def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
     """P(a positive score > a negative one), ties counting half (the Mann-Whitney U statistic, normalized)."""
     if not positive.numel() or not negative.numel():
         raise ValueError("AUROC needs at least one positive and one negative score")
-    scores = torch.cat([positive, negative]).double()
-    order = scores.argsort()
-    ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, scores.numel() + 1, dtype=scores.dtype)
-    for value in scores.unique():  # tied scores share their mean rank
-        tied = scores == value
-        ranks[tied] = ranks[tied].mean()
-    u = ranks[: positive.numel()].sum() - positive.numel() * (positive.numel() + 1) / 2
-    return float(u / (positive.numel() * negative.numel()))
+    above = positive.double()[:, None] - negative.double()[None, :]  # every pair, a few hundred prompts a side
+    return float((above > 0).double().mean() + 0.5 * (above == 0).double().mean())
 
 
 @dataclass
