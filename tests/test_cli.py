@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 from steer2edit_peft import Steer2EditConfig, SteeringVectors
 from steer2edit_peft.cli.main import main
 from steer2edit_peft.core.models import load_model
+from steer2edit_peft.probes import builtin_prompts
 
 ALL_COMMANDS = (
     "demo",
@@ -80,7 +81,10 @@ def test_extract_edit_inspect_eval_merge_chain(checkpoint, tmp_path, capsys):
     assert code == 0 and "layers=[1, 2]" in out and (tmp_path / "inspect.png").is_file()
     selectivity = ["--model", checkpoint, "--act-on", "harmful", "--leave-alone", "borderline"]
     code, out, _ = run(capsys, "inspect", adapter_dir, *selectivity)
-    assert code == 0 and "key selectivity:" in out and "64 prompts to act on vs 120 to leave alone" in out
+    counts = (
+        f"{len(builtin_prompts('harmful'))} prompts to act on vs {len(builtin_prompts('borderline'))} to leave alone"
+    )
+    assert code == 0 and "key selectivity:" in out and counts in out
     code, _, err = run(capsys, "inspect", adapter_dir, "--act-on", "harmful")
     assert code == 2 and "--act-on and --leave-alone go together" in err
 
@@ -352,7 +356,7 @@ def test_the_python_api_and_the_cli_make_the_same_edit_from_the_defaults(checkpo
     from safetensors.torch import load_file
 
     from steer2edit_peft import DEFAULTS, ContrastiveDataset, edit_model, extract_steering_vectors
-    from steer2edit_peft.probes import builtin_prompts, builtin_utility_data
+    from steer2edit_peft.probes import builtin_utility_data
 
     pairs = [
         {"prompt": p, "positive": "I can't help with that.", "negative": "Sure, here is how."}

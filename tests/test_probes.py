@@ -298,3 +298,56 @@ def test_reference_data_joins_each_set_answered_and_cached_apart(model_and_token
     assert again.responses == joined.responses
     with pytest.raises(DataError, match="at least one prompt set"):
         reference_data(model, tokenizer, [])
+
+
+def test_the_harmful_probe_prompts_are_many_kinds_and_no_copy_of_a_public_benchmark():
+    import csv
+    import re
+    from pathlib import Path
+
+    from steer2edit_peft.probes.datasets import shipped
+
+    content = json.loads(shipped("prompts", "harmful.json").read_text(encoding="utf-8"))
+    prompts, kinds = content["prompts"], content["kinds"]
+    assert len(prompts) >= 200 and len(kinds) == len(prompts) and len(set(kinds)) >= 15
+    assert min(kinds.count(kind) for kind in set(kinds)) >= 6  # every kind is asked in several ways
+    datasets = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    public = []
+    for path, column in (
+        ("advbench/harmful_behaviors.csv", "goal"),
+        ("harmbench/harmbench_behaviors_text_all.csv", "Behavior"),
+    ):
+        if (datasets / path).is_file():
+            with (datasets / path).open(encoding="utf-8") as file:
+                public += [row[column] for row in csv.DictReader(file)]
+    if not public:
+        pytest.skip("../shared/datasets is not beside the repo")
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z']+", text.lower()))
+
+    public_words = [words(text) for text in public]
+    for prompt in prompts:
+        mine = words(prompt)
+        closest = max(len(mine & theirs) / len(mine | theirs) for theirs in public_words)
+        assert closest < 0.6, f"{prompt!r} is close to a public benchmark prompt (word overlap {closest:.2f})"
+
+
+def test_the_shipped_answers_of_the_embedded_model_are_those_of_the_current_prompt_sets():
+    import hashlib
+
+    from steer2edit_peft.probes import BEHAVIOURS, builtin_prompts
+    from steer2edit_peft.probes.datasets import read_jsonl_records, shipped
+
+    folder = shipped("generated", "smollm2-135m-instruct")
+    expected = {name: (b.prompt_set, b.samples_per_prompt) for name, b in BEHAVIOURS.items()}
+    expected |= {"utility": ("benign", None), "borderline": ("borderline", None)}
+    for name, (prompt_set, samples) in expected.items():
+        header, records = read_jsonl_records(folder / f"{name}.jsonl")
+        assert header is not None and records, name
+        prompts = builtin_prompts(prompt_set)
+        # A stale file is not an error at run time: it is sampled anew, for minutes; so it is caught here.
+        assert header["prompts_sha256"] == hashlib.sha256("\0".join(prompts).encode()).hexdigest(), name
+        if samples is not None:
+            assert header["num_samples"] == samples, name
+        assert {record["prompt"] for record in records} <= set(prompts), name

@@ -26,7 +26,11 @@ def register(commands: Any) -> None:
     parser.add_argument("--prompts", default=None, help="a .json list / .jsonl of prompts, or a built-in set name")
     parser.add_argument("--system-prompt", default=None, help="a behaviour of your own: responses with it vs without")
     parser.add_argument("--negative-system-prompt", default=None, help="for the unwanted responses (default: none)")
-    parser.add_argument("--num-samples", type=positive_int, default=4, help="responses per prompt and class")
+    parser.add_argument(
+        "--num-samples",
+        type=positive_int,
+        help="responses per prompt and class (default: the behaviour's; 1 for refusal, whose prompts are many, else 4)",
+    )
     parser.add_argument("--temperature", type=positive_number, default=0.8)
     parser.add_argument("--top-p", type=positive_number, default=0.95)
     parser.add_argument("--max-new-tokens", type=positive_int, default=48)

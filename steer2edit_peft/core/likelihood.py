@@ -7,34 +7,50 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any
 
 import torch
+from torch import nn
 
-from .architectures import input_device
+from .architectures import decoder_model, input_device
 from .tokens import EncodedExample, Exchange, collate, encode_example, pad_token_id
 
 
 def response_batches(
-    tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], batch_size: int, system_prompt: str | None
+    tokenizer: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    batch_size: int,
+    system_prompt: str | None,
+    *,
+    by_length: bool = False,
 ) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Right-padded batches of prompt + response, in the given order (``by_length``: similar lengths together, for
+    less padding, where only sums over every token are wanted)."""
     pad_id = pad_token_id(tokenizer)
     encoded = [
         encode_example(tokenizer, Exchange(p, r), system_prompt, where=f"pair {i}")
         for i, (p, r) in enumerate(zip(prompts, responses))
     ]
+    if by_length:
+        encoded.sort(key=lambda item: len(item.input_ids))
     for start in range(0, len(encoded), batch_size):
         yield collate(encoded[start : start + batch_size], pad_id, "right")
 
 
-def response_log_probs(model: Any, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Log-distributions predicting each response token [N, vocab], the tokens [N], their rows [N]."""
+def response_log_probs(
+    model: Any, batch: tuple[torch.Tensor, ...], hidden_states: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-distributions predicting each response token [N, vocab], the tokens [N], their rows [N].
+
+    ``hidden_states``: the batch's hidden states where the model's decoder layers begin (see ``_layers_from``),
+    fed in place of the token embeddings."""
     input_ids, attention_mask, position_ids, response_mask = batch
     device = input_device(model)
-    logits = model(
-        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), position_ids=position_ids.to(device)
-    ).logits.float()
+    tokens = {"input_ids": input_ids.to(device)} if hidden_states is None else {"inputs_embeds": hidden_states}
+    logits = model(**tokens, attention_mask=attention_mask.to(device), position_ids=position_ids.to(device)).logits
+    logits = logits.float()
     predicted = response_mask[:, 1:].to(device)  # token t is predicted at position t - 1
     log_probs = torch.log_softmax(logits[:, :-1][predicted], dim=-1)
     rows = torch.arange(input_ids.shape[0], device=device)[:, None].expand_as(predicted)[predicted]
@@ -78,12 +94,73 @@ def _token_kl(reference_log_probs: torch.Tensor, edited_log_probs: torch.Tensor)
     return (reference_log_probs.exp() * (reference_log_probs - edited_log_probs)).sum(-1)
 
 
+class _StopForward(Exception):
+    """Raised once the hidden states wanted have been recorded: the rest of the forward pass is not needed."""
+
+
+def _decoder_layers(model: Any) -> tuple[nn.Module, str] | None:
+    """The module holding the decoder layers and the name of their ModuleList, where the model has them."""
+    base: Any = decoder_model(model)
+    inner = base.get_decoder() if hasattr(base, "get_decoder") else None
+    for name in ("layers", "h"):
+        if isinstance(getattr(inner, name, None), nn.ModuleList):
+            return inner, name
+    return None
+
+
+@contextmanager
+def _layers_from(model: Any, first: int) -> Iterator[None]:
+    """The model with its decoder layers before ``first`` taken out, so that a forward pass fed the hidden states
+    at layer ``first``'s input (as ``inputs_embeds``) runs only the layers from it on."""
+    found = _decoder_layers(model)
+    assert found is not None
+    inner, name = found
+    layers = getattr(inner, name)
+    setattr(inner, name, nn.ModuleList(list(layers)[first:]))
+    try:
+        yield
+    finally:
+        setattr(inner, name, layers)
+
+
+def _hidden_states_at(model: Any, batch: tuple[torch.Tensor, ...], layer: int) -> torch.Tensor:
+    """The hidden states entering decoder layer ``layer`` of ``model`` on one batch."""
+    found = _decoder_layers(model)
+    assert found is not None
+    recorded: list[torch.Tensor] = []
+
+    def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        recorded.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
+        raise _StopForward
+
+    handle = getattr(found[0], found[1])[layer].register_forward_pre_hook(record, with_kwargs=True)
+    input_ids, attention_mask, position_ids, _ = batch
+    device = input_device(model)
+    try:
+        with suppress(_StopForward):
+            model(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                position_ids=position_ids.to(device),
+            )
+    finally:
+        handle.remove()
+    return recorded[0]
+
+
 class KLMeter:
     """``mean_token_kl`` against fixed reference distributions, computed once and reused by every measurement.
 
     A search that measures many candidate edits (calibration, matching a steering strength) then runs one forward
     pass per candidate instead of two. The distributions are kept when they fit in ``max_cached_bytes`` (float32,
-    tokens x vocabulary); otherwise they are recomputed each time, with the same result.
+    tokens x vocabulary); otherwise they are recomputed each time, with the same result. Answers of similar lengths
+    are batched together (less padding; the mean over tokens does not depend on the order).
+
+    ``meter(model, from_layer=L)`` measures an edit that changes nothing below decoder layer L: the reference's
+    hidden states at layer L are recorded once, and each measurement runs the layers from L on. That holds only
+    where feeding those hidden states in reproduces the reference's own distributions, which is checked on every
+    batch when they are recorded; where it does not (an architecture that adds positions to its inputs, say), the
+    whole model runs, with the same result.
     """
 
     def __init__(
@@ -99,32 +176,65 @@ class KLMeter:
         max_cached_bytes: int = 2**31,
     ) -> None:
         self.model, self.reference = model, reference
-        self.batches = list(response_batches(tokenizer, prompts, responses, batch_size, system_prompt))
+        self.batches = list(response_batches(tokenizer, prompts, responses, batch_size, system_prompt, by_length=True))
         tokens = sum(int(batch[3][:, 1:].sum()) for batch in self.batches)
         vocabulary = int(model.get_output_embeddings().weight.shape[0])
         self.cached: list[torch.Tensor] | None = None
+        self.hidden_states: dict[int, list[torch.Tensor] | None] = {}  # layer -> per batch; None: not exact there
         if tokens * vocabulary * 4 <= max_cached_bytes:
             with torch.no_grad(), reference():
                 self.cached = [response_log_probs(model, batch)[0] for batch in self.batches]
 
+    def _reference_log_probs(self, index: int) -> torch.Tensor:
+        if self.cached is not None:
+            return self.cached[index]
+        with self.reference():
+            return response_log_probs(self.model, self.batches[index])[0]
+
+    def _hidden_states_from(self, layer: int) -> list[torch.Tensor] | None:
+        """The reference's hidden states at ``layer``'s input per batch, once; None where feeding them in does not
+        give the reference's distributions back, or where those are not cached (they are computed on the whole
+        model)."""
+        if layer not in self.hidden_states:
+            states: list[torch.Tensor] | None = None
+            if self.cached is not None and _decoder_layers(self.model) is not None:
+                with self.reference():  # the model as it is now: an edit above ``layer`` may be in place
+                    states = []
+                    for batch in self.batches:  # one batch at a time: the whole model's distributions are large
+                        hidden, whole = (
+                            _hidden_states_at(self.model, batch, layer),
+                            response_log_probs(self.model, batch),
+                        )
+                        with _layers_from(self.model, layer):
+                            fed = response_log_probs(self.model, batch, hidden)
+                        if not torch.allclose(fed[0], whole[0], atol=1e-4):
+                            states = None
+                            break
+                        states.append(hidden)
+            self.hidden_states[layer] = states
+        return self.hidden_states[layer]
+
     @torch.no_grad()
     def __call__(
-        self, model: Any | None = None, edited: Callable[[], AbstractContextManager[Any]] = nullcontext
+        self,
+        model: Any | None = None,
+        edited: Callable[[], AbstractContextManager[Any]] = nullcontext,
+        *,
+        from_layer: int = 0,
     ) -> float:
-        """Mean per-token KL(reference || ``model`` in the ``edited`` context); ``model`` defaults to the reference's."""
+        """Mean per-token KL(reference || ``model`` in the ``edited`` context); ``model`` defaults to the reference's.
+
+        ``from_layer``: the first decoder layer the edit changes (the layers below it must be the reference's)."""
         model = self.model if model is None else model
+        states = self._hidden_states_from(from_layer) if from_layer > 0 else None
         total, count = 0.0, 0
-        for index, batch in enumerate(self.batches):
-            if self.cached is not None:
-                reference_log_probs = self.cached[index]
-            else:
-                with self.reference():
-                    reference_log_probs = response_log_probs(self.model, batch)[0]
-            with edited():
-                edited_log_probs = response_log_probs(model, batch)[0]
-            kl = _token_kl(reference_log_probs, edited_log_probs)
-            total += float(kl.sum())
-            count += kl.numel()
+        with _layers_from(model, from_layer) if states is not None else nullcontext(), edited():
+            for index, batch in enumerate(self.batches):
+                hidden = states[index] if states is not None else None
+                edited_log_probs = response_log_probs(model, batch, hidden)[0]
+                kl = _token_kl(self._reference_log_probs(index), edited_log_probs)
+                total += float(kl.sum())
+                count += kl.numel()
         return total / count
 
 

@@ -26,6 +26,8 @@ class Behaviour:
     confirm_positive: Confirm | None = None
     confirm_negative: Confirm | None = None
     prompt_set: str | None = None  # built-in prompts for it (prompts/<name>.json)
+    # Responses sampled per prompt and class: a large, varied prompt set needs fewer (the same probe size).
+    samples_per_prompt: int = 4
 
     @classmethod
     def from_system_prompt(cls, system_prompt: str, negative_system_prompt: str | None = None) -> Behaviour:
@@ -54,6 +56,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
         confirm_positive=is_refusal,
         confirm_negative=lambda prompt, response: not is_refusal(prompt, response),
         prompt_set="harmful",
+        samples_per_prompt=1,  # 248 prompts of 20 kinds of harm: variety in the prompts, where the keys are read
     ),
     "concise": Behaviour(
         "concise",

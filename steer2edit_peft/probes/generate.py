@@ -133,7 +133,7 @@ def generate_probe(
     prompts: Sequence[str],
     behaviour: str | Behaviour = "refusal",
     *,
-    num_samples: int = 4,
+    num_samples: int | None = None,
     sampling: Sampling = PROBE_SAMPLING,
     max_new_tokens: int = 48,
     batch_size: int = 16,
@@ -147,9 +147,11 @@ def generate_probe(
     ``behaviour``: a built-in name ("refusal", "concise", "truthful") or a :class:`Behaviour`, e.g.
     ``Behaviour.from_system_prompt("Always answer in French.")``. ``cache``: a .jsonl path read when it records
     the same request, else written. ``reuse``: more files to read that way (never written), e.g. shipped ones.
+    ``num_samples``: responses per prompt and class (default: the behaviour's ``samples_per_prompt``).
     """
     prompts = _checked_prompts(prompts)
     behaviour = get_behaviour(behaviour) if isinstance(behaviour, str) else behaviour
+    num_samples = behaviour.samples_per_prompt if num_samples is None else num_samples
     provenance = _provenance(model, prompts, behaviour, num_samples, sampling, max_new_tokens, confirm)
     cache_path = Path(cache) if cache is not None else None
     for candidate in [*map(Path, reuse), *([cache_path] if cache_path is not None else [])]:

@@ -118,6 +118,14 @@ def with_sparsity_cap(
     return out
 
 
+def first_targeted_layer(config: Steer2EditConfig) -> int:
+    """The lowest decoder layer an edit of ``config`` may change (0 when it may change every layer)."""
+    layers = config.layers_to_transform
+    if layers is None or (isinstance(layers, list) and not layers):
+        return 0
+    return min(layers) if isinstance(layers, list) else int(layers)
+
+
 def largest_within(
     measure: Callable[[float], float],
     budget: float,
@@ -201,12 +209,13 @@ def calibrate(
         model, tokenizer, utility.prompts, utility.responses, batch_size=batch_size, system_prompt=utility.system_prompt
     )
     edited = solved_adapter(model, vectors, config, adapter_name="calibrating")
+    first = first_targeted_layer(config)
     try:
         tuner: Any = edited.base_model
 
         def kl_at(scale: float) -> float:
             tuner.set_strength(scale, "calibrating")
-            return meter(edited)
+            return meter(edited, from_layer=first)  # the layers below the edit are the base model's
 
         scale, history = largest_within(
             kl_at, max_kl, max_scale=max_scale, min_scale=min_scale, relative_tolerance=relative_tolerance
