@@ -98,7 +98,7 @@ class _StopForward(Exception):
     """Raised once the hidden states wanted have been recorded: the rest of the forward pass is not needed."""
 
 
-def _decoder_layers(model: Any) -> tuple[nn.Module, str] | None:
+def _decoder_layers(model: Any) -> tuple[Any, str] | None:
     """The module holding the decoder layers and the name of their ModuleList, where the model has them."""
     base: Any = decoder_model(model)
     inner = base.get_decoder() if hasattr(base, "get_decoder") else None
