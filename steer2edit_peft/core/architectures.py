@@ -119,6 +119,10 @@ def model_signature(model_config: Any) -> dict[str, Any]:
     return {key: value for key, value in signature.items() if value is not None}
 
 
+class StopForward(Exception):
+    """Raised by a hook once what it records is recorded: the rest of the forward pass is not needed."""
+
+
 def decoder_model(model: nn.Module) -> nn.Module:
     """The transformers model under any PEFT wrapping (adapter layers stay in place)."""
     from peft import PeftModel

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architectures import decoder_model, input_device
+from .architectures import StopForward, decoder_model, input_device
 from .tokens import EncodedExample, Exchange, collate, encode_example, pad_token_id
 
 
@@ -94,10 +94,6 @@ def _token_kl(reference_log_probs: torch.Tensor, edited_log_probs: torch.Tensor)
     return (reference_log_probs.exp() * (reference_log_probs - edited_log_probs)).sum(-1)
 
 
-class _StopForward(Exception):
-    """Raised once the hidden states wanted have been recorded: the rest of the forward pass is not needed."""
-
-
 def _decoder_layers(model: Any) -> tuple[Any, str] | None:
     """The module holding the decoder layers and the name of their ModuleList, where the model has them."""
     base: Any = decoder_model(model)
@@ -131,13 +127,13 @@ def _hidden_states_at(model: Any, batch: tuple[torch.Tensor, ...], layer: int) -
 
     def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         recorded.append((args[0] if args else kwargs["hidden_states"]).detach().clone())
-        raise _StopForward
+        raise StopForward
 
     handle = getattr(found[0], found[1])[layer].register_forward_pre_hook(record, with_kwargs=True)
     input_ids, attention_mask, position_ids, _ = batch
     device = input_device(model)
     try:
-        with suppress(_StopForward):
+        with suppress(StopForward):
             model(
                 input_ids=input_ids.to(device),
                 attention_mask=attention_mask.to(device),

@@ -11,7 +11,7 @@ from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.architectures import context_length, decoder_model, input_device, model_signature
+from ..core.architectures import StopForward, context_length, decoder_model, input_device, model_signature
 from ..core.errors import DataError
 from ..core.settings import DEFAULTS, POSITIONS
 from ..core.tokens import EncodedExample, collate, encode_example, pad_token_id
@@ -19,10 +19,6 @@ from ..probes.datasets import ContrastiveDataset, ContrastiveExample
 from ..tuner import Steer2EditConfig
 from ..tuner.model import resolve_config
 from .vectors import SteeringVectors
-
-
-class _StopForward(Exception):
-    """Raised by the last hook: nothing after the last edited module (final layers, logits) is needed."""
 
 
 def edited_modules(model: nn.Module, config: Steer2EditConfig | None = None) -> dict[str, nn.Module]:
@@ -129,7 +125,7 @@ def _recording_hooks(modules: dict[str, nn.Module], accumulator: _Accumulator) -
             accumulator.add(name, "pre", args[0])
             accumulator.add(name, "post", output[0] if isinstance(output, tuple) else output)
             if name == last:
-                raise _StopForward
+                raise StopForward
 
         return hook
 
@@ -183,7 +179,7 @@ def extract_steering_vectors(
         progress = tqdm(batches, total=total, desc="extracting", unit="batch", disable=not show_progress)
         for batch_classes, masks, inputs in progress:
             accumulator.start_batch(batch_classes, masks)
-            with suppress(_StopForward):
+            with suppress(StopForward):
                 model(**{name: tensor.to(device) for name, tensor in inputs.items()}, use_cache=False)
     means, counts = _means(accumulator, modules, classes, encoded, windows)
     token_counts = {"positive": counts["post", "pos"], "negative": counts["post", "neg"]} | (
