@@ -76,7 +76,6 @@ def llama_cpp(folder: Path) -> dict:
 
 
 def vllm(folder: Path) -> dict:
-    import torch
     from peft import PeftModel
     from transformers import AutoTokenizer
 
@@ -85,7 +84,7 @@ def vllm(folder: Path) -> dict:
     from steer2edit_peft.export.vllm import VllmEngine, base_model_folder, export_for_vllm
 
     adapter = solved_edit(folder)
-    model, tokenizer = load_model(dtype=torch.bfloat16)
+    model, tokenizer = load_model()
     edited = PeftModel.from_pretrained(model, adapter)
     lora = export_for_vllm(edited, "default", folder / "lora")
     engine = VllmEngine(base_model_folder(EMBEDDED_MODEL), {"refusal": str(lora)}, max_lora_rank=8)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import torch
 from common import interleaved, save_results
 
 from steer2edit_peft.core.generation import generate_responses
@@ -20,7 +19,7 @@ from steer2edit_peft.evaluation.prompts import evaluation_prompts
 
 
 def main() -> None:
-    model, tokenizer = load_model(dtype=torch.bfloat16)
+    model, tokenizer = load_model()
     prompts = evaluation_prompts("refusal", 30)
     kinds = [prompts.attribute, prompts.benign, prompts.borderline]
     every = [p for kind in kinds for p in kind]

@@ -27,22 +27,22 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     args = parser.parse_args()
     torch.manual_seed(0)
-    base, tokenizer = load_model(dtype=torch.bfloat16)
+    base, tokenizer = load_model()
     vectors = extract_steering_vectors(base, tokenizer, builtin_probe("refusal"), show_progress=False)
     # Fresh loads, not deep copies, so every variant has the same memory layout as the base.
     edit = Steer2EditConfig(rho_attn=0.1, rho_mlp=0.3, alpha=0.6)
-    edited = edit_model(load_model(dtype=torch.bfloat16)[0], vectors, edit)
+    edited = edit_model(load_model()[0], vectors, edit)
     report = edited.edit_reports["default"]
-    merged = edit_model(load_model(dtype=torch.bfloat16)[0], vectors, edit).merge_and_unload()
-    demo_edit = edit_model(load_model(dtype=torch.bfloat16)[0], vectors, adapter_config(DEFAULTS, 30))
+    merged = edit_model(load_model()[0], vectors, edit).merge_and_unload()
+    demo_edit = edit_model(load_model()[0], vectors, adapter_config(DEFAULTS, 30))
     lora = get_peft_model(
-        load_model(dtype=torch.bfloat16)[0],
+        load_model()[0],
         LoraConfig(r=8, target_modules=["o_proj", "down_proj"], init_lora_weights=False),
     )
     # PEFT freezes the base weights, and on this CPU frozen (requires_grad=False) bfloat16 weights decode
     # markedly slower at batch 8 (a torch kernel-selection effect, seen with plain models too): this base
     # is the fair reference for every PEFT model.
-    frozen = load_model(dtype=torch.bfloat16)[0].requires_grad_(False)
+    frozen = load_model()[0].requires_grad_(False)
     models = {
         "base": base,
         "base, frozen weights": frozen,

@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     def fresh():  # fresh loads, frozen like every PEFT model's base, so all share one memory layout
-        return load_model(dtype=torch.bfloat16)[0].requires_grad_(False)
+        return load_model()[0].requires_grad_(False)
 
     def random_edit(model):  # a quarter of every module's components, the same ones on every call
         torch.manual_seed(0)

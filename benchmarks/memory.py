@@ -22,7 +22,7 @@ sys.path.insert(0, {here!r})
 from extraction import probe
 from steer2edit_peft import ContrastiveDataset, extract_steering_vectors
 from steer2edit_peft.core.models import load_model
-model, tokenizer = load_model(dtype=torch.bfloat16)
+model, tokenizer = load_model()
 # The same 32 examples repeated: the data grows while batch shapes stay the same.
 dataset = ContrastiveDataset(list(probe(32)) * ({size} // 32))
 def status(field):

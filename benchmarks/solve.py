@@ -58,7 +58,7 @@ def main() -> None:
     cases.insert(1, ("SmolLM2-135M-Instruct (real)", None))
     for name, shape in cases:
         if shape is None:
-            model, tokenizer = load_model(dtype=torch.bfloat16)
+            model, tokenizer = load_model()
             vectors = extract_steering_vectors(model, tokenizer, builtin_probe("refusal"), show_progress=False)
         else:
             torch.manual_seed(0)

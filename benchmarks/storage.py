@@ -10,7 +10,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from common import save_results
 from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -34,7 +33,7 @@ def timed_load(base, folder: Path, repeats: int = 5) -> float:
 
 
 def main() -> None:
-    base, tokenizer = load_model(dtype=torch.bfloat16)
+    base, tokenizer = load_model()
     vectors = extract_steering_vectors(base, tokenizer, builtin_probe("refusal"), show_progress=False)
     adapters = {
         "Steer2Edit, demo edit (heads of layers 14-29)": edit_model(

@@ -148,7 +148,7 @@ def main() -> None:
             draw(name, entry)
         return
     torch.manual_seed(args.seed)
-    model, tokenizer = load_model(dtype=torch.bfloat16)
+    model, tokenizer = load_model()
     study = Study(model, tokenizer, args.num_eval, args.batch_size)
     previous = RESULTS / "tradeoff.json"
     report: dict[str, Any] = json.loads(previous.read_text()).get("tasks", {}) if previous.is_file() else {}

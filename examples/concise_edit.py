@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from steer2edit_peft import Steer2EditConfig, builtin_probe, edit_model, extract_steering_vectors
 from steer2edit_peft.core.models import EMBEDDED_MODEL, load_model
 from steer2edit_peft.evaluation import generate_responses, mean_token_kl, response_lengths
@@ -24,7 +22,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--strength", type=float, default=1.0, help="runtime strength of the edit")
     args = parser.parse_args(argv)
 
-    model, tokenizer = load_model(args.model, dtype=torch.bfloat16)
+    model, tokenizer = load_model(args.model)
     questions = builtin_heldout("concise")["questions"][: args.num_questions]
 
     vectors = extract_steering_vectors(model, tokenizer, builtin_probe("concise"), batch_size=16)

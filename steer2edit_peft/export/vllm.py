@@ -18,6 +18,7 @@ from typing import Any
 
 from ..core.errors import Steer2EditError
 from ..core.generation import Sampling, regrouped, row_seed
+from ..core.models import dtype_name
 from ..core.tokens import encode_prompt
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -59,7 +60,7 @@ class VllmEngine:
     model_path: str
     adapters: dict[str, str] = field(default_factory=dict)  # name -> LoRA folder
     max_lora_rank: int = 8
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # as core.models.resolve_dtype reads it
     max_model_len: int = 1024
     kv_cache_gib: int = 1
     runtime_adapters: int = 0  # slots kept for adapters added after start (add_adapter / remove_adapter)
@@ -72,7 +73,7 @@ class VllmEngine:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
             self._engine = vllm.LLM(
                 model=self.model_path,
-                dtype=self.dtype,
+                dtype=dtype_name(self.dtype),
                 max_model_len=self.max_model_len,
                 enable_lora=bool(self.adapters) or self.runtime_adapters > 0,
                 max_lora_rank=self.max_lora_rank,

@@ -145,7 +145,7 @@ def _post(url: str, body: dict) -> tuple[int, dict | str]:
 SERVE = (
     "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python -m "
     "vllm.entrypoints.openai.api_server --model {base} "
-    "--host 127.0.0.1 --port {port} --dtype bfloat16 --max-model-len 1024 --enable-lora --max-lora-rank 8 "
+    "--host 127.0.0.1 --port {port} --dtype float32 --max-model-len 1024 --enable-lora --max-lora-rank 8 "
     "--max-loras 4 --lora-modules refusal={refusal} concise={concise}"
 )
 
