@@ -308,6 +308,7 @@ class _DemoRun:
 
     def summary(self, results: list[EvaluationResult]) -> dict[str, Any]:
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.settings).items()}
+        settings["dtype"] = dtype_name(self.dtype)  # what "auto" resolved to on this machine
         report = self.report
         return {
             "settings": {k: v for k, v in settings.items() if k not in ("probe", "reference", "loader")},

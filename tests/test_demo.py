@@ -11,7 +11,7 @@ from tiny_models import save_tiny_checkpoint
 
 from steer2edit_peft import DEFAULTS, ContrastiveDataset, EditSettings, UtilityData
 from steer2edit_peft.cli.main import main
-from steer2edit_peft.core.models import EMBEDDED_MODEL, load_model
+from steer2edit_peft.core.models import EMBEDDED_MODEL, dtype_name, load_model
 from steer2edit_peft.demo import DemoSettings, run_demo
 from steer2edit_peft.probes.datasets import shipped
 from steer2edit_peft.probes.generate import reference_data
@@ -166,5 +166,6 @@ def test_real_demo_on_the_embedded_model_with_small_counts(tmp_path):
     assert outcome.reload_max_abs_diff == 0.0 and outcome.reload_same_answers
     summary = json.loads((tmp_path / "results.json").read_text())
     assert summary["calibration"]["kl"] <= settings.edit.max_kl
+    assert summary["settings"]["dtype"] == dtype_name("auto")  # the dtype it ran in, not the word "auto"
     assert summary["edited_heads"] <= 0.2 * summary["total_heads"]
     assert "HuggingFaceTB/SmolLM2-135M-Instruct's own responses" in summary["probe"]
