@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from common import interleaved, save_results
 
-from steer2edit_peft.core.models import dtype_name, load_model
+from steer2edit_peft.core.models import cpu_computes_bfloat16, dtype_name, load_model
 
 
 def main() -> None:
@@ -21,12 +21,10 @@ def main() -> None:
             model(input_ids=tokens, use_cache=False)
 
     seconds = interleaved({name: (lambda m=model: forward(m)) for name, model in models.items()}, repeats=3)
-    cpu = torch.cpu
     payload = {
         "seconds": seconds,
         "bfloat16 / float32 time": seconds["bfloat16"] / seconds["float32"],
-        "avx512_bf16": cpu._is_avx512_bf16_supported(),
-        "amx": cpu._is_amx_tile_supported(),
+        "cpu computes bfloat16 (AVX512-BF16 or AMX)": cpu_computes_bfloat16(),
         "auto picks": dtype_name("auto"),
     }
     print(payload)
