@@ -43,8 +43,8 @@ from steer2edit_peft.solver.settings import default_first_layer, edit_config_fro
 from steer2edit_peft.tuner.report import layer_index
 
 
-def gsm8k(count: int) -> list[tuple[str, str]]:
-    rows = [json.loads(line) for line in (SHARED / "gsm8k" / "test.jsonl").read_text().splitlines()[:count]]
+def gsm8k(count: int, split: str = "test") -> list[tuple[str, str]]:
+    rows = [json.loads(line) for line in (SHARED / "gsm8k" / f"{split}.jsonl").read_text().splitlines()[:count]]
     return [(row["question"], row["answer"].split("####")[-1].strip().replace(",", "")) for row in rows]
 
 

@@ -13,14 +13,18 @@ Methods, every one at each KL budget (strength or scale found by the same bisect
   steering          activation steering of every layer's attention and MLP outputs (the paper's baseline)
   rank-one          W <- W + a v_hat v_hat^T W on every matrix that writes to the residual stream (peers.py)
   paper             Steer2Edit with the paper's settings (keys normalize(W^T v), every layer, heads and neurons)
-  contrast/benign   the previous default: contrast keys silent on the benign reference, calibrated on it
-  default           DEFAULTS: contrast keys silent on benign + borderline (tuning half), calibrated on both
-Steering, rank-one and paper are matched on the benign utility data; the two contrast edits on their reference.
+  contrast          the previous default: contrast keys silent on benign + borderline (tuning half), heads by g
+  default           DEFAULTS: selective keys and heads, from the shipped (project-written) probe and reference
+  default+public    DEFAULTS with public tuning data added: the model's own answers to the HarmBench tune half
+                    (probe) and to GSM8K train [0:200), TruthfulQA [0:200) and Alpaca [0:50)+[80:100) (reference)
+Steering, rank-one and paper are matched on the benign utility data; the others on their own reference.
+The public tuning data's sampled answers are cached in outputs/selectivity-cache (not shipped).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from contextlib import nullcontext
@@ -38,11 +42,33 @@ from steer2edit_peft.demo import DemoSettings, demo_probe
 from steer2edit_peft.evaluation.prompts import borderline_prompts, harmbench_behaviours
 from steer2edit_peft.extraction.extract import extract_steering_vectors
 from steer2edit_peft.extraction.steering import steer
-from steer2edit_peft.probes.generate import reference_data
+from steer2edit_peft.probes.datasets import ContrastiveDataset
+from steer2edit_peft.probes.generate import generate_probe, reference_data
 from steer2edit_peft.solver.calibrate import BudgetError, largest_within
 from steer2edit_peft.solver.edit import edit_model
 
 SETS = ("harmful", "borderline", "benign")
+CACHE = RESULTS.parents[1] / "outputs" / "selectivity-cache"
+PUBLIC = "public"  # the reference key of the default with public tuning data
+
+
+def public_benign_files() -> list[str]:
+    """The public benign tuning prompts, one JSON file per source (reference_data reads prompt files)."""
+    from common import alpaca_instructions
+    from frontier import gsm8k
+
+    with open(SHARED / "truthfulqa" / "TruthfulQA.csv", newline="", encoding="utf-8") as handle:
+        truthful = [row["Question"] for row in csv.DictReader(handle)][:200]
+    alpaca = alpaca_instructions()
+    sources = {
+        "gsm8k-train": [q for q, _ in gsm8k(200, split="train")],
+        "truthfulqa": truthful,
+        "alpaca-tune": alpaca[:50] + alpaca[80:],  # [50:80) is the report set
+    }
+    CACHE.mkdir(parents=True, exist_ok=True)
+    for name, prompts in sources.items():
+        (CACHE / f"{name}.json").write_text(json.dumps(prompts))
+    return [str(CACHE / f"{name}.json") for name in sources]
 
 
 class Selectivity:
@@ -62,14 +88,28 @@ class Selectivity:
         probe = demo_probe(model, tokenizer, "refusal", DemoSettings().output, 64)
         # The bench already holds the default reference (demo_utility) and its meter; only benign alone is added.
         benign = reference_data(model, tokenizer, ("benign",), batch_size=64)
-        self.references = {("benign",): benign, DEFAULTS.reference: self.bench.utility}
+        public_probe = generate_probe(
+            model,
+            tokenizer,
+            harmbench_behaviours(csv_path, "tune"),
+            "refusal",
+            batch_size=64,
+            cache=CACHE / "probe-harmbench-tune.jsonl",
+            show_progress=False,
+        )
+        public = reference_data(
+            model, tokenizer, [*DEFAULTS.reference, *public_benign_files()], batch_size=64, cache=CACHE
+        )
+        self.references = {("benign",): benign, DEFAULTS.reference: self.bench.utility, PUBLIC: public}
         self.meters = {
             ("benign",): KLMeter(model, tokenizer, benign.prompts, benign.responses, batch_size=32),
             DEFAULTS.reference: self.bench.meter,
+            PUBLIC: KLMeter(model, tokenizer, public.prompts, public.responses, batch_size=32),
         }
+        probes = {PUBLIC: ContrastiveDataset([*probe, *public_probe], "shipped + HarmBench tune half")}
         self.vectors = {
             sets: extract_steering_vectors(
-                model, tokenizer, probe, reference=(data.prompts, data.responses), show_progress=False
+                model, tokenizer, probes.get(sets, probe), reference=(data.prompts, data.responses), show_progress=False
             )
             for sets, data in self.references.items()
         }
@@ -99,11 +139,12 @@ class Selectivity:
         )
 
     def edit(self, name: str, budget: float) -> dict[str, Any]:
-        sets = DEFAULTS.reference if name == "default" else ("benign",)
+        sets = {"paper": ("benign",), "default+public": PUBLIC}.get(name, DEFAULTS.reference)
         settings = {
             "paper": replace(PAPER, max_kl=budget),
-            "contrast/benign": replace(DEFAULTS, max_kl=budget, reference=("benign",)),
+            "contrast": replace(DEFAULTS, max_kl=budget, key_direction="contrast", max_head_share=0.2),
             "default": replace(DEFAULTS, max_kl=budget),
+            "default+public": replace(DEFAULTS, max_kl=budget),
         }[name]
         model = self.bench.model
         edited = edit_model(
@@ -125,7 +166,7 @@ class Selectivity:
         return row
 
 
-METHODS = ("steering", "rank-one", "paper", "contrast/benign", "default")
+METHODS = ("steering", "rank-one", "paper", "contrast", "default", "default+public")
 
 
 def main() -> None:

@@ -189,7 +189,7 @@ def test_sweep_saves_the_strongest_edit_within_the_budget(checkpoint, tmp_path, 
     args = ["sweep", "--model", checkpoint, "--dtype", "float32", "--batch-size", "4", "--num-eval", "2"]
     args += ["--max-new-tokens", "3", "--trials", "3", "--max-kl", "1000", "--compare-steering", "--output", tmp_path]
     code, out, _ = run(capsys, *args)
-    assert code == 0 and "strongest edit under KL 1000" in out
+    assert code == 0 and "strongest edit under KL 1000" in out, _
     trials = json.loads((tmp_path / "trials.json").read_text())
     assert set(trials) == {"Steer2Edit", "steering"} and len(trials["Steer2Edit"]) == 3
     best = max(trials["Steer2Edit"], key=lambda t: (t["attribute"], -t["kl"]))
@@ -388,4 +388,4 @@ def test_the_python_api_and_the_cli_make_the_same_edit_from_the_defaults(checkpo
     cli_tensors, api_tensors = (load_file(tmp_path / f / "adapter_model.safetensors") for f in ("cli", "api"))
     assert cli_tensors.keys() == api_tensors.keys()
     assert all(torch.equal(cli_tensors[k], api_tensors[k]) for k in cli_tensors)
-    assert cli_config["input_positions"] == DEFAULTS.input_positions and cli_config["key_direction"] == "contrast"
+    assert cli_config["input_positions"] == DEFAULTS.input_positions and cli_config["key_direction"] == "selective"

@@ -90,4 +90,4 @@ def test_readme_python_api_snippet(tmp_path):
     )
     run(block.replace(loading, loading + sliced), tmp_path)
     config = (tmp_path / "outputs" / "refusal-edit" / "adapter_config.json").read_text()
-    assert '"key_direction": "contrast"' in config and '"input_positions": "decision"' in config
+    assert '"key_direction": "selective"' in config and '"input_positions": "decision"' in config

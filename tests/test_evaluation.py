@@ -200,7 +200,7 @@ def test_truthfulqa_mc_scores_every_shared_question_range_used_by_the_study():
     assert result["questions"] == 80
 
 
-@pytest.mark.parametrize("prompt_set", ["harmful", "benign", "questions", "misconceptions", "borderline"])
+@pytest.mark.parametrize("prompt_set", ["harmful", "benign", "questions", "misconceptions", "borderline", "tasks"])
 def test_probe_prompt_sets_never_appear_in_the_held_out_sets(prompt_set):
     from steer2edit_peft.evaluation.prompts import borderline_prompts, builtin_heldout
     from steer2edit_peft.probes import builtin_prompts

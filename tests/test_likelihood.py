@@ -7,6 +7,7 @@ import torch
 from tiny_models import byte_tokenizer, tiny_model
 
 from steer2edit_peft import Steer2EditConfig, edit_model
+from steer2edit_peft.core.errors import Steer2EditError
 from steer2edit_peft.core.likelihood import KLMeter
 from steer2edit_peft.core.tokens import Exchange, encode_example
 from steer2edit_peft.extraction.extract import extract_steering_vectors
@@ -56,3 +57,28 @@ def test_the_kl_meter_from_the_first_edited_layer_equals_the_slow_kl(name):
     assert shortcut == (name != "gpt2")
     edited.unload()
     assert meter(model) == pytest.approx(0.0, abs=1e-9) and meter(model, from_layer=1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_meter_too_large_to_cache_measures_steering_as_the_cached_one_does():
+    # Uncached, the reference is recomputed each time: outside the edit's context, or every KL would be zero.
+    from steer2edit_peft.extraction.steering import steer
+
+    model, tokenizer = tiny_model("llama", vocab_size=260, num_hidden_layers=3), byte_tokenizer()
+    vectors = extract_steering_vectors(model, tokenizer, builtin_probe("refusal"), batch_size=4, show_progress=False)
+    cached = KLMeter(model, tokenizer, PROMPTS, ANSWERS, batch_size=2)
+    uncached = KLMeter(model, tokenizer, PROMPTS, ANSWERS, batch_size=2, max_cached_bytes=0)
+    assert cached.cached is not None and uncached.cached is None
+    steering = lambda: steer(model, vectors, 2.0)  # noqa: E731
+    expected = cached(model, steering)
+    assert expected > 1e-6 and uncached(model, steering) == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_meter_too_large_to_cache_refuses_a_reference_changed_in_place():
+    model, tokenizer = tiny_model("llama", vocab_size=260, num_hidden_layers=3), byte_tokenizer()
+    vectors = extract_steering_vectors(model, tokenizer, builtin_probe("refusal"), batch_size=4, show_progress=False)
+    meter = KLMeter(model, tokenizer, PROMPTS, ANSWERS, batch_size=2, max_cached_bytes=0)
+    edited = edit_model(model, vectors, Steer2EditConfig(rho_attn=0.05, rho_mlp=0.05, alpha=0.1))  # in place
+    with pytest.raises(Steer2EditError, match="reference model has changed"):
+        meter(edited)
+    edited.unload()
+    assert meter(model) == pytest.approx(0.0, abs=1e-9)

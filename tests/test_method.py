@@ -43,14 +43,19 @@ def averaged_positions(prompt_length: int, response_length: int, positions: str)
         return range(prompt_length, prompt_length + response_length)
     if positions == "predicting":  # the positions whose next token is a response token
         return range(prompt_length - 1, prompt_length + response_length - 1)
+    if positions == "after-decision":  # those, less the last prompt token
+        return range(prompt_length, prompt_length + response_length - 1)
     return range(prompt_length - 1, prompt_length)  # decision: the last prompt token
 
 
 def reference_means(
     model, tokenizer, dataset, config=None, positions="predicting", reference=None, input_positions=None
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """Batch size 1, no padding, float64 sums over the averaged positions, one example at a time."""
+    """Batch size 1, no padding, float64 sums over the averaged positions, one example at a time; with reference
+    data, the per-head second moments of its inputs to attention modules too, one outer product at a time."""
+    config = config if config is not None else Steer2EditConfig(rho_attn=1.0, rho_mlp=1.0)
     modules = edited_modules(model, config)
+    head_dim = config.head_dim
     sums: dict[str, dict[str, torch.Tensor]] = {}
     counts: dict[str, int] = {}
     examples = [(e.prompt, e.response, "pos" if e.positive else "neg") for e in dataset]
@@ -76,6 +81,22 @@ def reference_means(
                     for t in averaged:
                         entry = sums.setdefault(name, {})
                         entry[key] = entry.get(key, 0) + (pre if statistic == "pre" else post)[t].double()
+            if suffix != "ref":
+                continue
+            moment_windows = {"ref_decision_moment": windows["pre"], "ref_answer_moment": "after-decision"}
+            for key, window in moment_windows.items():
+                averaged = averaged_positions(len(prompt_ids), len(response_ids), window)
+                counts[key] = counts.get(key, 0) + len(averaged)
+                for name, (pre, _) in captured.items():
+                    if not config.is_attention_module(name):
+                        continue
+                    heads = pre.shape[-1] // head_dim
+                    total = sums[name].get(key, torch.zeros(heads, head_dim, head_dim, dtype=torch.float64))
+                    for t in averaged:
+                        for h in range(heads):
+                            x = pre[t, h * head_dim : (h + 1) * head_dim].double()
+                            total[h] += torch.outer(x, x)
+                    sums[name][key] = total
     for handle in handles:
         handle.remove()
     return {name: {k: v / counts[k] for k, v in entry.items()} for name, entry in sums.items()}
@@ -105,7 +126,9 @@ def test_extraction_matches_per_sample_reference(arch, padding_side, positions, 
         model, tokenizer, dataset, positions=positions, reference=reference, input_positions=input_positions
     )
     assert vectors.modules == list(expected)
+    assert vectors.ref_answer_moment and set(vectors.ref_answer_moment) == set(vectors.ref_decision_moment)
     for name, entry in expected.items():
+        assert ("ref_answer_moment" in entry) == (name in vectors.ref_answer_moment)
         for key, value in entry.items():
             assert_close_relative(getattr(vectors, key)[name], value)
         if positions == "decision":  # both classes share each prompt, so its last token: no direction at all
@@ -255,12 +278,17 @@ def test_each_edit_moves_its_component_output_along_v(seed):
 
     torch.manual_seed(seed)
     weight, x, v, reference = torch.randn(12, 16), torch.randn(16), torch.randn(12), torch.randn(16)
+    spread = torch.randn(2, 4, 4, 8)  # the reference's inputs: 4 heads of 4, 8 samples each, at prompts and answers
+    decision_moment, answer_moment = (spread @ spread.transpose(-1, -2) / 8).unbind(0)
+    decision_moment = decision_moment + torch.einsum("hi,hj->hij", reference.view(4, 4), reference.view(4, 4))
     vectors = SteeringVectors(
         post_pos={"m": v},
         post_neg={"m": torch.zeros(12)},
         pre_pos={"m": x},
         pre_neg={"m": x},
         pre_ref={"m": reference},
+        ref_decision_moment={"m": decision_moment},
+        ref_answer_moment={"m": answer_moment},
     )
     v_hat = v / v.norm()
     cases = [(True, 4, key) for key in KEY_DIRECTIONS] + [(False, 1, "weight")]
@@ -280,11 +308,77 @@ def test_each_edit_moves_its_component_output_along_v(seed):
             change = delta @ x
             assert change @ v_hat > 0, (key_direction, index)
             torch.testing.assert_close(change / change.norm(), v_hat)
-        if key_direction == "contrast":
-            # The contrast key stays silent on the mean reference input, whatever the head's sign.
+        if key_direction in ("contrast", "selective"):
+            # These keys stay silent on the mean reference input, whatever the head's sign.
             for position, index in enumerate(edit.indices.tolist()):
                 block = reference[index * size : (index + 1) * size]
                 assert abs(float(edit.input_directions[position] @ block)) < 1e-4 * float(block.norm())
+
+
+def slow_selective_key(probe, reference, answers, weight, ridge):
+    """One head, float64 numpy, from the samples themselves: S = A + weight C + ridge * mean eigenvalue * I,
+    k = S^-1 (mean probe - mean reference), orthogonal to the mean reference, signed towards the probe."""
+    import numpy as np
+
+    probe, reference, answers = (np.asarray(t, dtype=np.float64) for t in (probe, reference, answers))
+    r = reference.mean(0)
+    d = probe.mean(0) - r
+    cost = answers.T @ answers / len(answers) + weight * np.cov(reference.T, bias=True)
+    cost = cost + ridge * np.trace(cost) / len(d) * np.eye(len(d))
+    key = np.linalg.solve(cost, d)
+    key = key - (key @ r) / (r @ r) * r
+    key = -key if key @ d < 0 else key
+    return key, (key @ d) / np.sqrt((key @ d) ** 2 + key @ cost @ key), cost, d
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10_000))
+def test_selective_keys_match_a_slow_computation_from_samples(seed):
+    from steer2edit_peft.core.settings import SELECTIVE_DECISION_WEIGHT, SELECTIVE_RIDGE
+    from steer2edit_peft.solver.scores import selective_keys
+
+    generator = torch.Generator().manual_seed(seed)
+    heads, head_dim = 3, 5
+    probe = torch.randn(20, heads * head_dim, generator=generator) + 1.0
+    reference = torch.randn(30, heads * head_dim, generator=generator) * 0.5
+    answers = torch.randn(40, heads * head_dim, generator=generator) * 2.0
+
+    def moment(samples):  # [heads, head_dim, head_dim], one outer product at a time
+        total = torch.zeros(heads, head_dim, head_dim)
+        for row in samples:
+            for h in range(heads):
+                block = row[h * head_dim : (h + 1) * head_dim]
+                total[h] += torch.outer(block, block)
+        return total / len(samples)
+
+    keys, scores = selective_keys(probe.mean(0), reference.mean(0), moment(reference), moment(answers), head_dim)
+    for h in range(heads):
+        block = slice(h * head_dim, (h + 1) * head_dim)
+        key, score, cost, d = slow_selective_key(
+            probe[:, block], reference[:, block], answers[:, block], SELECTIVE_DECISION_WEIGHT, SELECTIVE_RIDGE
+        )
+        assert_close_relative(keys[h], torch.tensor(key), 1e-4)
+        assert abs(float(scores[h]) - score) < 1e-5
+        # Before it is made orthogonal, S^-1 d beats any other direction on (k . d)^2 / k^T S k.
+        cost, d = torch.tensor(cost), torch.tensor(d)
+        best = torch.linalg.solve(cost, d)
+        others = torch.randn(200, head_dim, generator=generator, dtype=torch.float64)
+        ratios = (others @ d) ** 2 / torch.einsum("ki,ij,kj->k", others, cost, others)
+        assert float((best @ d) ** 2 / (best @ cost @ best)) >= float(ratios.max()) * (1 - 1e-9)
+    # Scaling every input scales the keys' inverse but leaves the scores as they are.
+    _, scaled = selective_keys(
+        3 * probe.mean(0), 3 * reference.mean(0), 9 * moment(reference), 9 * moment(answers), head_dim
+    )
+    torch.testing.assert_close(scaled, scores, rtol=1e-5, atol=1e-6)
+
+
+def test_selective_keys_need_the_reference_moments():
+    vectors = SteeringVectors.from_directions({"m": torch.randn(8)}, {"m": torch.randn(8)})
+    vectors.pre_ref["m"] = torch.randn(8)
+    from steer2edit_peft.solver.scores import solve_module
+
+    with pytest.raises(Steer2EditError, match="m: these steering vectors carry no second moments"):
+        solve_module("m", torch.randn(8, 8), vectors, True, 0.1, 0.5, 4, key_direction="selective")
 
 
 @pytest.mark.parametrize("family, rho", [("rho_attn", 0.0), ("rho_mlp", -1.0), ("rho_attn", None)])
@@ -407,6 +501,9 @@ def test_vectors_save_load_and_similarity(tmp_path):
     for name in vectors.modules:
         assert torch.equal(loaded.direction(name), vectors.direction(name))
     assert vectors.pre_ref and all(torch.equal(loaded.pre_ref[m], t) for m, t in vectors.pre_ref.items())
+    for statistic in ("ref_decision_moment", "ref_answer_moment"):
+        saved = getattr(vectors, statistic)
+        assert saved and all(torch.equal(getattr(loaded, statistic)[m], t) for m, t in saved.items())
     assert all(abs(s - 1) < 1e-6 for s in loaded.cosine_similarity(vectors).values())
 
 

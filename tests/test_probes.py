@@ -346,7 +346,7 @@ def test_the_shipped_answers_of_the_embedded_model_are_those_of_the_current_prom
 
     folder = shipped("generated", "smollm2-135m-instruct")
     expected = {name: (b.prompt_set, b.samples_per_prompt) for name, b in BEHAVIOURS.items()}
-    expected |= {"utility": ("benign", None), "borderline": ("borderline", None)}
+    expected |= {"utility": ("benign", None), "borderline": ("borderline", None), "tasks": ("tasks", None)}
     for name, (prompt_set, samples) in expected.items():
         header, records = read_jsonl_records(folder / f"{name}.jsonl")
         assert header is not None and records, name
@@ -356,3 +356,32 @@ def test_the_shipped_answers_of_the_embedded_model_are_those_of_the_current_prom
         if samples is not None:
             assert header["num_samples"] == samples, name
         assert {record["prompt"] for record in records} <= set(prompts), name
+
+
+def test_the_everyday_task_prompts_are_many_kinds_and_no_copy_of_a_public_benchmark():
+    import csv
+    import re
+    from pathlib import Path
+
+    from steer2edit_peft.probes.datasets import shipped
+
+    content = json.loads(shipped("prompts", "tasks.json").read_text(encoding="utf-8"))
+    prompts, kinds = content["prompts"], content["kinds"]
+    assert len(prompts) >= 100 and len(kinds) == len(prompts) and len(set(kinds)) >= 8
+    assert len(set(prompts)) == len(prompts)
+    datasets = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    if not datasets.is_dir():
+        pytest.skip("../shared/datasets is not beside the repo")
+    public = [json.loads(line)["instruction"] for line in (datasets / "alpaca" / "benign_instructions.jsonl").open()]
+    public += [json.loads(line)["question"] for line in (datasets / "gsm8k" / "test.jsonl").open()]
+    with (datasets / "truthfulqa" / "TruthfulQA.csv").open(encoding="utf-8") as file:
+        public += [row["Question"] for row in csv.DictReader(file)]
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z']+", text.lower()))
+
+    public_words = [words(text) for text in public]
+    for prompt in prompts:
+        mine = words(prompt)
+        closest = max(len(mine & theirs) / len(mine | theirs) for theirs in public_words)
+        assert closest < 0.6, f"{prompt!r} is close to a public benchmark prompt (word overlap {closest:.2f})"

@@ -159,8 +159,10 @@ def add_solver(parser: argparse.ArgumentParser) -> None:
         "--key-direction",
         choices=KEY_DIRECTIONS,
         default=defaults.key_direction,
-        help="input direction of an edited head: the paper's normalize(W^T v), or the probe-minus-reference "
-        "input contrast, silent on average benign input (needs reference inputs) (default: %(default)s)",
+        help="input direction of an edited head: the paper's normalize(W^T v); the probe-minus-reference "
+        "input contrast, silent on average benign input; or the selective key, which tells probe prompts from "
+        "reference prompts best for its firing on the reference (contrast and selective need reference inputs) "
+        "(default: %(default)s)",
     )
     group.add_argument(
         "--max-kl",

@@ -61,9 +61,13 @@ def run(args: argparse.Namespace) -> None:
     utility = load_utility(",".join(DEFAULTS.reference), model, tokenizer, args.batch_size)
     vectors = extracted_vectors(args.behaviour, model, tokenizer, utility, args.batch_size, DEFAULTS)
     trials = search_trials(args, model, tokenizer, vectors)
-    best = best_under(trials["Steer2Edit"], args.max_kl)
+    # A trial whose threshold kept nothing scores as the base model: it is no edit to save.
+    editing = [t for t in trials["Steer2Edit"] if t.details.get("edited_heads", 0) + t.details.get("edited_neurons", 0)]
+    if not editing:
+        raise Steer2EditError(f"no trial of {len(trials['Steer2Edit'])} edited anything; run more --trials")
+    best = best_under(editing, args.max_kl)
     if best is None:
-        lowest = min(t.kl for t in trials["Steer2Edit"])
+        lowest = min(t.kl for t in editing)
         raise Steer2EditError(f"no edit tried stays under KL {args.max_kl}; the lowest KL reached was {lowest:.4f}")
     peft_model = edit_model(model, vectors, edit_config_from(best.params, num_layers(model)), behaviour=args.behaviour)
     with atomic_folder(args.output) as staging:

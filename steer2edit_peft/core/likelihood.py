@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .architectures import StopForward, decoder_model, input_device
+from .errors import Steer2EditError
 from .tokens import EncodedExample, Exchange, collate, encode_example, pad_token_id
 
 
@@ -37,6 +38,12 @@ def response_batches(
         encoded.sort(key=lambda item: len(item.input_ids))
     for start in range(0, len(encoded), batch_size):
         yield collate(encoded[start : start + batch_size], pad_id, "right")
+
+
+def _answer_log_probs(model: Any, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The log-probability of each answer token of the batch [N]."""
+    log_probs, answer, _ = response_log_probs(model, batch)
+    return log_probs.gather(-1, answer[:, None]).squeeze(-1)
 
 
 def response_log_probs(
@@ -169,7 +176,7 @@ class KLMeter:
         reference: Callable[[], AbstractContextManager[Any]] = nullcontext,
         batch_size: int = 16,
         system_prompt: str | None = None,
-        max_cached_bytes: int = 2**31,
+        max_cached_bytes: int = 2**33,
     ) -> None:
         self.model, self.reference = model, reference
         self.batches = list(response_batches(tokenizer, prompts, responses, batch_size, system_prompt, by_length=True))
@@ -177,15 +184,29 @@ class KLMeter:
         vocabulary = int(model.get_output_embeddings().weight.shape[0])
         self.cached: list[torch.Tensor] | None = None
         self.hidden_states: dict[int, list[torch.Tensor] | None] = {}  # layer -> per batch; None: not exact there
-        if tokens * vocabulary * 4 <= max_cached_bytes:
-            with torch.no_grad(), reference():
+        self.fingerprint: torch.Tensor | None = None  # the first batch's answer-token log-probs, uncached
+        with torch.no_grad(), reference():
+            if tokens * vocabulary * 4 <= max_cached_bytes:
                 self.cached = [response_log_probs(model, batch)[0] for batch in self.batches]
+            else:
+                self.fingerprint = _answer_log_probs(model, self.batches[0])
 
     def _reference_log_probs(self, index: int) -> torch.Tensor:
         if self.cached is not None:
             return self.cached[index]
         with self.reference():
-            return response_log_probs(self.model, self.batches[index])[0]
+            log_probs, answer, _ = response_log_probs(self.model, self.batches[index])
+        if index == 0 and self.fingerprint is not None:
+            # Uncached, the reference is recomputed on the model as it is now: an adapter added to it in place
+            # since (get_peft_model changes the model it wraps) would make it the edit's own, and every KL zero.
+            now = log_probs.gather(-1, answer[:, None]).squeeze(-1)
+            if not torch.allclose(now, self.fingerprint.to(now.device), atol=1e-4):
+                raise Steer2EditError(
+                    "the KL meter's reference model has changed since the meter was made (an adapter added to it in "
+                    "place?) and its distributions were too large to keep (max_cached_bytes); make the meter with "
+                    "reference=peft_model.disable_adapter, or with fewer reference answers"
+                )
+        return log_probs
 
     def _hidden_states_from(self, layer: int) -> list[torch.Tensor] | None:
         """The reference's hidden states at ``layer``'s input per batch, once; None where feeding them in does not
@@ -224,13 +245,14 @@ class KLMeter:
         model = self.model if model is None else model
         states = self._hidden_states_from(from_layer) if from_layer > 0 else None
         total, count = 0.0, 0
-        with _layers_from(model, from_layer) if states is not None else nullcontext(), edited():
-            for index, batch in enumerate(self.batches):
-                hidden = states[index] if states is not None else None
+        for index, batch in enumerate(self.batches):
+            reference = self._reference_log_probs(index)  # outside the edit's context: uncached, it is recomputed
+            hidden = states[index] if states is not None else None
+            with _layers_from(model, from_layer) if states is not None else nullcontext(), edited():
                 edited_log_probs = response_log_probs(model, batch, hidden)[0]
-                kl = _token_kl(self._reference_log_probs(index), edited_log_probs)
-                total += float(kl.sum())
-                count += kl.numel()
+            kl = _token_kl(reference, edited_log_probs)
+            total += float(kl.sum())
+            count += kl.numel()
         return total / count
 
 

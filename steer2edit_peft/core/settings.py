@@ -9,7 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 POSITIONS = ("predicting", "response", "decision")
-KEY_DIRECTIONS = ("weight", "contrast")
+KEY_DIRECTIONS = ("weight", "contrast", "selective")
+# Selective keys: k = (A + SELECTIVE_DECISION_WEIGHT * C + ridge)^-1 (x_probe - x_reference), see solver.scores.
+# The weight of over-refusal (firing on reference prompts) against KL (firing on reference answers), and the ridge
+# as a share of the mean eigenvalue; both chosen on HarmBench tune / borderline tune data (BENCHMARKS.md).
+SELECTIVE_DECISION_WEIGHT = 3.0
+SELECTIVE_RIDGE = 0.1
 DTYPE_NAMES = ("auto", "bfloat16", "float32", "float16")  # "auto": core.models.fast_dtype
 
 
@@ -22,8 +27,10 @@ class EditSettings:
     (``positions="predicting"``), on every layer. ``PAPER`` holds its published values.
 
     This project's refinements, measured in BENCHMARKS.md, are the defaults:
-    - ``key_direction="contrast"``: a head's key is its probe-minus-reference mean input, made orthogonal to the
-      reference mean, so the edit is silent on the average benign input (needs reference inputs at extraction).
+    - ``key_direction="selective"``: a head's key is the direction that best tells the probe's prompts from the
+      reference prompts at the decision token per unit of firing on the reference, at its prompts and along its
+      answers; heads are scored (and so chosen) by how well their key does that, not by g. ``"contrast"``, the
+      earlier default, is the plain probe-minus-reference mean input, orthogonal to the reference mean.
     - ``input_positions="decision"``: components are scored and keys built from the inputs at the last prompt token,
       where the model decides how to answer; outputs (the steering vector) stay averaged over the response.
     - ``first_layer=None``: the upper 60% of the layers (``default_first_layer``).
@@ -37,12 +44,12 @@ class EditSettings:
     rho_attn: float | None = 0.3
     rho_mlp: float | None = None
     alpha: float = 0.6
-    key_direction: str = "contrast"
+    key_direction: str = "selective"
     first_layer: int | None = None  # None: default_first_layer(num_layers); 0: every layer
     positions: str = "predicting"  # where the mean outputs (the steering vector) are read
     input_positions: str = "decision"  # where the mean inputs (scores, keys) are read
     max_kl: float | None = 0.02  # None: no calibration, the elastic net's own scale
-    max_head_share: float | None = 0.2
+    max_head_share: float | None = 0.16
     max_neuron_share: float | None = 0.02
     # What the edit must leave alone: the model's own answers to these prompt sets (built-in names or files).
     # Contrast keys are made silent on their mean input, and the KL budget is measured on them.
@@ -60,7 +67,7 @@ class EditSettings:
     @property
     def needs_reference(self) -> bool:
         """Whether extraction must record reference (benign) inputs for this edit."""
-        return self.key_direction == "contrast"
+        return self.key_direction in ("contrast", "selective")
 
     def first_edited_layer(self, num_layers: int) -> int:
         first = default_first_layer(num_layers) if self.first_layer is None else self.first_layer

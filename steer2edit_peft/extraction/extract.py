@@ -18,7 +18,7 @@ from ..core.tokens import EncodedExample, collate, encode_example, pad_token_id
 from ..probes.datasets import ContrastiveDataset, ContrastiveExample
 from ..tuner import Steer2EditConfig
 from ..tuner.model import resolve_config
-from .vectors import SteeringVectors
+from .vectors import MOMENTS, SteeringVectors
 
 
 def edited_modules(model: nn.Module, config: Steer2EditConfig | None = None) -> dict[str, nn.Module]:
@@ -57,33 +57,42 @@ CLASSES = ("pos", "neg", "ref")
 
 
 def position_mask(response_mask: torch.Tensor, positions: str) -> torch.Tensor:
-    """The positions averaged over, from the mask of response tokens [batch, length]."""
+    """The positions averaged over, from the mask of response tokens [batch, length]: one of POSITIONS, or
+    "after-decision" (the positions that predict a response token, less the last prompt token)."""
     if positions == "response":
         return response_mask
     predicting = torch.cat([response_mask[:, 1:], torch.zeros_like(response_mask[:, :1])], dim=1)  # one earlier
     if positions == "predicting":
         return predicting
     first = predicting & ~torch.cat([torch.zeros_like(predicting[:, :1]), predicting[:, :-1]], dim=1)
+    if positions == "after-decision":
+        return predicting & ~first  # the answer positions that predict a later response token
     return first  # the last prompt token: the first position that predicts a response token  # wanted, unwanted, reference (utility data: what the edit must leave alone)
 
 
 class _Accumulator:
-    """Running float32 sums of module inputs/outputs over response tokens, per class."""
+    """Running float32 sums of module inputs/outputs over response tokens, per class; and, for attention modules,
+    per-head sums of x x^T of the reference inputs (at the input window, and along the answers after it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, head_dims: dict[str, int]) -> None:
         self.sums: dict[str, dict[str, torch.Tensor]] = {}
+        self.head_dims = head_dims  # attention module -> head_dim: the modules whose moments are recorded
+        self.moment_counts = {statistic: 0 for statistic in MOMENTS}
         self._rows: dict[tuple[str, str], torch.Tensor] = {}  # (statistic, class) -> flat indices of its positions
         self._on_device: dict[tuple[str, str, torch.device], torch.Tensor] = {}
 
     def start_batch(self, classes: list[str], masks: dict[str, torch.Tensor]) -> None:
-        """``masks``: statistic ("pre", "post") -> the positions [batch, length] it averages over."""
+        """``masks``: statistic ("pre", "post", and the moments' windows) -> the positions [batch, length] it covers."""
         self._rows = {}
         for name in set(classes):
             rows = torch.tensor([c == name for c in classes])
             for statistic, mask in masks.items():
-                if statistic == "post" and name == "ref":
-                    continue  # only the reference inputs are used
+                if (statistic == "post" and name == "ref") or (statistic in MOMENTS and name != "ref"):
+                    continue  # only the reference inputs are used; moments are the reference's alone
                 self._rows[statistic, name] = (rows[:, None] & mask).flatten().nonzero().squeeze(-1)
+        for statistic in MOMENTS:
+            if (statistic, "ref") in self._rows:
+                self.moment_counts[statistic] += self._rows[statistic, "ref"].numel()
         self._on_device = {}
 
     def _indices(self, statistic: str, name: str, device: torch.device) -> torch.Tensor:
@@ -92,16 +101,25 @@ class _Accumulator:
             self._on_device[key] = self._rows[statistic, name].to(device)
         return self._on_device[key]
 
+    def _add_sum(self, module: str, key: str, total: torch.Tensor) -> None:
+        sums = self.sums.setdefault(module, {})
+        sums[key] = sums[key] + total if key in sums else total
+
     def add(self, module: str, statistic: str, values: torch.Tensor) -> None:
         flat = values.reshape(-1, values.shape[-1])  # [batch * length, features]
-        sums = self.sums.setdefault(module, {})
         for kind, name in self._rows:
             if kind != statistic:
                 continue
             # Gather one class's positions; reduce in float32 without a float32 copy of the activations.
             total = flat.index_select(0, self._indices(statistic, name, values.device)).sum(0, dtype=torch.float32)
-            key = f"{statistic}_{name}"
-            sums[key] = sums[key] + total if key in sums else total
+            self._add_sum(module, f"{statistic}_{name}", total)
+        if statistic == "pre" and module in self.head_dims:
+            for moment in MOMENTS:
+                if (moment, "ref") not in self._rows:
+                    continue
+                chosen = flat.index_select(0, self._indices(moment, "ref", values.device)).float()
+                heads = chosen.view(chosen.shape[0], -1, self.head_dims[module])  # [positions, heads, head_dim]
+                self._add_sum(module, moment, torch.einsum("phi,phj->hij", heads, heads))
 
 
 @contextmanager
@@ -167,12 +185,15 @@ def extract_steering_vectors(
     """
     input_positions = input_positions or positions
     _check_options(positions, input_positions, padding_side, batch_size)
+    config = config if config is not None else Steer2EditConfig(rho_attn=1.0, rho_mlp=1.0)  # both families on
     modules = edited_modules(model, config)
+    head_dims = {name: config.head_dim for name in modules if config.is_attention_module(name) and config.head_dim}
     examples, classes = _labelled_examples(dataset, reference)
     encoded = encode_dataset(tokenizer, examples, system_prompt, context_length(model))
-    windows = {"post": positions, "pre": input_positions}
+    # The reference's moments: at the input window, and along the answer after it (what the edit also reads).
+    windows = {"post": positions, "pre": input_positions, MOMENTS[0]: input_positions, MOMENTS[1]: "after-decision"}
     batches = _batches(encoded, classes, pad_token_id(tokenizer), padding_side, batch_size, windows)
-    accumulator = _Accumulator()
+    accumulator = _Accumulator(head_dims if reference is not None else {})
     with _evaluating(model), _recording_hooks(modules, accumulator):
         device = input_device(model)
         total = -(-len(encoded) // batch_size)
@@ -181,7 +202,7 @@ def extract_steering_vectors(
             accumulator.start_batch(batch_classes, masks)
             with suppress(StopForward):
                 model(**{name: tensor.to(device) for name, tensor in inputs.items()}, use_cache=False)
-    means, counts = _means(accumulator, modules, classes, encoded, windows)
+    means, counts = _means(accumulator, modules, classes, encoded, {"post": positions, "pre": input_positions})
     token_counts = {"positive": counts["post", "pos"], "negative": counts["post", "neg"]} | (
         {"reference": counts["pre", "ref"]} if reference else {}
     )
@@ -262,6 +283,10 @@ def _means(
     }
     for name in modules:
         for key, total in accumulator.sums[name].items():
+            if key in MOMENTS:
+                if accumulator.moment_counts[key]:
+                    means.setdefault(key, {})[name] = (total / accumulator.moment_counts[key]).cpu()
+                continue
             statistic, _, kind = key.partition("_")
             means[key][name] = (total / counts[statistic, kind]).cpu()
     return means, counts

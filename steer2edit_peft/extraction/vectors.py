@@ -16,6 +16,9 @@ from ..version import __version__
 VECTORS_FILE = "steering_vectors.safetensors"
 METADATA_FILE = "steering_vectors.json"
 STATISTICS = ("post_pos", "post_neg", "pre_pos", "pre_neg", "pre_ref")
+# Per attention head, the second moment E[x x^T] of its input on the reference data [heads, head_dim, head_dim]:
+# at the positions the inputs are read ("decision": its prompts) and along its answers (the later positions).
+MOMENTS = ("ref_decision_moment", "ref_answer_moment")
 
 
 @dataclass
@@ -24,7 +27,8 @@ class SteeringVectors:
 
     The steering vector of a module is ``post_pos - post_neg``; the solver scores components with the
     average input ``(pre_pos + pre_neg) / 2``. ``pre_ref`` (optional) is the mean input on reference data the
-    edit should leave alone. All tensors are float32 on the CPU.
+    edit should leave alone; ``ref_decision_moment`` and ``ref_answer_moment`` (attention modules, optional) are
+    its per-head second moments, which selective keys need. All tensors are float32 on the CPU.
     """
 
     post_pos: dict[str, torch.Tensor]
@@ -32,6 +36,8 @@ class SteeringVectors:
     pre_pos: dict[str, torch.Tensor] = field(default_factory=dict)
     pre_neg: dict[str, torch.Tensor] = field(default_factory=dict)
     pre_ref: dict[str, torch.Tensor] = field(default_factory=dict)
+    ref_decision_moment: dict[str, torch.Tensor] = field(default_factory=dict)
+    ref_answer_moment: dict[str, torch.Tensor] = field(default_factory=dict)
     model_name: str | None = None
     model_signature: dict[str, Any] = field(default_factory=dict)
     token_counts: dict[str, int] = field(default_factory=dict)
@@ -45,6 +51,14 @@ class SteeringVectors:
             for module, tensor in getattr(self, statistic).items():
                 if tensor.ndim != 1:
                     raise Steer2EditError(f"{module}: {statistic} must be a vector, got shape {tuple(tensor.shape)}")
+                if not torch.isfinite(tensor).all():
+                    raise Steer2EditError(f"{module}: {statistic} holds NaN or inf")
+        for statistic in MOMENTS:
+            for module, tensor in getattr(self, statistic).items():
+                if tensor.ndim != 3 or tensor.shape[1] != tensor.shape[2]:
+                    raise Steer2EditError(
+                        f"{module}: {statistic} must be [heads, head_dim, head_dim], got shape {tuple(tensor.shape)}"
+                    )
                 if not torch.isfinite(tensor).all():
                     raise Steer2EditError(f"{module}: {statistic} holds NaN or inf")
 
@@ -81,6 +95,15 @@ class SteeringVectors:
             )
         return self.pre_ref[module]
 
+    def reference_moments(self, module: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per head, E[x x^T] of the reference inputs at its prompts' decision token and along its answers."""
+        if module not in self.ref_decision_moment or module not in self.ref_answer_moment:
+            raise Steer2EditError(
+                f"{module}: these steering vectors carry no second moments of the reference inputs, which selective "
+                "keys need; extract them again with extract_steering_vectors(..., reference=...) (steer2edit extract)"
+            )
+        return self.ref_decision_moment[module], self.ref_answer_moment[module]
+
     @classmethod
     def from_directions(
         cls,
@@ -111,7 +134,7 @@ class SteeringVectors:
         directory = Path(directory)
         tensors = {
             f"{module}::{statistic}": tensor.contiguous()
-            for statistic in STATISTICS
+            for statistic in STATISTICS + MOMENTS
             for module, tensor in getattr(self, statistic).items()
         }
         metadata = {
@@ -147,7 +170,7 @@ class SteeringVectors:
         for key, kind in (("modules", list), ("model_signature", dict), ("token_counts", dict), ("options", dict)):
             if key in metadata and not isinstance(metadata[key], kind):
                 raise Steer2EditError(f"{directory / METADATA_FILE}: {key!r} must be a JSON {kind.__name__}")
-        statistics: dict[str, dict[str, torch.Tensor]] = {s: {} for s in STATISTICS}
+        statistics: dict[str, dict[str, torch.Tensor]] = {s: {} for s in STATISTICS + MOMENTS}
         for key, tensor in tensors.items():
             module, _, statistic = key.rpartition("::")
             if statistic not in statistics:

@@ -12,6 +12,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..core.architectures import decoder_model, model_signature
 from ..core.errors import Steer2EditError
+from ..core.settings import SELECTIVE_DECISION_WEIGHT, SELECTIVE_RIDGE
 from ..extraction.extract import edited_modules
 from ..extraction.vectors import SteeringVectors
 from ..tuner import Steer2EditConfig
@@ -24,7 +25,7 @@ class ModuleEdit:
     module: str
     is_attention: bool
     direction: torch.Tensor  # [out] unit steering direction u = v_hat
-    scores: torch.Tensor  # [components] alignment g; NaN where undefined
+    scores: torch.Tensor  # [components] alignment g (selective keys: their selectivity score); NaN where undefined
     indices: torch.Tensor  # [edited] component indices
     input_directions: torch.Tensor  # [edited, component_size] k_hat (heads) or sign(w.v_hat) (neurons)
     magnitudes: torch.Tensor  # [edited] lambda
@@ -70,6 +71,42 @@ def contrast_keys(probe_input: torch.Tensor, reference_input: torch.Tensor, head
     norms = (reference * reference).sum(-1, keepdim=True)
     along = torch.where(norms > 0, (difference * reference).sum(-1, keepdim=True) / norms.clamp_min(1e-30), 0.0)
     return difference - along * reference
+
+
+def selective_keys(
+    probe_input: torch.Tensor,
+    reference_input: torch.Tensor,
+    decision_moment: torch.Tensor,
+    answer_moment: torch.Tensor,
+    head_dim: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per head j: the key k_j that best tells probe prompts from reference ones for what it costs, and its score.
+
+    With d_j = x_j - r_j (probe minus reference mean input at the decision token), C_j the reference's covariance
+    there and A_j the reference's second moment along its answers: S_j = A_j + w C_j, made positive definite by a
+    ridge of SELECTIVE_RIDGE times its mean eigenvalue; k_j = S_j^-1 d_j, made orthogonal to r_j and signed so that
+    k_j . d_j >= 0. k_j maximises (k . d)^2 / k^T S k: the push on probe prompts per unit of firing on reference
+    prompts (w = SELECTIVE_DECISION_WEIGHT, over-refusal) and along reference answers (KL). The score
+    (k . d) / sqrt((k . d)^2 + k^T S k) lies in [0, 1) and grows with that ratio. Returns keys [heads, head_dim]
+    (unnormalized) and scores [heads]; a head whose inputs are all zero gets a zero key and a NaN score.
+    """
+    probe, reference = probe_input.view(-1, head_dim).double(), reference_input.view(-1, head_dim).double()
+    difference = probe - reference
+    covariance = decision_moment.double() - torch.einsum("hi,hj->hij", reference, reference)
+    costs = answer_moment.double() + SELECTIVE_DECISION_WEIGHT * covariance
+    ridge = SELECTIVE_RIDGE * costs.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
+    costs = costs + ridge[:, None, None] * torch.eye(head_dim, dtype=costs.dtype)
+    keys = torch.linalg.solve(costs, difference.unsqueeze(-1)).squeeze(-1)
+    norms = (reference * reference).sum(-1, keepdim=True)
+    along = torch.where(norms > 0, (keys * reference).sum(-1, keepdim=True) / norms.clamp_min(1e-30), 0.0)
+    keys = keys - along * reference
+    push = (keys * difference).sum(-1)
+    keys = torch.where(push[:, None] < 0, -keys, keys)
+    push = push.abs()
+    cost = torch.einsum("hi,hij,hj->h", keys, costs, keys)
+    denominator = (push * push + cost).sqrt()
+    scores = torch.where(denominator > 0, push / denominator.clamp_min(1e-300), torch.full_like(push, float("nan")))
+    return keys.to(probe_input.dtype), scores.to(probe_input.dtype)
 
 
 def neuron_scores(
@@ -121,7 +158,16 @@ def solve_module(
     direction = steering / norm if norm > 0 else steering
     if is_attention:
         scores, keys = head_scores(weight, mean_input, direction, head_dim)
-        if key_direction == "contrast":
+        if key_direction == "selective":
+            decision_moment, answer_moment = vectors.reference_moments(name)
+            keys, scores = selective_keys(
+                mean_input,
+                vectors.reference_mean(name).to(device),
+                decision_moment.to(device),
+                answer_moment.to(device),
+                head_dim,
+            )
+        elif key_direction == "contrast":
             # k . x >= 0 at the mean probe input by construction; a head with g < 0 (lambda < 0) takes -k, so
             # lambda (k . x) >= 0 there and every edited head pushes towards v, as the paper's keys do.
             keys = contrast_keys(mean_input, vectors.reference_mean(name).to(device), head_dim)

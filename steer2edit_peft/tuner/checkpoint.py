@@ -167,7 +167,7 @@ FIELD_RULES: dict[str, tuple[str, Any]] = {
     "strength": _rule(
         f"a finite number of magnitude at most {MAX_STRENGTH:g}", lambda v: _is_number(v) and abs(v) <= MAX_STRENGTH
     ),
-    "key_direction": _rule("'weight' or 'contrast'", lambda v: v in KEY_DIRECTIONS),
+    "key_direction": _rule("'weight', 'contrast' or 'selective'", lambda v: v in KEY_DIRECTIONS),
     "positions": _rule(f"null or one of {POSITIONS}", lambda v: v is None or v in POSITIONS),
     "input_positions": _rule(f"null or one of {POSITIONS}", lambda v: v is None or v in POSITIONS),
     "fan_in_fan_out": _rule("a boolean", lambda v: isinstance(v, bool)),
