@@ -305,9 +305,22 @@ def test_reference_data_joins_each_set_answered_and_cached_apart(model_and_token
         reference_data(model, tokenizer, [])
 
 
+def assert_no_copy_of(prompts: list[str], public: list[str]) -> None:
+    """No prompt shares 60% or more of its words (Jaccard) with any public benchmark prompt."""
+    import re
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[a-z']+", text.lower()))
+
+    public_words = [words(text) for text in public]
+    for prompt in prompts:
+        mine = words(prompt)
+        closest = max(len(mine & theirs) / len(mine | theirs) for theirs in public_words)
+        assert closest < 0.6, f"{prompt!r} is close to a public benchmark prompt (word overlap {closest:.2f})"
+
+
 def test_the_harmful_probe_prompts_are_many_kinds_and_no_copy_of_a_public_benchmark():
     import csv
-    import re
     from pathlib import Path
 
     from steer2edit_peft.probes.datasets import shipped
@@ -328,14 +341,7 @@ def test_the_harmful_probe_prompts_are_many_kinds_and_no_copy_of_a_public_benchm
     if not public:
         pytest.skip("../shared/datasets is not beside the repo")
 
-    def words(text: str) -> set[str]:
-        return set(re.findall(r"[a-z']+", text.lower()))
-
-    public_words = [words(text) for text in public]
-    for prompt in prompts:
-        mine = words(prompt)
-        closest = max(len(mine & theirs) / len(mine | theirs) for theirs in public_words)
-        assert closest < 0.6, f"{prompt!r} is close to a public benchmark prompt (word overlap {closest:.2f})"
+    assert_no_copy_of(prompts, public)
 
 
 def test_the_shipped_answers_of_the_embedded_model_are_those_of_the_current_prompt_sets():
@@ -360,7 +366,6 @@ def test_the_shipped_answers_of_the_embedded_model_are_those_of_the_current_prom
 
 def test_the_everyday_task_prompts_are_many_kinds_and_no_copy_of_a_public_benchmark():
     import csv
-    import re
     from pathlib import Path
 
     from steer2edit_peft.probes.datasets import shipped
@@ -377,11 +382,4 @@ def test_the_everyday_task_prompts_are_many_kinds_and_no_copy_of_a_public_benchm
     with (datasets / "truthfulqa" / "TruthfulQA.csv").open(encoding="utf-8") as file:
         public += [row["Question"] for row in csv.DictReader(file)]
 
-    def words(text: str) -> set[str]:
-        return set(re.findall(r"[a-z']+", text.lower()))
-
-    public_words = [words(text) for text in public]
-    for prompt in prompts:
-        mine = words(prompt)
-        closest = max(len(mine & theirs) / len(mine | theirs) for theirs in public_words)
-        assert closest < 0.6, f"{prompt!r} is close to a public benchmark prompt (word overlap {closest:.2f})"
+    assert_no_copy_of(prompts, public)
