@@ -192,7 +192,9 @@ def test_sweep_saves_the_strongest_edit_within_the_budget(checkpoint, tmp_path, 
     assert code == 0 and "strongest edit under KL 1000" in out, _
     trials = json.loads((tmp_path / "trials.json").read_text())
     assert set(trials) == {"Steer2Edit", "steering"} and len(trials["Steer2Edit"]) == 3
-    best = max(trials["Steer2Edit"], key=lambda t: (t["attribute"], -t["kl"]))
+    # The strongest of the trials that edit something (a threshold that keeps nothing is the base model).
+    editing = [t for t in trials["Steer2Edit"] if t["details"]["edited_heads"] + t["details"]["edited_neurons"]]
+    best = max(editing, key=lambda t: (t["attribute"], -t["kl"]))
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert config["alpha"] == pytest.approx(best["params"]["alpha"])
     assert (tmp_path / "frontier.png").is_file()
