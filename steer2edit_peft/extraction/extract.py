@@ -187,13 +187,12 @@ def extract_steering_vectors(
     _check_options(positions, input_positions, padding_side, batch_size)
     config = config if config is not None else Steer2EditConfig(rho_attn=1.0, rho_mlp=1.0)  # both families on
     modules = edited_modules(model, config)
-    head_dims = {name: config.head_dim for name in modules if config.is_attention_module(name) and config.head_dim}
     examples, classes = _labelled_examples(dataset, reference)
     encoded = encode_dataset(tokenizer, examples, system_prompt, context_length(model))
     # The reference's moments: at the input window, and along the answer after it (what the edit also reads).
     windows = {"post": positions, "pre": input_positions, MOMENTS[0]: input_positions, MOMENTS[1]: "after-decision"}
     batches = _batches(encoded, classes, pad_token_id(tokenizer), padding_side, batch_size, windows)
-    accumulator = _Accumulator(head_dims if reference is not None else {})
+    accumulator = _Accumulator(_head_dims(modules, config) if reference is not None else {})
     with _evaluating(model), _recording_hooks(modules, accumulator):
         device = input_device(model)
         total = -(-len(encoded) // batch_size)
@@ -218,6 +217,11 @@ def extract_steering_vectors(
         | ({"reference": len(reference[0])} if reference else {}),
         options=options | {"dtype": str(next(base.parameters()).dtype)},
     )
+
+
+def _head_dims(modules: dict[str, nn.Module], config: Steer2EditConfig) -> dict[str, int]:
+    """The attention modules (whose reference moments are recorded per head) and their head size."""
+    return {name: config.head_dim for name in modules if config.is_attention_module(name) and config.head_dim}
 
 
 def _check_options(positions: str, input_positions: str, padding_side: str, batch_size: int) -> None:
