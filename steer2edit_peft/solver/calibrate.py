@@ -191,7 +191,7 @@ def calibrate(
     max_kl: float,
     *,
     meter: KLMeter | None = None,
-    max_scale: float = 64.0,
+    max_scale: float = 1000.0,  # the largest strength an adapter takes; selective scores near the threshold need room
     min_scale: float = 2.0**-10,
     relative_tolerance: float = 0.02,
     batch_size: int = 16,
