@@ -10,7 +10,7 @@ _register()
 
 from . import _moved  # noqa: E402
 from .core.errors import AdapterValidationError, DataError, Steer2EditError, UnknownArchitectureError  # noqa: E402
-from .core.settings import DEFAULTS, PAPER, EditSettings  # noqa: E402
+from .core.settings import DEFAULTS, PAPER, EditSettings, defaults_for  # noqa: E402
 from .extraction import SteeringVectors, extract_steering_vectors, steer  # noqa: E402
 from .probes import ContrastiveDataset, ContrastiveExample, UtilityData, builtin_probe  # noqa: E402
 from .solver import edit_model, elastic_net_magnitude, solve_edit  # noqa: E402
@@ -38,6 +38,7 @@ __all__ = [
     "UtilityData",
     "__version__",
     "builtin_probe",
+    "defaults_for",
     "edit_model",
     "edit_report",
     "elastic_net_magnitude",

@@ -22,7 +22,7 @@ from .core.files import atomic_folder
 from .core.generation import generate_responses
 from .core.likelihood import KLMeter
 from .core.models import EMBEDDED_MODEL, dtype_name, load_model, resolve_dtype
-from .core.settings import DEFAULTS, EditSettings
+from .core.settings import DEFAULTS, EditSettings, defaults_for
 from .evaluation.prompts import EvaluationPrompts, evaluation_prompts
 from .evaluation.suite import Condition, EvaluationResult, combined, evaluate_conditions, results_table
 from .extraction import SteeringVectors, extract_steering_vectors, steer
@@ -38,7 +38,7 @@ class DemoSettings:
     model: str = EMBEDDED_MODEL
     behaviour: str = "refusal"  # a built-in behaviour with held-out prompts: "refusal" or "concise"
     output: Path = Path("outputs/demo")
-    edit: EditSettings = DEFAULTS  # how the edit is extracted, solved and calibrated (see EditSettings)
+    edit: EditSettings | None = None  # how the edit is extracted, solved, calibrated; None: defaults_for(behaviour)
     steering_strength: float | None = None  # None: the strength whose KL matches the edit's
     num_eval: int = 30  # held-out prompts of each kind
     max_new_tokens: int = 32
@@ -132,6 +132,7 @@ class _DemoRun:
 
     def __init__(self, settings: DemoSettings, output: Path, previous: Path | None, log: Callable[[str], None]):
         self.settings, self.output, self.previous, self.log = settings, output, previous, log
+        self.edit = settings.edit or defaults_for(settings.behaviour)
         self.seconds: dict[str, float] = {}
         self.dtype = resolve_dtype(settings.dtype)
 
@@ -171,11 +172,11 @@ class _DemoRun:
         probe = s.probe or demo_probe(self.model, self.tokenizer, s.behaviour, self.output, s.batch_size, self.previous)
         self.probe = probe
         self.utility = s.reference or demo_utility(
-            self.model, self.tokenizer, self.output, s.batch_size, self.previous, s.edit.reference
+            self.model, self.tokenizer, self.output, s.batch_size, self.previous, self.edit.reference
         )
         self.log(
             f"[2/7] extracting steering vectors from {probe}, with {len(self.utility.prompts)} reference prompts "
-            f"({'given' if s.reference else ' + '.join(s.edit.reference)})"
+            f"({'given' if s.reference else ' + '.join(self.edit.reference)})"
         )
         self.vectors = extract_steering_vectors(
             self.model,
@@ -183,14 +184,14 @@ class _DemoRun:
             probe,
             batch_size=16,
             reference=(self.utility.prompts, self.utility.responses),
-            positions=s.edit.positions,
-            input_positions=s.edit.input_positions,
+            positions=self.edit.positions,
+            input_positions=self.edit.input_positions,
         )
 
     def solve(self) -> None:
         s, layers = self.settings, num_layers(self.model)
-        first = s.edit.first_edited_layer(layers)
-        self.log(f"[3/7] solving the strongest edit within KL {s.edit.max_kl:g} (layers {first}-{layers - 1})")
+        first = self.edit.first_edited_layer(layers)
+        self.log(f"[3/7] solving the strongest edit within KL {self.edit.max_kl:g} (layers {first}-{layers - 1})")
         # The base model's distributions on the utility data, computed once for calibration and the steering match.
         self.meter = KLMeter(
             self.model, self.tokenizer, self.utility.prompts, self.utility.responses, batch_size=min(s.batch_size, 32)
@@ -198,7 +199,7 @@ class _DemoRun:
         self.peft_model = edit_model(
             self.model,
             self.vectors,
-            s.edit,
+            self.edit,
             behaviour=s.behaviour,
             utility=self.utility,
             tokenizer=self.tokenizer,
@@ -309,6 +310,7 @@ class _DemoRun:
     def summary(self, results: list[EvaluationResult]) -> dict[str, Any]:
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self.settings).items()}
         settings["dtype"] = dtype_name(self.dtype)  # what "auto" resolved to on this machine
+        settings["edit"] = asdict(self.edit)  # what None resolved to for the behaviour
         report = self.report
         return {
             "settings": {k: v for k, v in settings.items() if k not in ("probe", "reference", "loader")},

@@ -354,7 +354,11 @@ def test_nan_strength_in_a_saved_adapter_is_refused_by_merge_and_export(checkpoi
         assert code == 2 and "strength" in err and not (tmp_path / command).exists()
 
 
-def test_the_python_api_and_the_cli_make_the_same_edit_from_the_defaults(checkpoint, tmp_path, capsys, monkeypatch):
+# A behaviour of every answer (concise) takes contrast keys by default, one kind of prompt's (refusal) selective keys.
+@pytest.mark.parametrize("behaviour, keys", [(None, "selective"), ("concise", "contrast")])
+def test_the_python_api_and_the_cli_make_the_same_edit_from_the_defaults(
+    behaviour, keys, checkpoint, tmp_path, capsys, monkeypatch
+):
     from safetensors.torch import load_file
 
     from steer2edit_peft import DEFAULTS, ContrastiveDataset, edit_model, extract_steering_vectors
@@ -374,7 +378,7 @@ def test_the_python_api_and_the_cli_make_the_same_edit_from_the_defaults(checkpo
     monkeypatch.setattr("steer2edit_peft.solver.check_sanity", lambda *args, **kwargs: checked.append(args))
     code, _, err = run(
         capsys, "edit", "--model", checkpoint, "--dtype", "float32", "--probe", probe_file,
-        "--reference", reference_file, "--output", tmp_path / "cli",
+        "--reference", reference_file, "--output", tmp_path / "cli", *(["--behaviour", behaviour] if behaviour else []),
     )  # fmt: skip
     assert code == 0 and len(checked) == 1, err
 
@@ -382,7 +386,7 @@ def test_the_python_api_and_the_cli_make_the_same_edit_from_the_defaults(checkpo
     utility = builtin_utility_data(model, tokenizer, builtin_prompts("benign")[:8])
     probe = ContrastiveDataset.from_file(probe_file)
     vectors = extract_steering_vectors(model, tokenizer, probe, reference=(utility.prompts, utility.responses))
-    peft_model = edit_model(model, vectors, DEFAULTS, utility=utility, tokenizer=tokenizer)
+    peft_model = edit_model(model, vectors, utility=utility, tokenizer=tokenizer, behaviour=behaviour)
     peft_model.save_pretrained(tmp_path / "api")
 
     cli_config, api_config = (json.loads((tmp_path / f / "adapter_config.json").read_text()) for f in ("cli", "api"))
@@ -390,4 +394,4 @@ def test_the_python_api_and_the_cli_make_the_same_edit_from_the_defaults(checkpo
     cli_tensors, api_tensors = (load_file(tmp_path / f / "adapter_model.safetensors") for f in ("cli", "api"))
     assert cli_tensors.keys() == api_tensors.keys()
     assert all(torch.equal(cli_tensors[k], api_tensors[k]) for k in cli_tensors)
-    assert cli_config["input_positions"] == DEFAULTS.input_positions and cli_config["key_direction"] == "selective"
+    assert cli_config["input_positions"] == DEFAULTS.input_positions and cli_config["key_direction"] == keys

@@ -165,7 +165,9 @@ def test_real_demo_on_the_embedded_model_with_small_counts(tmp_path):
     assert edit.kl_from_reference > 0 and merged.kl_from_reference > 0
     assert outcome.reload_max_abs_diff == 0.0 and outcome.reload_same_answers
     summary = json.loads((tmp_path / "results.json").read_text())
-    assert summary["calibration"]["kl"] <= settings.edit.max_kl
+    assert (
+        summary["calibration"]["kl"] <= DEFAULTS.max_kl and summary["settings"]["edit"]["key_direction"] == "selective"
+    )
     assert summary["settings"]["dtype"] == dtype_name("auto")  # the dtype it ran in, not the word "auto"
     assert summary["edited_heads"] <= 0.2 * summary["total_heads"]
     assert "HuggingFaceTB/SmolLM2-135M-Instruct's own responses" in summary["probe"]

@@ -8,7 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import Steer2EditError
-from ..core.settings import DEFAULTS, DTYPE_NAMES, KEY_DIRECTIONS, POSITIONS, EditSettings
+from ..core.settings import (
+    DEFAULTS,
+    DTYPE_NAMES,
+    EVERY_PROMPT_BEHAVIOURS,
+    KEY_DIRECTIONS,
+    POSITIONS,
+    EditSettings,
+    defaults_for,
+)
 
 
 def number(text: str) -> float:
@@ -158,11 +166,12 @@ def add_solver(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--key-direction",
         choices=KEY_DIRECTIONS,
-        default=defaults.key_direction,
+        default=None,
         help="input direction of an edited head: the paper's normalize(W^T v); the probe-minus-reference "
         "input contrast, silent on average benign input; or the selective key, which tells probe prompts from "
         "reference prompts best for its firing on the reference (contrast and selective need reference inputs) "
-        "(default: %(default)s)",
+        f"(default: contrast for behaviours of every answer ({', '.join(EVERY_PROMPT_BEHAVIOURS)}), "
+        f"{defaults.key_direction} otherwise)",
     )
     group.add_argument(
         "--max-kl",
@@ -213,13 +222,13 @@ def prompt_list(spec: str) -> list[str]:
     return load_prompts(spec)
 
 
-def settings_from(args: argparse.Namespace) -> EditSettings:
-    """The EditSettings the solver arguments describe (every one defaults to DEFAULTS)."""
+def settings_from(args: argparse.Namespace, behaviour: str | None) -> EditSettings:
+    """The EditSettings the solver arguments describe (every one defaults to ``defaults_for(behaviour)``)."""
     return EditSettings(
         rho_attn=args.rho_attn,
         rho_mlp=args.rho_mlp,
         alpha=args.alpha,
-        key_direction=args.key_direction,
+        key_direction=args.key_direction or defaults_for(behaviour).key_direction,
         first_layer=args.first_layer,
         input_positions=args.input_positions,
         max_kl=None if args.no_calibration else args.max_kl,

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
         model=args.model,
         behaviour=args.behaviour,
         output=args.output,
-        edit=settings_from(args),
+        edit=settings_from(args, args.behaviour),
         steering_strength=args.steering_strength,
         num_eval=args.num_eval,
         max_new_tokens=args.max_new_tokens,

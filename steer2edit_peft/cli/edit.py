@@ -32,7 +32,11 @@ def register(commands: Any) -> None:
     source.add_argument("--vectors", type=Path, help="folder written by `steer2edit extract`")
     source.add_argument("--probe", help="probe data to extract from first (as for `extract`)")
     add_reference(parser)
-    parser.add_argument("--behaviour", default=None, help="name recorded in the adapter (default: the probe name)")
+    parser.add_argument(
+        "--behaviour",
+        default=None,
+        help="name recorded in the adapter, which also picks the default keys (default: the probe name)",
+    )
     parser.add_argument("--heatmap", action="store_true", help="also write edit_heatmap.png into the adapter folder")
     add_output(parser, "the adapter")
     add_solver(parser)
@@ -44,11 +48,11 @@ def run(args: argparse.Namespace) -> None:
     from ..solver import check_sanity, edit_model
 
     check_output_folder(args.output, args.overwrite)
-    settings = settings_from(args)
+    behaviour = args.behaviour or (args.probe if args.probe and not Path(args.probe).is_file() else None)
+    settings = settings_from(args, behaviour)
     model, tokenizer = load(args)
     utility = load_utility(args.reference, model, tokenizer, args.batch_size)
     vectors = load_vectors(args, model, tokenizer, utility, settings)
-    behaviour = args.behaviour or (args.probe if args.probe and not Path(args.probe).is_file() else None)
     peft_model = edit_model(model, vectors, settings, behaviour=behaviour, utility=utility, tokenizer=tokenizer)
     report = peft_model.edit_reports["default"]
     calibration = getattr(peft_model, "calibrations", {}).get("default")

@@ -47,7 +47,7 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ..core.files import atomic_folder, check_output_folder
-    from ..core.settings import DEFAULTS
+    from ..core.settings import defaults_for
     from ..evaluation.sweep import best_under
     from ..solver import edit_config_from, edit_model
 
@@ -58,9 +58,10 @@ def run(args: argparse.Namespace) -> None:
         )
     check_output_folder(args.output, args.overwrite)
     model, tokenizer = load(args)
-    utility = load_utility(",".join(DEFAULTS.reference), model, tokenizer, args.batch_size)
-    vectors = extracted_vectors(args.behaviour, model, tokenizer, utility, args.batch_size, DEFAULTS)
-    trials = search_trials(args, model, tokenizer, vectors)
+    settings = defaults_for(args.behaviour)
+    utility = load_utility(",".join(settings.reference), model, tokenizer, args.batch_size)
+    vectors = extracted_vectors(args.behaviour, model, tokenizer, utility, args.batch_size, settings)
+    trials = search_trials(args, model, tokenizer, vectors, settings)
     # A trial whose threshold kept nothing scores as the base model: it is no edit to save.
     editing = [t for t in trials["Steer2Edit"] if t.details.get("edited_heads", 0) + t.details.get("edited_neurons", 0)]
     if not editing:
@@ -69,7 +70,9 @@ def run(args: argparse.Namespace) -> None:
     if best is None:
         lowest = min(t.kl for t in editing)
         raise Steer2EditError(f"no edit tried stays under KL {args.max_kl}; the lowest KL reached was {lowest:.4f}")
-    peft_model = edit_model(model, vectors, edit_config_from(best.params, num_layers(model)), behaviour=args.behaviour)
+    peft_model = edit_model(
+        model, vectors, edit_config_from(best.params, num_layers(model), settings), behaviour=args.behaviour
+    )
     with atomic_folder(args.output) as staging:
         write_trials(args, trials, staging)
         peft_model.save_pretrained(str(staging / "adapter"), save_embedding_layers=False)
@@ -83,8 +86,10 @@ def _label(behaviour: str) -> str:
     return "refusal - over-refusal" if behaviour == "refusal" else "length reduction"
 
 
-def search_trials(args: argparse.Namespace, model: Any, tokenizer: Any, vectors: Any) -> dict[str, list[Any]]:
-    """Every method's trials, each answered by the chosen backend."""
+def search_trials(
+    args: argparse.Namespace, model: Any, tokenizer: Any, vectors: Any, settings: Any
+) -> dict[str, list[Any]]:
+    """Every method's trials, each answered by the chosen backend; a Steer2Edit trial varies ``settings``."""
     from ..core.generation import generate_responses
     from ..evaluation.prompts import evaluation_prompts
     from ..evaluation.sweep import generation_measure, search
@@ -114,7 +119,10 @@ def search_trials(args: argparse.Namespace, model: Any, tokenizer: Any, vectors:
             answer=answer,
         )
         methods = ["Steer2Edit"] + (["steering"] if args.compare_steering else [])
-        return {m: search(model, vectors, measure, method=m, trials=args.trials, seed=args.seed) for m in methods}
+        return {
+            m: search(model, vectors, measure, method=m, trials=args.trials, seed=args.seed, settings=settings)
+            for m in methods
+        }
 
 
 def write_trials(args: argparse.Namespace, trials: dict[str, list[Any]], folder: Path) -> None:

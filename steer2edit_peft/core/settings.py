@@ -6,7 +6,7 @@ It lives below every stage because the adapter config (tuner) reads it too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 POSITIONS = ("predicting", "response", "decision")
 KEY_DIRECTIONS = ("weight", "contrast", "selective")
@@ -15,6 +15,10 @@ KEY_DIRECTIONS = ("weight", "contrast", "selective")
 # as a share of the mean eigenvalue; both chosen on HarmBench tune / borderline tune data (BENCHMARKS.md).
 SELECTIVE_DECISION_WEIGHT = 3.0
 SELECTIVE_RIDGE = 0.1
+# Behaviours that change every answer (a style, a stance), not the answers to one kind of prompt: there are no
+# prompts to tell from the reference's, so their heads take contrast keys. Selective keys fire on what sets the
+# probe's questions apart and broke plain facts in a concise edit ("The capital of France is 21").
+EVERY_PROMPT_BEHAVIOURS = ("concise", "truthful")
 DTYPE_NAMES = ("auto", "bfloat16", "float32", "float16")  # "auto": core.models.fast_dtype
 
 
@@ -30,7 +34,8 @@ class EditSettings:
     - ``key_direction="selective"``: a head's key is the direction that best tells the probe's prompts from the
       reference prompts at the decision token per unit of firing on the reference, at its prompts and along its
       answers; heads are scored (and so chosen) by how well their key does that, not by g. ``"contrast"``, the
-      earlier default, is the plain probe-minus-reference mean input, orthogonal to the reference mean.
+      earlier default, is the plain probe-minus-reference mean input, orthogonal to the reference mean; it is the
+      default of behaviours that change every answer (``defaults_for``: concise, truthful).
     - ``input_positions="decision"``: components are scored and keys built from the inputs at the last prompt token,
       where the model decides how to answer; outputs (the steering vector) stay averaged over the response.
     - ``first_layer=None``: the upper 60% of the layers (``default_first_layer``).
@@ -86,6 +91,14 @@ def default_first_layer(num_layers: int) -> int:
 
 
 DEFAULTS = EditSettings()
+
+
+def defaults_for(behaviour: str | None) -> EditSettings:
+    """DEFAULTS for a behaviour: contrast keys for one of EVERY_PROMPT_BEHAVIOURS, selective keys otherwise
+    (refusal, a probe file, a name of the user's)."""
+    return replace(DEFAULTS, key_direction="contrast") if behaviour in EVERY_PROMPT_BEHAVIOURS else DEFAULTS
+
+
 PAPER = EditSettings(
     rho_attn=0.45,
     rho_mlp=0.5,

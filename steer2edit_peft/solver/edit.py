@@ -10,7 +10,7 @@ from torch import nn
 
 from ..core.architectures import num_layers
 from ..core.errors import Steer2EditError
-from ..core.settings import DEFAULTS, EditSettings
+from ..core.settings import EditSettings, defaults_for
 from ..extraction.vectors import SteeringVectors
 from ..tuner import Steer2EditConfig
 from .adapter import solved_adapter
@@ -37,7 +37,7 @@ def edit_model(
     Scores every attention head and MLP neuron against the steering direction, keeps the elastic-net survivors,
     and writes the rank-1 factors into the adapter. The report is in ``edit_reports[adapter_name]``.
 
-    ``config``: :class:`EditSettings` (default: ``DEFAULTS``, the same edit as ``steer2edit edit``), whose KL
+    ``config``: :class:`EditSettings` (default: ``defaults_for(behaviour)``, the same edit as ``steer2edit edit``), whose KL
     budget and sparsity caps apply unless given here; or a :class:`Steer2EditConfig`, solved exactly as it is
     (calibrated and capped only when ``max_kl`` / the shares are given). Calibrating (``utility``, a
     :class:`UtilityData`, and ``tokenizer`` needed) makes the edit the strongest one of this sparsity whose mean
@@ -51,7 +51,7 @@ def edit_model(
             "max_head_share": max_head_share,
             "max_neuron_share": max_neuron_share,
         }
-        settings = replace(config or DEFAULTS, **{k: v for k, v in overrides.items() if v is not None})
+        settings = replace(config or defaults_for(behaviour), **{k: v for k, v in overrides.items() if v is not None})
         config, max_kl = adapter_config(settings, num_layers(model)), settings.max_kl
         max_head_share, max_neuron_share = settings.max_head_share, settings.max_neuron_share
     if max_head_share is not None or max_neuron_share is not None:
