@@ -111,7 +111,7 @@ def _never(prompt, response):
     return False
 
 
-def test_generate_probe_pairs_confirmed_responses_on_the_same_prompt(model_and_tokenizer, tmp_path):
+def test_generate_probe_pairs_confirmed_responses_on_the_same_prompt(model_and_tokenizer, tmp_path, monkeypatch):
     model, tokenizer = model_and_tokenizer
     # Positives must start with the prefix (the judge checks it); negatives must not contain it.
     behaviour = Behaviour(
@@ -121,6 +121,16 @@ def test_generate_probe_pairs_confirmed_responses_on_the_same_prompt(model_and_t
         confirm_positive=lambda p, r: r.startswith("Yes"),
         confirm_negative=lambda p, r: not r.startswith("Yes") and len(r) % 2 == 0,
     )
+    # The pairing is checked against the responses generate_probe itself sampled (a second sampling run may differ
+    # in the last bit where the BLAS library's kernel choice depends on memory alignment).
+    calls = []
+
+    def recording(*args, **kwargs):
+        responses = sample_responses(*args, **kwargs)
+        calls.append((kwargs, responses))
+        return responses
+
+    monkeypatch.setattr(generate_module, "sample_responses", recording)
     probe = generate_probe(
         model,
         tokenizer,
@@ -132,37 +142,18 @@ def test_generate_probe_pairs_confirmed_responses_on_the_same_prompt(model_and_t
         batch_size=4,
         show_progress=False,
     )
-    # In the same batches as generate_probe's, so the computation is the same to the bit (that sampling does not
-    # depend on the batch is test_sampled_responses_in_a_batch_equal_one_prompt_at_a_time).
-    positives = sample_responses(
-        model,
-        tokenizer,
-        PROMPTS,
-        num_samples=3,
-        sampling=generate_module.PROBE_SAMPLING,
-        max_new_tokens=5,
-        system_prompt="Be polite.",
-        response_prefix="Yes",
-        batch_size=4,
-        show_progress=False,
-    )
-    negatives = sample_responses(
-        model,
-        tokenizer,
-        PROMPTS,
-        num_samples=3,
-        sampling=generate_module.PROBE_SAMPLING,
-        max_new_tokens=5,
-        batch_size=4,
-        show_progress=False,
-    )
+    (wanted_call, positives), (unwanted_call, negatives) = calls
+    assert wanted_call["system_prompt"] == "Be polite." and wanted_call["response_prefix"] == "Yes"
+    assert unwanted_call["system_prompt"] is None and "response_prefix" not in unwanted_call
+    assert all(c["num_samples"] == 3 and c["sampling"] == generate_module.PROBE_SAMPLING for c, _ in calls)
+    assert all(r.startswith("Yes") for rows in positives for r in rows)  # the prefix is part of each response
     expected = []
     for prompt, wanted, unwanted in zip(PROMPTS, positives, negatives):
         wanted = [r for r in wanted if behaviour.confirm_positive(prompt, r)]
         unwanted = [r for r in unwanted if behaviour.confirm_negative(prompt, r)]
         kept = min(len(wanted), len(unwanted))
         expected += [(prompt, r, True) for r in wanted[:kept]] + [(prompt, r, False) for r in unwanted[:kept]]
-    assert [(e.prompt, e.response, e.positive) for e in probe.examples] == expected
+    assert expected and [(e.prompt, e.response, e.positive) for e in probe.examples] == expected
     assert probe.num_positive == probe.num_negative
     header = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
     assert next(iter(header.values()))["counts"]["sampled_positive"] == 3 * len(PROMPTS)
