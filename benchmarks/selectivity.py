@@ -85,34 +85,44 @@ class Selectivity:
         config = model.config
         self.heads = config.num_hidden_layers * config.num_attention_heads
         self.neurons = config.num_hidden_layers * config.intermediate_size
-        probe = demo_probe(model, tokenizer, "refusal", DemoSettings().output, 64)
-        # The bench already holds the default reference (demo_utility) and its meter; only benign alone is added.
-        benign = reference_data(model, tokenizer, ("benign",), batch_size=64)
-        public_probe = generate_probe(
-            model,
-            tokenizer,
-            harmbench_behaviours(csv_path, "tune"),
-            "refusal",
-            batch_size=64,
-            cache=CACHE / "probe-harmbench-tune.jsonl",
-            show_progress=False,
-        )
-        public = reference_data(
-            model, tokenizer, [*DEFAULTS.reference, *public_benign_files()], batch_size=64, cache=CACHE
-        )
-        self.references = {("benign",): benign, DEFAULTS.reference: self.bench.utility, PUBLIC: public}
-        self.meters = {
-            ("benign",): KLMeter(model, tokenizer, benign.prompts, benign.responses, batch_size=32),
-            DEFAULTS.reference: self.bench.meter,
-            PUBLIC: KLMeter(model, tokenizer, public.prompts, public.responses, batch_size=32),
-        }
-        probes = {PUBLIC: ContrastiveDataset([*probe, *public_probe], "shipped + HarmBench tune half")}
-        self.vectors = {
-            sets: extract_steering_vectors(
-                model, tokenizer, probes.get(sets, probe), reference=(data.prompts, data.responses), show_progress=False
+        self.probe = demo_probe(model, tokenizer, "refusal", DemoSettings().output, 64)
+        self.probe_prompts = len({example.prompt for example in self.probe})
+        self.csv_path = csv_path
+        self.references: dict[Any, Any] = {DEFAULTS.reference: self.bench.utility}
+        self.meters: dict[Any, KLMeter] = {DEFAULTS.reference: self.bench.meter}
+        self.vectors: dict[Any, Any] = {}
+
+    def reference(self, sets: Any) -> Any:
+        """The reference data of ``sets`` (the default's, benign alone, or PUBLIC) and its meter, made on first use:
+        a run of some methods builds only what they read."""
+        model, tokenizer = self.bench.model, self.bench.tokenizer
+        if sets not in self.references:
+            names = [*DEFAULTS.reference, *public_benign_files()] if sets == PUBLIC else sets
+            data = reference_data(model, tokenizer, names, batch_size=64, cache=CACHE if sets == PUBLIC else None)
+            self.references[sets] = data
+            self.meters[sets] = KLMeter(model, tokenizer, data.prompts, data.responses, batch_size=32)
+        return self.references[sets]
+
+    def vectors_for(self, sets: Any) -> Any:
+        """Steering vectors with the reference inputs of ``sets``; PUBLIC adds the HarmBench tune half to the probe."""
+        if sets not in self.vectors:
+            model, tokenizer, data = self.bench.model, self.bench.tokenizer, self.reference(sets)
+            probe = self.probe
+            if sets == PUBLIC:
+                public_probe = generate_probe(
+                    model,
+                    tokenizer,
+                    harmbench_behaviours(self.csv_path, "tune"),
+                    "refusal",
+                    batch_size=64,
+                    cache=CACHE / "probe-harmbench-tune.jsonl",
+                    show_progress=False,
+                )
+                probe = ContrastiveDataset([*probe, *public_probe], "shipped + HarmBench tune half")
+            self.vectors[sets] = extract_steering_vectors(
+                model, tokenizer, probe, reference=(data.prompts, data.responses), show_progress=False
             )
-            for sets, data in self.references.items()
-        }
+        return self.vectors[sets]
 
     def measure(self, model: Any, context: Any = None) -> dict[str, float]:
         prompts = [p for name in SETS for p in self.sets[name]]
@@ -127,7 +137,8 @@ class Selectivity:
         return rates | {"kl_heldout": self.bench.heldout_meter(model, context or nullcontext)}
 
     def peer(self, name: str, budget: float) -> dict[str, Any]:
-        model, vectors, meter = self.bench.model, self.vectors[("benign",)], self.meters[("benign",)]
+        model, vectors = self.bench.model, self.vectors_for(("benign",))
+        meter = self.meters[("benign",)]
         if name == "steering":
             make = lambda s: lambda: steer(model, vectors, s)  # noqa: E731
         else:
@@ -149,9 +160,9 @@ class Selectivity:
         model = self.bench.model
         edited = edit_model(
             model,
-            self.vectors[sets],
+            self.vectors_for(sets),
             settings,
-            utility=self.references[sets],
+            utility=self.reference(sets),
             tokenizer=self.bench.tokenizer,
             kl_meter=self.meters[sets],
         )
@@ -174,7 +185,9 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.01, 0.02, 0.05, 0.1])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--plot-only", action="store_true")
-    parser.add_argument("--append", action="store_true", help="keep the saved rows of the methods not rerun")
+    parser.add_argument(
+        "--append", action="store_true", help="keep the saved rows of the other methods (rows carry probe_prompts)"
+    )
     args = parser.parse_args()
     if args.plot_only:
         plot(json.loads((RESULTS / "selectivity.json").read_text())["rows"])
@@ -184,7 +197,7 @@ def main() -> None:
     print(rows[0], flush=True)
     if args.append and (RESULTS / "selectivity.json").is_file():
         saved = json.loads((RESULTS / "selectivity.json").read_text())["rows"]
-        rows += [row for row in saved if row["method"] not in ("base", *args.methods)]
+        rows += [row for row in saved if row["method"] in METHODS and row["method"] not in args.methods]
     for method in args.methods:
         for budget in args.budgets:
             start = time.perf_counter()
@@ -193,7 +206,10 @@ def main() -> None:
             except BudgetError as error:
                 print(f"{method} at KL {budget}: {error}", flush=True)
                 continue
-            rows.append({"method": method, "budget": budget, "seconds": round(time.perf_counter() - start)} | row)
+            seconds = round(time.perf_counter() - start)
+            rows.append(
+                {"method": method, "budget": budget, "seconds": seconds, "probe_prompts": run.probe_prompts} | row
+            )
             print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
             save_results(
                 "selectivity",
