@@ -93,15 +93,23 @@ class Selectivity:
         self.vectors: dict[Any, Any] = {}
 
     def reference(self, sets: Any) -> Any:
-        """The reference data of ``sets`` (the default's, benign alone, or PUBLIC) and its meter, made on first use:
-        a run of some methods builds only what they read."""
-        model, tokenizer = self.bench.model, self.bench.tokenizer
+        """The reference data of ``sets`` (the default's, benign alone, or PUBLIC), made on first use: a run of some
+        methods builds only what they read."""
         if sets not in self.references:
+            model, tokenizer = self.bench.model, self.bench.tokenizer
             names = [*DEFAULTS.reference, *public_benign_files()] if sets == PUBLIC else sets
             data = reference_data(model, tokenizer, names, batch_size=64, cache=CACHE if sets == PUBLIC else None)
             self.references[sets] = data
-            self.meters[sets] = KLMeter(model, tokenizer, data.prompts, data.responses, batch_size=32)
         return self.references[sets]
+
+    def meter(self, sets: Any) -> KLMeter:
+        """The KL meter of the base model on the reference data of ``sets``."""
+        if sets not in self.meters:
+            data = self.reference(sets)
+            self.meters[sets] = KLMeter(
+                self.bench.model, self.bench.tokenizer, data.prompts, data.responses, batch_size=32
+            )
+        return self.meters[sets]
 
     def vectors_for(self, sets: Any) -> Any:
         """Steering vectors with the reference inputs of ``sets``; PUBLIC adds the HarmBench tune half to the probe."""
@@ -137,8 +145,7 @@ class Selectivity:
         return rates | {"kl_heldout": self.bench.heldout_meter(model, context or nullcontext)}
 
     def peer(self, name: str, budget: float) -> dict[str, Any]:
-        model, vectors = self.bench.model, self.vectors_for(("benign",))
-        meter = self.meters[("benign",)]
+        model, vectors, meter = self.bench.model, self.vectors_for(("benign",)), self.meter(("benign",))
         if name == "steering":
             make = lambda s: lambda: steer(model, vectors, s)  # noqa: E731
         else:
@@ -164,7 +171,7 @@ class Selectivity:
             settings,
             utility=self.reference(sets),
             tokenizer=self.bench.tokenizer,
-            kl_meter=self.meters[sets],
+            kl_meter=self.meter(sets),
         )
         calibration, report = edited.calibrations["default"], edited.edit_reports["default"]
         row = {

@@ -24,6 +24,7 @@ from ..core.likelihood import KLMeter
 from ..extraction.vectors import SteeringVectors
 from ..probes.datasets import UtilityData
 from ..tuner import Steer2EditConfig
+from ..tuner.checkpoint import MAX_STRENGTH
 from ..tuner.report import edit_report
 from .adapter import solved_adapter
 from .scores import solve_edit
@@ -191,7 +192,7 @@ def calibrate(
     max_kl: float,
     *,
     meter: KLMeter | None = None,
-    max_scale: float = 1000.0,  # the largest strength an adapter takes; selective scores near the threshold need room
+    max_scale: float = MAX_STRENGTH,  # the largest an adapter takes; selective scores near the threshold need room
     min_scale: float = 2.0**-10,
     relative_tolerance: float = 0.02,
     batch_size: int = 16,
