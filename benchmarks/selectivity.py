@@ -193,7 +193,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--plot-only", action="store_true")
     parser.add_argument(
-        "--append", action="store_true", help="keep the saved rows of the other methods (rows carry probe_prompts)"
+        "--append",
+        action="store_true",
+        help="keep the saved rows of other methods and budgets (rows carry probe_prompts)",
     )
     args = parser.parse_args()
     if args.plot_only:
@@ -204,7 +206,8 @@ def main() -> None:
     print(rows[0], flush=True)
     if args.append and (RESULTS / "selectivity.json").is_file():
         saved = json.loads((RESULTS / "selectivity.json").read_text())["rows"]
-        rows += [row for row in saved if row["method"] in METHODS and row["method"] not in args.methods]
+        rerun = {(method, budget) for method in args.methods for budget in args.budgets}
+        rows += [row for row in saved if row["method"] in METHODS and (row["method"], row["budget"]) not in rerun]
     for method in args.methods:
         for budget in args.budgets:
             start = time.perf_counter()
@@ -217,6 +220,7 @@ def main() -> None:
             rows.append(
                 {"method": method, "budget": budget, "seconds": seconds, "probe_prompts": run.probe_prompts} | row
             )
+            rows[1:] = sorted(rows[1:], key=lambda r: (METHODS.index(r["method"]), r["budget"]))
             print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
             save_results(
                 "selectivity",

@@ -56,7 +56,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
         confirm_positive=is_refusal,
         confirm_negative=lambda prompt, response: not is_refusal(prompt, response),
         prompt_set="harmful",
-        samples_per_prompt=1,  # 337 prompts of 20 kinds of harm: variety in the prompts, where the keys are read
+        samples_per_prompt=1,  # 423 prompts of 20 kinds of harm: variety in the prompts, where the keys are read
     ),
     "concise": Behaviour(
         "concise",
