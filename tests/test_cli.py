@@ -395,3 +395,20 @@ def test_the_python_api_and_the_cli_make_the_same_edit_from_the_defaults(
     assert cli_tensors.keys() == api_tensors.keys()
     assert all(torch.equal(cli_tensors[k], api_tensors[k]) for k in cli_tensors)
     assert cli_config["input_positions"] == DEFAULTS.input_positions and cli_config["key_direction"] == keys
+
+
+def test_edit_from_saved_vectors_takes_the_keys_of_the_behaviour_they_were_extracted_for(checkpoint, tmp_path, capsys):
+    model_args = ["--model", checkpoint, "--dtype", "float32", "--batch-size", "4"]
+    code, _, err = run(capsys, "extract", *model_args, "--probe", "refusal", "--output", tmp_path / "v")
+    assert code == 0, err
+    assert SteeringVectors.load(tmp_path / "v").options["behaviour"] == "refusal"
+    solver = ["--rho-attn", "0.05", "--alpha", "0.5", "--first-layer", "1", "--no-calibration"]
+    # A tiny random model shows no concise behaviour to probe, so the concise vectors are the same ones renamed.
+    metadata_file = tmp_path / "v" / "steering_vectors.json"
+    for behaviour, keys in (("refusal", "selective"), ("concise", "contrast")):
+        metadata = json.loads(metadata_file.read_text())
+        metadata_file.write_text(json.dumps(metadata | {"options": metadata["options"] | {"behaviour": behaviour}}))
+        output = tmp_path / behaviour
+        code, _, err = run(capsys, "edit", *model_args, "--vectors", tmp_path / "v", *solver, "--output", output)
+        assert code == 0, err
+        assert json.loads((output / "adapter_config.json").read_text())["key_direction"] == keys

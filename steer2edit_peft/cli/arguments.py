@@ -237,6 +237,11 @@ def settings_from(args: argparse.Namespace, behaviour: str | None) -> EditSettin
     )
 
 
+def behaviour_named_by(probe: str | None) -> str | None:
+    """The behaviour a --probe names: a built-in behaviour or a Hub dataset's name; a file names none."""
+    return probe if probe and not Path(probe).is_file() else None
+
+
 def load_probe_data(spec: str, model: Any, tokenizer: Any, batch_size: int, split: str = "train") -> Any:
     """Probe data: a built-in behaviour (the model's own responses), or a file or Hub dataset."""
     from ..probes import BEHAVIOURS

@@ -12,6 +12,7 @@ from .arguments import (
     add_output,
     add_reference,
     add_solver,
+    behaviour_named_by,
     extracted_vectors,
     load,
     load_utility,
@@ -35,7 +36,8 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--behaviour",
         default=None,
-        help="name recorded in the adapter, which also picks the default keys (default: the probe name)",
+        help="name recorded in the adapter, which also picks the default keys (default: the probe name, or the "
+        "behaviour the --vectors were extracted for)",
     )
     parser.add_argument("--heatmap", action="store_true", help="also write edit_heatmap.png into the adapter folder")
     add_output(parser, "the adapter")
@@ -45,14 +47,17 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ..core.files import atomic_folder, check_output_folder
+    from ..extraction import SteeringVectors
     from ..solver import check_sanity, edit_model
 
     check_output_folder(args.output, args.overwrite)
-    behaviour = args.behaviour or (args.probe if args.probe and not Path(args.probe).is_file() else None)
+    # Saved vectors come first: they name the behaviour they were extracted for, which picks the default keys.
+    saved = SteeringVectors.load(args.vectors) if args.vectors else None
+    behaviour = args.behaviour or (saved.options.get("behaviour") if saved else behaviour_named_by(args.probe))
     settings = settings_from(args, behaviour)
     model, tokenizer = load(args)
     utility = load_utility(args.reference, model, tokenizer, args.batch_size)
-    vectors = load_vectors(args, model, tokenizer, utility, settings)
+    vectors = saved or extracted_vectors(args.probe, model, tokenizer, utility, args.batch_size, settings)
     peft_model = edit_model(model, vectors, settings, behaviour=behaviour, utility=utility, tokenizer=tokenizer)
     report = peft_model.edit_reports["default"]
     calibration = getattr(peft_model, "calibrations", {}).get("default")
@@ -68,12 +73,3 @@ def run(args: argparse.Namespace) -> None:
 
             save_figure(plot_edit_heatmap(report), staging / "edit_heatmap.png")
     print(f"adapter saved to {args.output}")
-
-
-def load_vectors(args: argparse.Namespace, model: Any, tokenizer: Any, utility: Any, settings: Any) -> Any:
-    """The saved vectors of --vectors, or vectors extracted from --probe on the fly (with the reference inputs)."""
-    from ..extraction import SteeringVectors
-
-    if args.vectors:
-        return SteeringVectors.load(args.vectors)
-    return extracted_vectors(args.probe, model, tokenizer, utility, args.batch_size, settings)

@@ -11,6 +11,7 @@ from .arguments import (
     add_output,
     add_positions,
     add_reference,
+    behaviour_named_by,
     load,
     load_probe_data,
     load_utility,
@@ -53,5 +54,8 @@ def run(args: argparse.Namespace) -> None:
         positions=args.positions,
         input_positions=args.input_positions,
     )
+    behaviour = behaviour_named_by(args.probe)
+    if behaviour is not None:  # `edit --vectors` reads it to pick the behaviour's default keys
+        vectors.options["behaviour"] = behaviour
     vectors.save(args.output)
     print(f"{len(vectors.modules)} module vectors from {probe} -> {args.output}")
