@@ -37,6 +37,7 @@ def edit_model(
     Scores every attention head and MLP neuron against the steering direction, keeps the elastic-net survivors,
     and writes the rank-1 factors into the adapter. The report is in ``edit_reports[adapter_name]``.
 
+    ``behaviour``: default, the one the vectors record (``steer2edit extract`` writes it).
     ``config``: :class:`EditSettings` (default: ``defaults_for(behaviour)``, the same edit as ``steer2edit edit``), whose KL
     budget and sparsity caps apply unless given here; or a :class:`Steer2EditConfig`, solved exactly as it is
     (calibrated and capped only when ``max_kl`` / the shares are given). Calibrating (``utility``, a
@@ -45,6 +46,7 @@ def edit_model(
     ``calibrations[adapter_name]``. ``kl_meter``: a :class:`~steer2edit_peft.core.likelihood.KLMeter` of the
     plain model on ``utility``, to reuse its reference.
     """
+    behaviour = behaviour or vectors.options.get("behaviour")  # what `steer2edit extract` recorded
     if not isinstance(config, Steer2EditConfig):
         overrides: dict[str, Any] = {
             "max_kl": max_kl,
