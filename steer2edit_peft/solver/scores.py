@@ -37,8 +37,12 @@ def elastic_net_magnitude(scores: torch.Tensor, rho: float, alpha: float) -> tor
         raise ValueError(f"alpha must lie in [0, 1), got {alpha}")
     if rho <= 0:
         raise ValueError(f"rho must be positive, got {rho}")
-    shrunk = torch.clamp(scores.abs() - rho * alpha, min=0.0) / (rho * (1.0 - alpha))
-    return torch.nan_to_num(torch.sign(scores) * shrunk, nan=0.0)
+    threshold = rho * alpha
+    shrunk = (scores.abs() - threshold) / (rho * (1.0 - alpha))
+    # Survival is decided by the comparison, not by the quotient: a subnormal score over a large rho would
+    # underflow to 0 and silently drop a component that passes the threshold.
+    kept = torch.where(shrunk > 0, shrunk, torch.finfo(scores.dtype).tiny)
+    return torch.where(scores.abs() > threshold, torch.sign(scores) * kept, torch.zeros_like(scores))
 
 
 def _cosine_to(direction: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
