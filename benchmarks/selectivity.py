@@ -217,11 +217,9 @@ def main() -> None:
                 print(f"{method} at KL {budget}: {error}", flush=True)
                 continue
             seconds = round(time.perf_counter() - start)
-            rows.append(
-                {"method": method, "budget": budget, "seconds": seconds, "probe_prompts": run.probe_prompts} | row
-            )
-            rows[1:] = sorted(rows[1:], key=lambda r: (METHODS.index(r["method"]), r["budget"]))
-            print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
+            row = {"method": method, "budget": budget, "seconds": seconds, "probe_prompts": run.probe_prompts} | row
+            print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+            rows[1:] = sorted([*rows[1:], row], key=lambda r: (METHODS.index(r["method"]), r["budget"]))
             save_results(
                 "selectivity",
                 {

@@ -76,13 +76,14 @@ def test_rescaled_keeps_the_threshold_and_multiplies_every_magnitude(values, rho
     )
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.floats(0.001, 50.0), st.floats(0.5, 4.0), st.floats(1e-4, 10.0), st.floats(0.0, 0.3))
-def test_the_scale_search_finds_what_a_fine_grid_finds(optimum, power, budget, kink):
-    """Monotone costs (power laws, with a kink): the answer is within budget and within tolerance of the grid's."""
+@settings(max_examples=300, deadline=None)
+@given(st.floats(0.001, 50.0), st.floats(0.5, 4.0), st.floats(1e-4, 10.0), st.floats(0.0, 0.3), st.floats(0.0, 0.6))
+def test_the_scale_search_finds_what_a_fine_grid_finds(optimum, power, budget, kink, floor):
+    """Monotone costs (power laws over a floor, with a kink): the answer is within budget and within tolerance of
+    the grid's."""
 
     def cost(scale: float) -> float:
-        return budget * (scale / optimum) ** power * (1 + kink * (scale > optimum / 2))
+        return budget * (floor + (1 - floor) * (scale / optimum) ** power * (1 + kink * (scale > optimum / 2)))
 
     scale, history = largest_within(cost, budget, max_scale=64.0, relative_tolerance=0.01, max_evaluations=40)
     grid = [64.0 * 2 ** (-i / 400) for i in range(0, 400 * 11)]  # 64 down to 1/16, 0.17% apart
@@ -93,9 +94,19 @@ def test_the_scale_search_finds_what_a_fine_grid_finds(optimum, power, budget, k
     assert len(history) <= 40
 
 
+@pytest.mark.parametrize("budget", [0.01, 0.02, 0.05])
+def test_the_scale_search_needs_few_evaluations_for_a_quadratic_cost_over_a_noise_floor(budget):
+    # The shape of a real edit's KL (bfloat16 noise of about 0.001 nats/token, then quadratic growth), with the
+    # crossing 50-130x above the first scale tried: the fit finds it and the bracket closes in five evaluations.
+    scale, history = largest_within(lambda s: 0.0011 + 1.8e-6 * s**2.1, budget, max_scale=1000.0)
+    assert 0.0011 + 1.8e-6 * scale**2.1 <= budget < 0.0011 + 1.8e-6 * (scale * 1.02) ** 2.1
+    assert len(history) <= 5
+
+
 def test_the_scale_search_treats_a_diverging_cost_as_over_budget():
-    scale, history = largest_within(lambda s: float("nan") if s > 3 else s, 2.5, relative_tolerance=0.01)
-    assert 2.47 <= scale <= 2.5 and any(value == float("inf") for _, value in history)
+    # The budget lies past the divergence at 3: the largest scale within it is the last finite one.
+    scale, history = largest_within(lambda s: float("nan") if s > 3 else s, 10.0, relative_tolerance=0.01)
+    assert 2.97 <= scale <= 3 and any(value == float("inf") for _, value in history)
 
 
 def grid_check() -> None:

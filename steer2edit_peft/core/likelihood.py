@@ -161,8 +161,8 @@ class KLMeter:
 
     ``meter(model, from_layer=L)`` measures an edit that changes nothing below decoder layer L: the reference's
     hidden states at layer L are recorded once, and each measurement runs the layers from L on. That holds only
-    where feeding those hidden states in reproduces the reference's own distributions, which is checked on every
-    batch when they are recorded; where it does not (an architecture that adds positions to its inputs, say), the
+    where feeding those hidden states in reproduces the reference's own distributions, which is checked on the
+    first batch when they are recorded; where it does not (an architecture that adds positions to its inputs, say), the
     whole model runs, with the same result.
     """
 
@@ -216,18 +216,15 @@ class KLMeter:
             states: list[torch.Tensor] | None = None
             if self.cached is not None and _decoder_layers(self.model) is not None:
                 with self.reference():  # the model as it is now: an edit above ``layer`` may be in place
-                    states = []
-                    for batch in self.batches:  # one batch at a time: the whole model's distributions are large
-                        hidden, whole = (
-                            _hidden_states_at(self.model, batch, layer),
-                            response_log_probs(self.model, batch),
-                        )
-                        with _layers_from(self.model, layer):
-                            fed = response_log_probs(self.model, batch, hidden)
-                        if not torch.allclose(fed[0], whole[0], atol=1e-4):
-                            states = None
-                            break
-                        states.append(hidden)
+                    states = [_hidden_states_at(self.model, batch, layer) for batch in self.batches]
+                    # Whether feeding them in reproduces the whole model is a property of the architecture (where
+                    # positions enter), so one batch tells; the whole model's distributions of every batch would
+                    # cost a full pass.
+                    whole = response_log_probs(self.model, self.batches[0])
+                    with _layers_from(self.model, layer):
+                        fed = response_log_probs(self.model, self.batches[0], states[0])
+                    if not torch.allclose(fed[0], whole[0], atol=1e-4):
+                        states = None
             self.hidden_states[layer] = states
         return self.hidden_states[layer]
 

@@ -127,6 +127,28 @@ def first_targeted_layer(config: Steer2EditConfig) -> int:
     return min(layers) if isinstance(layers, list) else int(layers)
 
 
+def _floor(history: list[tuple[float, float]], budget: float) -> float:
+    """The part of the cost that does not grow with the scale (the numerical noise of running the edited model,
+    about 0.001 nats/token in bfloat16), fitted as KL = f + c s^2 through the two smallest scales tried; 0 until
+    two are known, or where it would reach the budget. Only proposals use it, never the verdict on a scale."""
+    tried = sorted((scale, value) for scale, value in history if math.isfinite(value))
+    if len(tried) < 2:
+        return 0.0
+    (s1, v1), (s2, v2) = tried[:2]
+    floor = min(max((v1 * s2**2 - v2 * s1**2) / (s2**2 - s1**2), 0.0), 0.99 * v1)
+    return floor if floor < budget else 0.0
+
+
+def _crossing(low: tuple[float, float], high: tuple[float, float], budget: float, floor: float) -> float:
+    """Where KL = floor + c s^p through the bracket's ends (scale, KL) crosses the budget; inf where no such fit
+    exists (the low end within the floor, or a diverging high end, which says nothing of the shape)."""
+    (low_scale, low_value), (high_scale, high_value) = low, high
+    if low_value <= floor or not math.isfinite(high_value):
+        return math.inf
+    power = math.log((high_value - floor) / (low_value - floor)) / math.log(high_scale / low_scale)
+    return low_scale * ((budget - floor) / (low_value - floor)) ** (1 / power) if power > 0 else low_scale
+
+
 def largest_within(
     measure: Callable[[float], float],
     budget: float,
@@ -139,48 +161,81 @@ def largest_within(
 ) -> tuple[float, list[tuple[float, float]]]:
     """The largest scale s in [min_scale, max_scale] with ``measure(s) <= budget``, for a cost that grows with s.
 
-    Keeps a bracket (largest scale known within budget, smallest known over it) and proposes the next scale by
-    fitting a power law KL = c s^p through the bracket (p = 2 outside it: the KL of a small change is quadratic),
-    clamped to the bracket's middle half in log space, so every step shrinks the bracket by a quarter at least however
-    poor the fit. Stops
-    when the bracket is narrower than ``relative_tolerance``. Returns (scale, history of (scale, KL)); scale is 0
-    when even ``min_scale`` is over budget.
+    Keeps a bracket (largest scale known within budget, smallest known over it) and stops when it is narrower than
+    ``relative_tolerance``. Proposals fit KL = f + c s^p and aim half a tolerance below where the fit crosses the
+    budget: f is the cost that does not grow with the scale (see ``_floor``); p is 2 at first (the KL of a small
+    change is quadratic), then fitted through the last two scales on one side of the budget, or through the
+    bracket's ends. Once the crossing is predicted within a few tolerances above the bracket's low end, the next
+    scales step up from it by one tolerance (at most three in a row), to close the bracket from below. A fitted
+    proposal keeps a margin from the bracket's ends, and one that did not halve the bracket is followed by a
+    bisection, so a poor fit costs steps, never the answer: a real edit's KL (noise floor, then quadratic) takes
+    about 5 evaluations, against 8 to 10 for plain power-law bisection. Returns (scale, history of (scale, KL));
+    scale is 0 when even ``min_scale`` is over budget.
     """
     history: list[tuple[float, float]] = []
-
-    def at(scale: float) -> float:
-        value = measure(scale)
-        if not math.isfinite(value):
-            value = math.inf  # a diverging edit is over any budget
-        history.append((scale, value))
-        return value
-
-    target = 0.97 * budget  # aim a little inside, so most proposals land within the budget
+    step = 1 + relative_tolerance
     low, low_value = 0.0, 0.0
     high, high_value = math.inf, math.inf
     scale = min(max(start, min_scale), max_scale)
+    proposal = "start"  # how the scale about to be measured was chosen
+    closings = 0  # closing steps in a row
     while len(history) < max_evaluations:
-        value = at(scale)
+        span_before = math.log(high / low) if low > 0 and high < math.inf else math.inf
+        value = measure(scale)
+        value = value if math.isfinite(value) else math.inf  # a diverging edit is over any budget
+        history.append((scale, value))
         if value <= budget:
             low, low_value = scale, value
         else:
             high, high_value = scale, value
-        if low >= max_scale or (high <= min_scale and low == 0.0):
+        if low >= max_scale or (high <= min_scale and low == 0.0) or (low > 0 and high / low <= step):
             break
-        if low > 0 and high < math.inf and high / low <= 1 + relative_tolerance:
-            break
-        if high == math.inf:  # only scales within budget so far: extrapolate upwards
-            guess = low * math.sqrt(target / low_value) if low_value > 0 else 16 * low
-            scale = min(max(guess, 1.25 * low), 16 * low, max_scale)
-        elif low == 0.0:  # only scales over budget so far: extrapolate downwards
-            guess = high * math.sqrt(target / high_value) if math.isfinite(high_value) else high / 16
-            scale = max(min(guess, 0.8 * high), high / 16, min_scale)
+        floor = _floor(history, budget)
+        if high == math.inf or low == 0.0:  # one side of the budget known so far
+            scale, proposal = _extrapolated(history, budget, floor, step, min_scale, max_scale), "extrapolated"
+            continue
+        span = math.log(high / low)
+        boundary = _crossing((low, low_value), (high, high_value), budget, floor)
+        closings = closings + 1 if proposal == "closing" else 0
+        near = boundary <= low * step**3  # the crossing is predicted within a few tolerances of the low end
+        if near and closings < 3:
+            scale, proposal = low * (1 + 0.99 * relative_tolerance), "closing"  # step up until over budget
+        elif near or boundary == math.inf or (proposal == "fitted" and span > 0.5 * span_before):
+            scale, proposal = math.sqrt(low * high), "bisected"  # the fit missed: halve the bracket instead
         else:
-            power = math.log(high_value / low_value) / math.log(high / low) if low_value > 0 else 2.0
-            guess = low * (target / low_value) ** (1 / power) if low_value > 0 and power > 0 else math.sqrt(low * high)
-            span = math.log(high / low)
-            scale = math.exp(min(max(math.log(guess), math.log(low) + 0.25 * span), math.log(low) + 0.75 * span))
+            margin = min(0.5 * math.log(step), 0.25 * span)
+            scale = min(max(boundary / math.sqrt(step), low * math.exp(margin)), high * math.exp(-margin))
+            proposal = "fitted"
     return low, history
+
+
+def _power_through(points: list[tuple[float, float]], floor: float) -> float:
+    """p of KL = floor + c s^p through two (scale, KL) points, within [0.5, 4]; 2 (quadratic) where undefined."""
+    (s1, v1), (s2, v2) = sorted(points)
+    if s2 <= s1 or min(v1, v2) <= floor or v2 <= v1:
+        return 2.0
+    return min(max(math.log((v2 - floor) / (v1 - floor)) / math.log(s2 / s1), 0.5), 4.0)
+
+
+def _extrapolated(
+    history: list[tuple[float, float]], budget: float, floor: float, step: float, min_scale: float, max_scale: float
+) -> float:
+    """The next scale while every scale tried is on one side of the budget: half a tolerance below where the fit
+    through the last two crosses it, at most 64x up or 16x down at once."""
+    last, value = history[-1]
+    # Upwards, two points fit the floor alone (quadratically); a power needs a third.
+    power = _power_through(history[-2:], floor) if len(history) > (2 if value <= budget else 1) else 2.0
+    if value <= budget:  # upwards
+        if value <= floor:
+            return min(64 * last, max_scale)
+        boundary = last * ((budget - floor) / (value - floor)) ** (1 / power)
+        if boundary <= last * step:  # the crossing is within tolerance: step just above, to close the bracket
+            return min(last * (1 + 0.99 * (step - 1)), max_scale)
+        return min(max(boundary / math.sqrt(step), last * step), 64 * last, max_scale)
+    if not math.isfinite(value):
+        return max(last / 16, min_scale)
+    boundary = last * ((budget - floor) / (value - floor)) ** (1 / power)
+    return max(min(boundary / math.sqrt(step), 0.8 * last), last / 16, min_scale)
 
 
 def calibrate(
