@@ -162,8 +162,8 @@ class KLMeter:
     ``meter(model, from_layer=L)`` measures an edit that changes nothing below decoder layer L: the reference's
     hidden states at layer L are recorded once, and each measurement runs the layers from L on. That holds only
     where feeding those hidden states in reproduces the reference's own distributions, which is checked on the
-    first batch when they are recorded; where it does not (an architecture that adds positions to its inputs, say), the
-    whole model runs, with the same result.
+    first batch when they are recorded; where it does not (an architecture that adds positions to its inputs,
+    say), the whole model runs, with the same result.
     """
 
     def __init__(
