@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> None:
     check_output_folder(args.output, args.overwrite)
     # Saved vectors come first: they name the behaviour they were extracted for, which picks the default keys.
     saved = SteeringVectors.load(args.vectors) if args.vectors else None
-    behaviour = args.behaviour or (saved.options.get("behaviour") if saved else behaviour_named_by(args.probe))
+    behaviour = args.behaviour or (saved.behaviour if saved else behaviour_named_by(args.probe))
     settings = settings_from(args, behaviour)
     model, tokenizer = load(args)
     utility = load_utility(args.reference, model, tokenizer, args.batch_size)

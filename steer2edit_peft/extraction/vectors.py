@@ -66,6 +66,13 @@ class SteeringVectors:
     def modules(self) -> list[str]:
         return list(self.post_pos)
 
+    @property
+    def behaviour(self) -> str | None:
+        """The behaviour the vectors were probed for, where extraction recorded one (``options["behaviour"]``); it
+        picks the edit's default keys."""
+        value = self.options.get("behaviour")
+        return value if isinstance(value, str) else None
+
     def direction(self, module: str) -> torch.Tensor:
         """v = mean_post(positive) - mean_post(negative)."""
         return self.post_pos[module] - self.post_neg[module]

@@ -139,14 +139,24 @@ def _floor(history: list[tuple[float, float]], budget: float) -> float:
     return floor if floor < budget else 0.0
 
 
+def _power(first: tuple[float, float], second: tuple[float, float], floor: float) -> float:
+    """p of KL = floor + c s^p through two (scale, KL) points above the floor, the second at the larger scale."""
+    (s1, v1), (s2, v2) = first, second
+    return math.log((v2 - floor) / (v1 - floor)) / math.log(s2 / s1)
+
+
+def _crossing_from(point: tuple[float, float], power: float, budget: float, floor: float) -> float:
+    """Where KL = floor + c s^power through ``point`` (scale, KL) reaches the budget."""
+    scale, value = point
+    return scale * ((budget - floor) / (value - floor)) ** (1 / power) if power > 0 else scale
+
+
 def _crossing(low: tuple[float, float], high: tuple[float, float], budget: float, floor: float) -> float:
-    """Where KL = floor + c s^p through the bracket's ends (scale, KL) crosses the budget; inf where no such fit
-    exists (the low end within the floor, or a diverging high end, which says nothing of the shape)."""
-    (low_scale, low_value), (high_scale, high_value) = low, high
-    if low_value <= floor or not math.isfinite(high_value):
+    """Where the fit through the bracket's ends (scale, KL) crosses the budget; inf where no such fit exists (the
+    low end within the floor, or a diverging high end, which says nothing of the shape)."""
+    if low[1] <= floor or not math.isfinite(high[1]):
         return math.inf
-    power = math.log((high_value - floor) / (low_value - floor)) / math.log(high_scale / low_scale)
-    return low_scale * ((budget - floor) / (low_value - floor)) ** (1 / power) if power > 0 else low_scale
+    return _crossing_from(low, _power(low, high, floor), budget, floor)
 
 
 def largest_within(
@@ -199,7 +209,7 @@ def largest_within(
         closings = closings + 1 if proposal == "closing" else 0
         near = boundary <= low * step**3  # the crossing is predicted within a few tolerances of the low end
         if near and closings < 3:
-            scale, proposal = low * (1 + 0.99 * relative_tolerance), "closing"  # step up until over budget
+            scale, proposal = _closing_step(low, step), "closing"  # step up until over budget
         elif near or boundary == math.inf or (proposal == "fitted" and span > 0.5 * span_before):
             scale, proposal = math.sqrt(low * high), "bisected"  # the fit missed: halve the bracket instead
         else:
@@ -211,10 +221,10 @@ def largest_within(
 
 def _power_through(points: list[tuple[float, float]], floor: float) -> float:
     """p of KL = floor + c s^p through two (scale, KL) points, within [0.5, 4]; 2 (quadratic) where undefined."""
-    (s1, v1), (s2, v2) = sorted(points)
-    if s2 <= s1 or min(v1, v2) <= floor or v2 <= v1:
+    first, second = sorted(points)
+    if second[0] <= first[0] or min(first[1], second[1]) <= floor or second[1] <= first[1]:
         return 2.0
-    return min(max(math.log((v2 - floor) / (v1 - floor)) / math.log(s2 / s1), 0.5), 4.0)
+    return min(max(_power(first, second, floor), 0.5), 4.0)
 
 
 def _extrapolated(
@@ -228,14 +238,19 @@ def _extrapolated(
     if value <= budget:  # upwards
         if value <= floor:
             return min(64 * last, max_scale)
-        boundary = last * ((budget - floor) / (value - floor)) ** (1 / power)
+        boundary = _crossing_from(history[-1], power, budget, floor)
         if boundary <= last * step:  # the crossing is within tolerance: step just above, to close the bracket
-            return min(last * (1 + 0.99 * (step - 1)), max_scale)
+            return min(_closing_step(last, step), max_scale)
         return min(max(boundary / math.sqrt(step), last * step), 64 * last, max_scale)
     if not math.isfinite(value):
         return max(last / 16, min_scale)
-    boundary = last * ((budget - floor) / (value - floor)) ** (1 / power)
+    boundary = _crossing_from(history[-1], power, budget, floor)
     return max(min(boundary / math.sqrt(step), 0.8 * last), last / 16, min_scale)
+
+
+def _closing_step(low: float, step: float) -> float:
+    """Just under one tolerance above ``low``: over budget there, the bracket is closed."""
+    return low * (1 + 0.99 * (step - 1))
 
 
 def calibrate(

@@ -46,7 +46,7 @@ def edit_model(
     ``calibrations[adapter_name]``. ``kl_meter``: a :class:`~steer2edit_peft.core.likelihood.KLMeter` of the
     plain model on ``utility``, to reuse its reference.
     """
-    behaviour = behaviour or vectors.options.get("behaviour")  # what `steer2edit extract` recorded
+    behaviour = behaviour or vectors.behaviour
     if not isinstance(config, Steer2EditConfig):
         overrides: dict[str, Any] = {
             "max_kl": max_kl,
