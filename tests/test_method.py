@@ -557,3 +557,18 @@ def test_extraction_on_a_model_dispatched_over_devices(tmp_path):
     for name, entry in expected.items():
         assert_close_relative(vectors.pre_neg[name], entry["pre_neg"])
         assert_close_relative(vectors.post_pos[name], entry["post_pos"])
+
+
+def test_a_reference_batch_with_one_token_answers_adds_nothing_to_the_answer_moments():
+    # A one-token answer has no answer position past its first token: its batch adds nothing there.
+    model = tiny_model("llama")
+    together = extract_steering_vectors(
+        model, CharTokenizer(), ragged_dataset(), reference=(["ok", "hi"], ["fine", "y"]), batch_size=1,
+        show_progress=False,
+    )  # fmt: skip
+    alone = extract_steering_vectors(
+        model, CharTokenizer(), ragged_dataset(), reference=(["ok"], ["fine"]), batch_size=1, show_progress=False
+    )
+    assert alone.ref_answer_moment.keys() == together.ref_answer_moment.keys()
+    for module, moment in alone.ref_answer_moment.items():
+        torch.testing.assert_close(together.ref_answer_moment[module], moment)

@@ -118,7 +118,9 @@ class _Accumulator:
                 if (moment, "ref") not in self._rows:
                     continue
                 chosen = flat.index_select(0, self._indices(moment, "ref", values.device)).float()
-                heads = chosen.view(chosen.shape[0], -1, self.head_dims[module])  # [positions, heads, head_dim]
+                head_dim = self.head_dims[module]
+                # Explicit sizes: a batch with no such position (an empty answer) adds a zero moment.
+                heads = chosen.view(chosen.shape[0], chosen.shape[1] // head_dim, head_dim)  # [positions, heads, dim]
                 self._add_sum(module, moment, torch.einsum("phi,phj->hij", heads, heads))
 
 
