@@ -17,6 +17,7 @@ Methods, every one at each KL budget (strength or scale found by the same bisect
   default           DEFAULTS: selective keys and heads, from the shipped (project-written) probe and reference
   default+public    DEFAULTS with public tuning data added: the model's own answers to the HarmBench tune half
                     (probe) and to GSM8K train [0:200), TruthfulQA [0:200) and Alpaca [0:50)+[80:100) (reference)
+  public-sparse     default+public with at most 5% of the edited layers' heads (--max-head-share 0.05)
 Steering, rank-one and paper are matched on the benign utility data; the others on their own reference.
 The public tuning data's sampled answers are cached in outputs/selectivity-cache (not shipped).
 """
@@ -157,12 +158,13 @@ class Selectivity:
         )
 
     def edit(self, name: str, budget: float) -> dict[str, Any]:
-        sets = {"paper": ("benign",), "default+public": PUBLIC}.get(name, DEFAULTS.reference)
+        sets = {"paper": ("benign",), "default+public": PUBLIC, "public-sparse": PUBLIC}.get(name, DEFAULTS.reference)
         settings = {
             "paper": replace(PAPER, max_kl=budget),
             "contrast": replace(DEFAULTS, max_kl=budget, key_direction="contrast", max_head_share=0.2),
             "default": replace(DEFAULTS, max_kl=budget),
             "default+public": replace(DEFAULTS, max_kl=budget),
+            "public-sparse": replace(DEFAULTS, max_kl=budget, max_head_share=0.05),
         }[name]
         model = self.bench.model
         edited = edit_model(
@@ -184,7 +186,7 @@ class Selectivity:
         return row
 
 
-METHODS = ("steering", "rank-one", "paper", "contrast", "default", "default+public")
+METHODS = ("steering", "rank-one", "paper", "contrast", "default", "default+public", "public-sparse")
 
 
 def main() -> None:
