@@ -106,9 +106,6 @@ def test_demo_with_a_fixed_steering_strength_uses_it(tiny_checkpoint, tmp_path):
 
 
 def test_demo_command_prints_the_table(tiny_checkpoint, tmp_path, capsys, monkeypatch):
-    # The sanity gate reads the tiny random model's answers, which are noise at the largest scale; it has tests of
-    # its own, and this one is about the command's output.
-    monkeypatch.setattr("steer2edit_peft.demo.check_sanity", lambda *args, **kwargs: None)
     output = tmp_path / "out"
     args = ["demo", "--model", str(tiny_checkpoint), "--output", str(output), "--dtype", "float32"]
     args += ["--num-eval", "3", "--max-new-tokens", "3", "--batch-size", "3", "--no-plots", "--behaviour", "concise"]

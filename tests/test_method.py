@@ -52,10 +52,9 @@ def reference_means(
     model, tokenizer, dataset, config=None, positions="predicting", reference=None, input_positions=None
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Batch size 1, no padding, float64 sums over the averaged positions, one example at a time; with reference
-    data, the per-head second moments of its inputs to attention modules too, one outer product at a time."""
+    data, the second moments of its inputs to attention modules too, one outer product at a time."""
     config = config if config is not None else Steer2EditConfig(rho_attn=1.0, rho_mlp=1.0)
     modules = edited_modules(model, config)
-    head_dim = config.head_dim
     sums: dict[str, dict[str, torch.Tensor]] = {}
     counts: dict[str, int] = {}
     examples = [(e.prompt, e.response, "pos" if e.positive else "neg") for e in dataset]
@@ -90,12 +89,10 @@ def reference_means(
                 for name, (pre, _) in captured.items():
                     if not config.is_attention_module(name):
                         continue
-                    heads = pre.shape[-1] // head_dim
-                    total = sums[name].get(key, torch.zeros(heads, head_dim, head_dim, dtype=torch.float64))
+                    size = pre.shape[-1]
+                    total = sums[name].get(key, torch.zeros(size, size, dtype=torch.float64))
                     for t in averaged:
-                        for h in range(heads):
-                            x = pre[t, h * head_dim : (h + 1) * head_dim].double()
-                            total[h] += torch.outer(x, x)
+                        total += torch.outer(pre[t].double(), pre[t].double())
                     sums[name][key] = total
     for handle in handles:
         handle.remove()
@@ -273,15 +270,16 @@ def test_scaling_the_steering_vector_changes_nothing(scale):
 def test_each_edit_moves_its_component_output_along_v(seed):
     # For every key direction: at the mean probe input, lambda and k . x share the sign of g, so every edited
     # component (lambda > 0 or lambda < 0) adds a positive multiple of v_hat. Checked by hand, one component
-    # at a time, with the edit's dense weight change applied to the mean input.
+    # at a time, with the edit's dense weight change applied to the mean input. Selective keys are one key over
+    # the module's edited heads together, so there the module's whole change is checked.
     from steer2edit_peft.core.settings import KEY_DIRECTIONS
     from steer2edit_peft.solver.scores import solve_module
 
     torch.manual_seed(seed)
     weight, x, v, reference = torch.randn(12, 16), torch.randn(16), torch.randn(12), torch.randn(16)
-    spread = torch.randn(2, 4, 4, 8)  # the reference's inputs: 4 heads of 4, 8 samples each, at prompts and answers
+    spread = torch.randn(2, 16, 8)  # the reference's inputs (4 heads of 4), 8 samples each, at prompts and answers
     decision_moment, answer_moment = (spread @ spread.transpose(-1, -2) / 8).unbind(0)
-    decision_moment = decision_moment + torch.einsum("hi,hj->hij", reference.view(4, 4), reference.view(4, 4))
+    decision_moment = decision_moment + torch.outer(reference, reference)
     vectors = SteeringVectors(
         post_pos={"m": v},
         post_neg={"m": torch.zeros(12)},
@@ -298,6 +296,7 @@ def test_each_edit_moves_its_component_output_along_v(seed):
             "m", weight, vectors, is_attention, rho=0.05, alpha=0.5, head_dim=size, key_direction=key_direction
         )
         assert edit.indices.numel() > 0
+        deltas = []
         for position, index in enumerate(edit.indices.tolist()):
             delta = torch.zeros(12, 16)
             for offset in range(size):
@@ -306,14 +305,14 @@ def test_each_edit_moves_its_component_output_along_v(seed):
                     delta[row, column] = (
                         edit.magnitudes[position] * edit.input_directions[position][offset] * v_hat[row]
                     )
+            deltas.append(delta)
+        for delta in [sum(deltas)] if key_direction == "selective" else deltas:
             change = delta @ x
-            assert change @ v_hat > 0, (key_direction, index)
+            assert change @ v_hat > 0, key_direction
             torch.testing.assert_close(change / change.norm(), v_hat)
-        if key_direction in ("contrast", "selective"):
-            # These keys stay silent on the mean reference input, whatever the head's sign.
-            for position, index in enumerate(edit.indices.tolist()):
-                block = reference[index * size : (index + 1) * size]
-                assert abs(float(edit.input_directions[position] @ block)) < 1e-4 * float(block.norm())
+            if key_direction in ("contrast", "selective"):
+                # These keys stay silent on the mean reference input, whatever the head's sign.
+                assert float((delta @ reference).norm()) < 1e-4 * float(reference.norm()) * float(delta.norm())
 
 
 def slow_selective_key(probe, reference, answers, weight, ridge):
@@ -332,6 +331,14 @@ def slow_selective_key(probe, reference, answers, weight, ridge):
     return key, (key @ d) / np.sqrt((key @ d) ** 2 + key @ cost @ key), cost, d
 
 
+def random_samples(generator, width, mixing):
+    """Probe inputs around 1, and reference inputs at prompts and along answers (twice as spread) through mixing."""
+    probe = torch.randn(20, width, generator=generator) + 1.0
+    reference = torch.randn(30, width, generator=generator) @ mixing
+    answers = torch.randn(40, width, generator=generator) @ mixing * 2.0
+    return probe, reference, answers
+
+
 @settings(max_examples=10, deadline=None)
 @given(st.integers(0, 10_000))
 def test_selective_keys_match_a_slow_computation_from_samples(seed):
@@ -340,16 +347,12 @@ def test_selective_keys_match_a_slow_computation_from_samples(seed):
 
     generator = torch.Generator().manual_seed(seed)
     heads, head_dim = 3, 5
-    probe = torch.randn(20, heads * head_dim, generator=generator) + 1.0
-    reference = torch.randn(30, heads * head_dim, generator=generator) * 0.5
-    answers = torch.randn(40, heads * head_dim, generator=generator) * 2.0
+    probe, reference, answers = random_samples(generator, heads * head_dim, torch.eye(heads * head_dim) * 0.5)
 
-    def moment(samples):  # [heads, head_dim, head_dim], one outer product at a time
-        total = torch.zeros(heads, head_dim, head_dim)
+    def moment(samples):  # [in, in], one outer product at a time
+        total = torch.zeros(heads * head_dim, heads * head_dim)
         for row in samples:
-            for h in range(heads):
-                block = row[h * head_dim : (h + 1) * head_dim]
-                total[h] += torch.outer(block, block)
+            total += torch.outer(row, row)
         return total / len(samples)
 
     keys, scores = selective_keys(probe.mean(0), reference.mean(0), moment(reference), moment(answers), head_dim)
@@ -371,6 +374,50 @@ def test_selective_keys_match_a_slow_computation_from_samples(seed):
         3 * probe.mean(0), 3 * reference.mean(0), 9 * moment(reference), 9 * moment(answers), head_dim
     )
     torch.testing.assert_close(scaled, scores, rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10_000))
+def test_the_joint_selective_key_matches_a_slow_computation_over_the_chosen_heads(seed):
+    # The chosen heads' inputs side by side are one input: the slow per-head key of that input, split into head
+    # blocks, is the joint key; lambda_j = c |K_j| with c keeping the module's push at the probe's mean input.
+    import numpy as np
+
+    from steer2edit_peft.core.settings import SELECTIVE_DECISION_WEIGHT, SELECTIVE_RIDGE
+    from steer2edit_peft.solver.scores import joint_selective_key, selective_keys
+
+    generator = torch.Generator().manual_seed(seed)
+    heads, head_dim = 4, 3
+    mixing = torch.randn(heads * head_dim, heads * head_dim, generator=generator) / 3  # heads that co-vary
+    probe, reference, answers = random_samples(generator, heads * head_dim, mixing)
+    probe, reference, answers = probe.double(), reference.double(), answers.double()  # float64 end to end
+    moments = [(samples.T @ samples / len(samples)) for samples in (reference, answers)]
+    keys, _ = selective_keys(probe.mean(0), reference.mean(0), *moments, head_dim)
+    chosen = torch.tensor([0, 2, 3])
+    magnitudes = torch.rand(3, generator=generator) + 0.5
+    directions = keys[chosen] / keys[chosen].norm(dim=-1, keepdim=True)
+    joint_directions, joint_magnitudes = joint_selective_key(
+        probe.mean(0), reference.mean(0), *moments, head_dim, chosen, magnitudes, directions
+    )
+    columns = [h * head_dim + i for h in chosen.tolist() for i in range(head_dim)]
+    key, *_ = slow_selective_key(
+        probe[:, columns], reference[:, columns], answers[:, columns], SELECTIVE_DECISION_WEIGHT, SELECTIVE_RIDGE
+    )
+    d = (probe.mean(0) - reference.mean(0))[columns].double().numpy()
+    push = sum(
+        float(m) * float(k.double().numpy() @ d[3 * j : 3 * j + 3])
+        for j, (m, k) in enumerate(zip(magnitudes, directions))
+    )
+    expected = push / (key @ d) * key
+    got = (joint_magnitudes[:, None] * joint_directions).reshape(-1).double().numpy()
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
+    assert np.allclose(np.linalg.norm(joint_directions.numpy(), axis=-1), 1.0, atol=1e-5)
+    # One chosen head: the joint key is that head's own key, with its own lambda.
+    one_direction, one_magnitude = joint_selective_key(
+        probe.mean(0), reference.mean(0), *moments, head_dim, chosen[:1], magnitudes[:1], directions[:1]
+    )
+    torch.testing.assert_close(one_direction, directions[:1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(one_magnitude, magnitudes[:1], rtol=1e-4, atol=1e-6)
 
 
 def test_selective_keys_need_the_reference_moments():
@@ -506,6 +553,23 @@ def test_vectors_save_load_and_similarity(tmp_path):
         saved = getattr(vectors, statistic)
         assert saved and all(torch.equal(getattr(loaded, statistic)[m], t) for m, t in saved.items())
     assert all(abs(s - 1) < 1e-6 for s in loaded.cosine_similarity(vectors).values())
+
+
+def test_vectors_with_per_head_moments_are_refused_naming_the_file(tmp_path):
+    # An earlier version stored each head's block [heads, head_dim, head_dim]; a joint key needs the whole matrix.
+    from safetensors.torch import load_file, save_file
+
+    vectors = extract_steering_vectors(
+        tiny_model("llama"), CharTokenizer(), ragged_dataset(), reference=(["ok"], ["fine"]), show_progress=False
+    )
+    folder = vectors.save(tmp_path / "vectors")
+    tensors = load_file(folder / "steering_vectors.safetensors")
+    name = next(key for key in tensors if key.endswith("::ref_answer_moment"))
+    size = tensors[name].shape[0]
+    tensors[name] = torch.zeros(size // 4, 4, 4)
+    save_file(tensors, folder / "steering_vectors.safetensors")
+    with pytest.raises(Steer2EditError, match=r"steering_vectors.safetensors: .*per-head moments .* extract"):
+        SteeringVectors.load(folder)
 
 
 def test_vectors_with_nan_are_refused():

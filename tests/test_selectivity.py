@@ -83,4 +83,13 @@ def test_key_selectivity_separates_what_the_key_reads_and_nothing_else():
         )
         assert by_head[head].auroc == pytest.approx(expected)
     assert 0.2 < by_head[1].auroc < 0.8  # a key on noise cannot tell the classes apart
+    # The module adds u times both heads' firing together.
+    both = [(0, [1.0, 0.0], 0.5), (1, [0.0, 1.0], -2.0)]
+    expected = slow_auroc(
+        [sum(firing(p, *head) for head in both) for p in harmful],
+        [sum(firing(p, *head) for head in both) for p in safe],
+    )
+    [module] = result.modules
+    assert module.module.endswith("o_proj") and module.components == 2
+    assert module.auroc == pytest.approx(expected)
     assert "mean AUROC" in result.to_table() and "o_proj" in result.to_table()

@@ -70,7 +70,9 @@ def byte_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
-    vocab.update({symbol: 3 + i for i, symbol in enumerate(pre_tokenizers.ByteLevel.alphabet())})
+    # sorted: alphabet() comes out of a hash set, in another order in every process, which made every test on
+    # this tokenizer see other token ids, hence other activations, from run to run.
+    vocab.update({symbol: 3 + i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))})
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()

@@ -22,8 +22,8 @@ def register(commands: Any) -> None:
     parser.add_argument("--heatmap", type=Path, help="write the edit heatmap here (.png, .svg or .pdf)")
     selectivity = parser.add_argument_group(
         "key selectivity",
-        "load the model with the adapter and print, per edited head, how well its firing at the last prompt token "
-        "tells the first prompt set from the second (AUROC; 1 = every prompt of the first fires harder)",
+        "load the model with the adapter and print, per edited module and head, how well its firing at the last "
+        "prompt token tells the first prompt set from the second (AUROC; 1 = every prompt of the first fires harder)",
     )
     selectivity.add_argument(
         "--act-on", metavar="PROMPTS", help="prompts the edit should act on: a built-in set (harmful) or a file"

@@ -33,7 +33,8 @@ class EditSettings:
     This project's refinements, measured in BENCHMARKS.md, are the defaults:
     - ``key_direction="selective"``: a head's key is the direction that best tells the probe's prompts from the
       reference prompts at the decision token per unit of firing on the reference, at its prompts and along its
-      answers; heads are scored (and so chosen) by how well their key does that, not by g. ``"contrast"``, the
+      answers; heads are scored (and so chosen) by how well their key does that, not by g, and the heads chosen in
+      one module then share one key solved over their inputs together (``solver.scores.joint_selective_key``). ``"contrast"``, the
       earlier default, is the plain probe-minus-reference mean input, orthogonal to the reference mean; it is the
       default of behaviours that change every answer (``defaults_for``: concise, truthful).
     - ``input_positions="decision"``: components are scored and keys built from the inputs at the last prompt token,

@@ -1,5 +1,5 @@
-"""How selective an edit's keys are: per edited head, how well its firing ``lambda (k . x)`` at the last prompt token
-tells prompts it should act on from prompts it should leave alone (AUROC).
+"""How selective an edit's keys are: per edited module and per edited head, how well its firing ``lambda (k . x)``
+at the last prompt token tells prompts it should act on from prompts it should leave alone (AUROC).
 
 A rank-one edit ``y += u (x . k)`` adds in proportion to ``k . x``: it can only refuse harmful requests without
 refusing safe ones that sound risky if its keys fire on the first and stay silent on the second. An AUROC of 1 means
@@ -39,12 +39,24 @@ class HeadSelectivity:
 
 
 @dataclass
+class ModuleSelectivity:
+    """A module's edited components together: the edit adds u times their summed firing, so this is what acts."""
+
+    module: str
+    components: int
+    auroc: float
+    mean_firing_positive: float
+    mean_firing_negative: float
+
+
+@dataclass
 class KeySelectivity:
-    """Per edited component of one adapter: how its firing separates the two prompt sets."""
+    """Per edited module and component of one adapter: how its firing separates the two prompt sets."""
 
     heads: list[HeadSelectivity]
     num_positive: int
     num_negative: int
+    modules: list[ModuleSelectivity]
 
     @property
     def mean_auroc(self) -> float:
@@ -52,8 +64,18 @@ class KeySelectivity:
 
     def to_table(self) -> str:
         lines = [
-            f"key selectivity: {len(self.heads)} edited components, {self.num_positive} prompts to act on vs "
-            f"{self.num_negative} to leave alone (firing at the last prompt token); mean AUROC {self.mean_auroc:.3f}",
+            f"key selectivity: {len(self.modules)} edited modules, {self.num_positive} prompts to act on vs "
+            f"{self.num_negative} to leave alone (firing at the last prompt token)",
+            f"{'module':<44} {'comps':>5} {'AUROC':>6} {'firing(act)':>12} {'firing(leave)':>13}",
+        ]
+        for m in self.modules:
+            lines.append(
+                f"{m.module:<44} {m.components:>5} {m.auroc:>6.3f} "
+                f"{m.mean_firing_positive:>12.4f} {m.mean_firing_negative:>13.4f}"
+            )
+        lines += [
+            f"per component ({len(self.heads)}; one key may span a module's heads, so read its module's row): "
+            f"mean AUROC {self.mean_auroc:.3f}",
             f"{'module':<44} {'comp':>5} {'lambda':>9} {'AUROC':>6} {'firing(act)':>12} {'firing(leave)':>13}",
         ]
         for h in self.heads:
@@ -119,14 +141,16 @@ def key_selectivity(
     layers = _edited_layers(model, adapter_name)
     prompts = list(act_on) + list(leave_alone)
     inputs = last_token_inputs(model, tokenizer, prompts, list(layers), system_prompt, batch_size)
-    heads = []
+    heads, modules, split = [], [], len(act_on)
     for name, layer in layers.items():
         keys = layer.steer2edit_k[adapter_name].detach().float().cpu()
         magnitudes = layer.strength[adapter_name] * layer.steer2edit_lambda[adapter_name].detach().float().cpu()
         size = keys.shape[1]
+        total = torch.zeros(len(prompts))
         for key, magnitude, index in zip(keys, magnitudes, layer.steer2edit_indices[adapter_name].tolist()):
             firing = magnitude * (inputs[name][:, index * size : (index + 1) * size] @ key)
-            positive, negative = firing[: len(act_on)], firing[len(act_on) :]
+            total += firing
+            positive, negative = firing[:split], firing[split:]
             heads.append(
                 HeadSelectivity(
                     name,
@@ -137,4 +161,13 @@ def key_selectivity(
                     float(negative.mean()),
                 )
             )
-    return KeySelectivity(heads, len(act_on), len(leave_alone))
+        modules.append(
+            ModuleSelectivity(
+                name,
+                len(keys),
+                auroc(total[:split], total[split:]),
+                float(total[:split].mean()),
+                float(total[split:].mean()),
+            )
+        )
+    return KeySelectivity(heads, len(act_on), len(leave_alone), modules)

@@ -72,11 +72,11 @@ def position_mask(response_mask: torch.Tensor, positions: str) -> torch.Tensor:
 
 class _Accumulator:
     """Running float32 sums of module inputs/outputs over response tokens, per class; and, for attention modules,
-    per-head sums of x x^T of the reference inputs (at the input window, and along the answers after it)."""
+    sums of x x^T of the reference inputs (at the input window, and along the answers after it)."""
 
-    def __init__(self, head_dims: dict[str, int]) -> None:
+    def __init__(self, moment_modules: set[str]) -> None:
         self.sums: dict[str, dict[str, torch.Tensor]] = {}
-        self.head_dims = head_dims  # attention module -> head_dim: the modules whose moments are recorded
+        self.moment_modules = moment_modules  # the attention modules whose reference moments are recorded
         self.moment_counts = {statistic: 0 for statistic in MOMENTS}
         self._rows: dict[tuple[str, str], torch.Tensor] = {}  # (statistic, class) -> flat indices of its positions
         self._on_device: dict[tuple[str, str, torch.device], torch.Tensor] = {}
@@ -113,15 +113,13 @@ class _Accumulator:
             # Gather one class's positions; reduce in float32 without a float32 copy of the activations.
             total = flat.index_select(0, self._indices(statistic, name, values.device)).sum(0, dtype=torch.float32)
             self._add_sum(module, f"{statistic}_{name}", total)
-        if statistic == "pre" and module in self.head_dims:
+        if statistic == "pre" and module in self.moment_modules:
             for moment in MOMENTS:
                 if (moment, "ref") not in self._rows:
                     continue
+                # A batch with no such position (an empty answer) adds a zero moment.
                 chosen = flat.index_select(0, self._indices(moment, "ref", values.device)).float()
-                head_dim = self.head_dims[module]
-                # Explicit sizes: a batch with no such position (an empty answer) adds a zero moment.
-                heads = chosen.view(chosen.shape[0], chosen.shape[1] // head_dim, head_dim)  # [positions, heads, dim]
-                self._add_sum(module, moment, torch.einsum("phi,phj->hij", heads, heads))
+                self._add_sum(module, moment, chosen.T @ chosen)
 
 
 @contextmanager
@@ -194,7 +192,7 @@ def extract_steering_vectors(
     # The reference's moments: at the input window, and along the answer after it (what the edit also reads).
     windows = {"post": positions, "pre": input_positions, MOMENTS[0]: input_positions, MOMENTS[1]: "after-decision"}
     batches = _batches(encoded, classes, pad_token_id(tokenizer), padding_side, batch_size, windows)
-    accumulator = _Accumulator(_head_dims(modules, config) if reference is not None else {})
+    accumulator = _Accumulator(_moment_modules(modules, config) if reference is not None else set())
     with _evaluating(model), _recording_hooks(modules, accumulator):
         device = input_device(model)
         total = -(-len(encoded) // batch_size)
@@ -221,9 +219,9 @@ def extract_steering_vectors(
     )
 
 
-def _head_dims(modules: dict[str, nn.Module], config: Steer2EditConfig) -> dict[str, int]:
-    """The attention modules (whose reference moments are recorded per head) and their head size."""
-    return {name: config.head_dim for name in modules if config.is_attention_module(name) and config.head_dim}
+def _moment_modules(modules: dict[str, nn.Module], config: Steer2EditConfig) -> set[str]:
+    """The attention modules, whose reference moments selective keys read."""
+    return {name for name in modules if config.is_attention_module(name) and config.head_dim}
 
 
 def _check_options(positions: str, input_positions: str, padding_side: str, batch_size: int) -> None:

@@ -77,6 +77,37 @@ def contrast_keys(probe_input: torch.Tensor, reference_input: torch.Tensor, head
     return difference - along * reference
 
 
+def _head_blocks(moment: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """The diagonal blocks [heads, head_dim, head_dim] of a module's input moment [in, in]: each head's own."""
+    heads = moment.shape[0] // head_dim
+    return moment.view(heads, head_dim, heads, head_dim).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+
+
+def _selective(
+    difference: torch.Tensor, reference: torch.Tensor, decision_moment: torch.Tensor, answer_moment: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row b: k_b = S_b^-1 d_b, orthogonal to r_b and signed so k_b . d_b >= 0, and its score (float64).
+
+    S_b = A_b + w (D_b - r_b r_b^T) + ridge, the ridge SELECTIVE_RIDGE times its mean eigenvalue; shapes [b, n] and
+    [b, n, n]. The score (k . d) / sqrt((k . d)^2 + k^T S k) lies in [0, 1); NaN where the inputs are all zero.
+    """
+    covariance = decision_moment - torch.einsum("bi,bj->bij", reference, reference)
+    costs = answer_moment + SELECTIVE_DECISION_WEIGHT * covariance
+    ridge = SELECTIVE_RIDGE * costs.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
+    costs = costs + ridge[:, None, None] * torch.eye(costs.shape[-1], dtype=costs.dtype, device=costs.device)
+    keys = torch.linalg.solve(costs, difference.unsqueeze(-1)).squeeze(-1)
+    norms = (reference * reference).sum(-1, keepdim=True)
+    along = torch.where(norms > 0, (keys * reference).sum(-1, keepdim=True) / norms.clamp_min(1e-30), 0.0)
+    keys = keys - along * reference
+    push = (keys * difference).sum(-1)
+    keys = torch.where(push[:, None] < 0, -keys, keys)
+    push = push.abs()
+    cost = torch.einsum("bi,bij,bj->b", keys, costs, keys)
+    denominator = (push * push + cost).sqrt()
+    scores = torch.where(denominator > 0, push / denominator.clamp_min(1e-300), torch.full_like(push, float("nan")))
+    return keys, scores
+
+
 def selective_keys(
     probe_input: torch.Tensor,
     reference_input: torch.Tensor,
@@ -87,30 +118,60 @@ def selective_keys(
     """Per head j: the key k_j that best tells probe prompts from reference ones for what it costs, and its score.
 
     With d_j = x_j - r_j (probe minus reference mean input at the decision token), C_j the reference's covariance
-    there and A_j the reference's second moment along its answers: S_j = A_j + w C_j, made positive definite by a
-    ridge of SELECTIVE_RIDGE times its mean eigenvalue; k_j = S_j^-1 d_j, made orthogonal to r_j and signed so that
-    k_j . d_j >= 0. k_j maximises (k . d)^2 / k^T S k: the push on probe prompts per unit of firing on reference
-    prompts (w = SELECTIVE_DECISION_WEIGHT, over-refusal) and along reference answers (KL). The score
-    (k . d) / sqrt((k . d)^2 + k^T S k) lies in [0, 1) and grows with that ratio. Returns keys [heads, head_dim]
-    (unnormalized) and scores [heads]; a head whose inputs are all zero gets a zero key and a NaN score.
+    there and A_j the reference's second moment along its answers (the head's blocks of the module's [in, in]
+    moments): S_j = A_j + w C_j, made positive definite by a ridge of SELECTIVE_RIDGE times its mean eigenvalue;
+    k_j = S_j^-1 d_j, made orthogonal to r_j and signed so that k_j . d_j >= 0. k_j maximises (k . d)^2 / k^T S k:
+    the push on probe prompts per unit of firing on reference prompts (w = SELECTIVE_DECISION_WEIGHT, over-refusal)
+    and along reference answers (KL). The score (k . d) / sqrt((k . d)^2 + k^T S k) lies in [0, 1) and grows with
+    that ratio. Returns keys [heads, head_dim] (unnormalized) and scores [heads]; a head whose inputs are all zero
+    gets a zero key and a NaN score.
     """
     probe, reference = probe_input.view(-1, head_dim).double(), reference_input.view(-1, head_dim).double()
-    difference = probe - reference
-    covariance = decision_moment.double() - torch.einsum("hi,hj->hij", reference, reference)
-    costs = answer_moment.double() + SELECTIVE_DECISION_WEIGHT * covariance
-    ridge = SELECTIVE_RIDGE * costs.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
-    costs = costs + ridge[:, None, None] * torch.eye(head_dim, dtype=costs.dtype)
-    keys = torch.linalg.solve(costs, difference.unsqueeze(-1)).squeeze(-1)
-    norms = (reference * reference).sum(-1, keepdim=True)
-    along = torch.where(norms > 0, (keys * reference).sum(-1, keepdim=True) / norms.clamp_min(1e-30), 0.0)
-    keys = keys - along * reference
-    push = (keys * difference).sum(-1)
-    keys = torch.where(push[:, None] < 0, -keys, keys)
-    push = push.abs()
-    cost = torch.einsum("hi,hij,hj->h", keys, costs, keys)
-    denominator = (push * push + cost).sqrt()
-    scores = torch.where(denominator > 0, push / denominator.clamp_min(1e-300), torch.full_like(push, float("nan")))
+    keys, scores = _selective(
+        probe - reference,
+        reference,
+        _head_blocks(decision_moment.double(), head_dim),
+        _head_blocks(answer_moment.double(), head_dim),
+    )
     return keys.to(probe_input.dtype), scores.to(probe_input.dtype)
+
+
+def joint_selective_key(
+    probe_input: torch.Tensor,
+    reference_input: torch.Tensor,
+    decision_moment: torch.Tensor,
+    answer_moment: torch.Tensor,
+    head_dim: int,
+    heads: torch.Tensor,
+    magnitudes: torch.Tensor,
+    input_directions: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One selective key over the chosen heads' inputs together, split back into per-head k_hat and lambda.
+
+    A module's edit is rank one, ``y += u (x . k)`` with k the chosen heads' lambda_j k_hat_j side by side, so the
+    heads need not be solved one at a time: S^-1 d over their joint input also weighs what one head's input says
+    about another's (the blocks between heads), and fires less on the reference for the same push. The module's
+    push at the probe's mean input, sum_j lambda_j (k_hat_j . d_j), is kept, so calibration starts where it did.
+    Returns input directions [heads, head_dim] and magnitudes [heads]; the per-head ones if the joint key has no push.
+    """
+    columns = (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).reshape(-1)
+    probe, reference = probe_input.double()[columns], reference_input.double()[columns]
+    difference = probe - reference
+    key, _ = _selective(
+        difference[None],
+        reference[None],
+        decision_moment.double()[columns][:, columns][None],
+        answer_moment.double()[columns][:, columns][None],
+    )
+    key = key[0]
+    push = (magnitudes.double()[:, None] * input_directions.double() * difference.view(-1, head_dim)).sum()
+    joint_push = key @ difference
+    if not joint_push > 0:
+        return input_directions, magnitudes
+    blocks = key.view(-1, head_dim)
+    norms = blocks.norm(dim=-1)
+    directions = torch.where(norms[:, None] > 0, blocks / norms.clamp_min(1e-300)[:, None], torch.zeros_like(blocks))
+    return directions.to(input_directions.dtype), (push / joint_push * norms).to(magnitudes.dtype)
 
 
 def neuron_scores(
@@ -164,13 +225,9 @@ def solve_module(
         scores, keys = head_scores(weight, mean_input, direction, head_dim)
         if key_direction == "selective":
             decision_moment, answer_moment = vectors.reference_moments(name)
-            keys, scores = selective_keys(
-                mean_input,
-                vectors.reference_mean(name).to(device),
-                decision_moment.to(device),
-                answer_moment.to(device),
-                head_dim,
-            )
+            reference = vectors.reference_mean(name).to(device)
+            inputs = (mean_input, reference, decision_moment.to(device), answer_moment.to(device))
+            keys, scores = selective_keys(*inputs, head_dim)
         elif key_direction == "contrast":
             # k . x >= 0 at the mean probe input by construction; a head with g < 0 (lambda < 0) takes -k, so
             # lambda (k . x) >= 0 there and every edited head pushes towards v, as the paper's keys do.
@@ -185,14 +242,19 @@ def solve_module(
         defined = dots != 0
     magnitudes = elastic_net_magnitude(scores, rho, alpha)
     selected = torch.nonzero((magnitudes != 0) & defined).squeeze(-1)
+    chosen_directions, chosen_magnitudes = input_directions[selected], magnitudes[selected]
+    if is_attention and key_direction == "selective" and selected.numel() > 1:
+        chosen_directions, chosen_magnitudes = joint_selective_key(
+            *inputs, head_dim, selected, chosen_magnitudes, chosen_directions
+        )
     return ModuleEdit(
         module=name,
         is_attention=is_attention,
         direction=direction.cpu(),
         scores=scores.cpu(),
         indices=selected.cpu(),
-        input_directions=input_directions[selected].cpu(),
-        magnitudes=magnitudes[selected].cpu(),
+        input_directions=chosen_directions.cpu(),
+        magnitudes=chosen_magnitudes.cpu(),
     )
 
 
