@@ -34,9 +34,10 @@ class EditSettings:
     - ``key_direction="selective"``: a head's key is the direction that best tells the probe's prompts from the
       reference prompts at the decision token per unit of firing on the reference, at its prompts and along its
       answers; heads are scored (and so chosen) by how well their key does that, not by g, and the heads chosen in
-      one module then share one key solved over their inputs together (``solver.scores.joint_selective_key``). ``"contrast"``, the
-      earlier default, is the plain probe-minus-reference mean input, orthogonal to the reference mean; it is the
-      default of behaviours that change every answer (``defaults_for``: concise, truthful).
+      one module then share one key solved over their inputs together (``solver.scores.joint_selective_key``).
+      ``"contrast"``, the earlier default, is the plain probe-minus-reference mean input, orthogonal to the
+      reference mean; it is the default of behaviours that change every answer (``defaults_for``: concise,
+      truthful).
     - ``input_positions="decision"``: components are scored and keys built from the inputs at the last prompt token,
       where the model decides how to answer; outputs (the steering vector) stay averaged over the response.
     - ``first_layer=None``: the upper 60% of the layers (``default_first_layer``).
