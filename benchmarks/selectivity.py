@@ -28,6 +28,7 @@ import argparse
 import csv
 import json
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
@@ -40,7 +41,7 @@ from steer2edit_peft.core.judges import RefusalMatcher
 from steer2edit_peft.core.likelihood import KLMeter
 from steer2edit_peft.core.settings import DEFAULTS, PAPER
 from steer2edit_peft.demo import DemoSettings, demo_probe
-from steer2edit_peft.evaluation.prompts import borderline_prompts, harmbench_behaviours
+from steer2edit_peft.evaluation.prompts import borderline_prompts, builtin_heldout, harmbench_behaviours
 from steer2edit_peft.extraction.extract import extract_steering_vectors
 from steer2edit_peft.extraction.steering import steer
 from steer2edit_peft.probes.datasets import ContrastiveDataset
@@ -82,6 +83,7 @@ class Selectivity:
             "borderline": borderline_prompts(),
             "benign": self.bench.benign,
         }
+        self.borderline_kinds = builtin_heldout("borderline")["kinds"]  # of each borderline prompt, in order
         self.judge = RefusalMatcher()
         config = model.config
         self.heads = config.num_hidden_layers * config.num_attention_heads
@@ -140,9 +142,10 @@ class Selectivity:
         else:
             with context():
                 answers = iter(self.bench.generate(model, prompts, 32))
-        rates = {
-            name: sum(self.judge(p, next(answers)) for p in self.sets[name]) / len(self.sets[name]) for name in SETS
-        }
+        refused = {name: [self.judge(p, next(answers)) for p in self.sets[name]] for name in SETS}
+        rates: dict[str, Any] = {name: sum(refused[name]) / len(refused[name]) for name in SETS}
+        by_kind = Counter(kind for kind, no in zip(self.borderline_kinds, refused["borderline"]) if no)
+        rates["borderline_refused_by_kind"] = {kind: by_kind[kind] for kind in dict.fromkeys(self.borderline_kinds)}
         return rates | {"kl_heldout": self.bench.heldout_meter(model, context or nullcontext)}
 
     def peer(self, name: str, budget: float) -> dict[str, Any]:

@@ -71,10 +71,14 @@ def contrast_keys(probe_input: torch.Tensor, reference_input: torch.Tensor, head
     nothing on the average reference input and grows as the input moves towards the probe's.
     """
     probe, reference = probe_input.view(-1, head_dim), reference_input.view(-1, head_dim)
-    difference = probe - reference
+    return _orthogonal_to(reference, probe - reference)
+
+
+def _orthogonal_to(reference: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Each row of ``vectors`` less its part along the same row of ``reference`` (unchanged where that is zero)."""
     norms = (reference * reference).sum(-1, keepdim=True)
-    along = torch.where(norms > 0, (difference * reference).sum(-1, keepdim=True) / norms.clamp_min(1e-30), 0.0)
-    return difference - along * reference
+    along = torch.where(norms > 0, (vectors * reference).sum(-1, keepdim=True) / norms.clamp_min(1e-30), 0.0)
+    return vectors - along * reference
 
 
 def _head_blocks(moment: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -95,10 +99,7 @@ def _selective(
     costs = answer_moment + SELECTIVE_DECISION_WEIGHT * covariance
     ridge = SELECTIVE_RIDGE * costs.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
     costs = costs + ridge[:, None, None] * torch.eye(costs.shape[-1], dtype=costs.dtype, device=costs.device)
-    keys = torch.linalg.solve(costs, difference.unsqueeze(-1)).squeeze(-1)
-    norms = (reference * reference).sum(-1, keepdim=True)
-    along = torch.where(norms > 0, (keys * reference).sum(-1, keepdim=True) / norms.clamp_min(1e-30), 0.0)
-    keys = keys - along * reference
+    keys = _orthogonal_to(reference, torch.linalg.solve(costs, difference.unsqueeze(-1)).squeeze(-1))
     push = (keys * difference).sum(-1)
     keys = torch.where(push[:, None] < 0, -keys, keys)
     push = push.abs()
@@ -222,13 +223,14 @@ def solve_module(
     norm = steering.norm()
     direction = steering / norm if norm > 0 else steering
     if is_attention:
-        scores, keys = head_scores(weight, mean_input, direction, head_dim)
-        if key_direction == "selective":
+        if key_direction == "selective":  # heads are scored by their key, not by g
             decision_moment, answer_moment = vectors.reference_moments(name)
             reference = vectors.reference_mean(name).to(device)
             inputs = (mean_input, reference, decision_moment.to(device), answer_moment.to(device))
             keys, scores = selective_keys(*inputs, head_dim)
-        elif key_direction == "contrast":
+        else:
+            scores, keys = head_scores(weight, mean_input, direction, head_dim)
+        if key_direction == "contrast":
             # k . x >= 0 at the mean probe input by construction; a head with g < 0 (lambda < 0) takes -k, so
             # lambda (k . x) >= 0 there and every edited head pushes towards v, as the paper's keys do.
             keys = contrast_keys(mean_input, vectors.reference_mean(name).to(device), head_dim)
