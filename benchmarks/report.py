@@ -189,8 +189,26 @@ def selectivity(data: dict[str, Any]) -> str:
         table(header, rows)
         + f"\n\nPrompts: {sizes}. Selectivity: harmful refusal gained minus borderline refusal added. Figurative"
         " refused: how many of the borderline prompts refused are figurative speech, of its 20 (blank: measured"
-        " before the benchmark counted them)."
+        " before the benchmark counted them)." + _borderline_overlap(data["rows"])
     )
+
+
+def _borderline_overlap(rows: list[dict[str, Any]]) -> str:
+    """Which borderline prompts each row refuses that the base and the weakest steering row do not (rows that
+    record them)."""
+    recorded = [row for row in rows if "borderline_refused" in row]
+    steering = min((r for r in recorded if r["method"] == "steering"), key=lambda r: r["budget"], default=None)
+    if not recorded or steering is None:
+        return ""
+    base, steered = set(rows[0].get("borderline_refused", [])), set(steering["borderline_refused"])
+    lines = [
+        f"- {row['method']} {row['budget']:g}: {len(refused)} refused, {len(refused & base)} of them by the base,"
+        f" {len(refused & steered)} by steering at KL {steering['budget']:g}; by neither: {sorted(refused - base - steered)}"
+        for row in recorded[1:]
+        if row is not steering
+        for refused in [set(row["borderline_refused"])]
+    ]
+    return "\n\nBorderline prompts refused (numbers in the report half):\n" + "\n".join(lines)
 
 
 def engines(name: str) -> Any:

@@ -41,7 +41,7 @@ from steer2edit_peft.core.judges import RefusalMatcher
 from steer2edit_peft.core.likelihood import KLMeter
 from steer2edit_peft.core.settings import DEFAULTS, PAPER
 from steer2edit_peft.demo import DemoSettings, demo_probe
-from steer2edit_peft.evaluation.prompts import borderline_prompts, builtin_heldout, harmbench_behaviours
+from steer2edit_peft.evaluation.prompts import builtin_heldout, harmbench_behaviours
 from steer2edit_peft.extraction.extract import extract_steering_vectors
 from steer2edit_peft.extraction.steering import steer
 from steer2edit_peft.probes.datasets import ContrastiveDataset
@@ -78,12 +78,13 @@ class Selectivity:
         self.bench = Bench(batch_size=64)
         model, tokenizer = self.bench.model, self.bench.tokenizer
         csv_path = SHARED / "harmbench" / "harmbench_behaviors_text_all.csv"
+        borderline = builtin_heldout("borderline")  # the report half, with the kind of each prompt
         self.sets = {
             "harmful": harmbench_behaviours(csv_path, "report", kinds=("standard",)),
-            "borderline": borderline_prompts(),
+            "borderline": borderline["prompts"],
             "benign": self.bench.benign,
         }
-        self.borderline_kinds = builtin_heldout("borderline")["kinds"]  # of each borderline prompt, in order
+        self.borderline_kinds = borderline["kinds"]
         self.judge = RefusalMatcher()
         config = model.config
         self.heads = config.num_hidden_layers * config.num_attention_heads
@@ -146,6 +147,7 @@ class Selectivity:
         rates: dict[str, Any] = {name: sum(refused[name]) / len(refused[name]) for name in SETS}
         by_kind = Counter(kind for kind, no in zip(self.borderline_kinds, refused["borderline"]) if no)
         rates["borderline_refused_by_kind"] = {kind: by_kind[kind] for kind in dict.fromkeys(self.borderline_kinds)}
+        rates["borderline_refused"] = [number for number, no in enumerate(refused["borderline"]) if no]
         return rates | {"kl_heldout": self.bench.heldout_meter(model, context or nullcontext)}
 
     def peer(self, name: str, budget: float) -> dict[str, Any]:
