@@ -194,20 +194,23 @@ def selectivity(data: dict[str, Any]) -> str:
 
 
 def _borderline_overlap(rows: list[dict[str, Any]]) -> str:
-    """Which borderline prompts each row refuses that the base and the weakest steering row do not (rows that
-    record them)."""
-    recorded = [row for row in rows if "borderline_refused" in row]
+    """How many of the borderline prompts each row refuses the base and the weakest steering row also refuse, and
+    which neither does (rows that record them)."""
+    recorded = [row for row in rows[1:] if "borderline_refused" in row]
     steering = min((r for r in recorded if r["method"] == "steering"), key=lambda r: r["budget"], default=None)
-    if not recorded or steering is None:
+    if steering is None:
         return ""
     base, steered = set(rows[0].get("borderline_refused", [])), set(steering["borderline_refused"])
-    lines = [
-        f"- {row['method']} {row['budget']:g}: {len(refused)} refused, {len(refused & base)} of them by the base,"
-        f" {len(refused & steered)} by steering at KL {steering['budget']:g}; by neither: {sorted(refused - base - steered)}"
-        for row in recorded[1:]
-        if row is not steering
-        for refused in [set(row["borderline_refused"])]
-    ]
+    lines = []
+    for row in recorded:
+        if row is steering:
+            continue
+        refused = set(row["borderline_refused"])
+        lines.append(
+            f"- {row['method']} {row['budget']:g}: {len(refused)} refused, {len(refused & base)} of them by the base,"
+            f" {len(refused & steered)} by steering at KL {steering['budget']:g};"
+            f" by neither: {sorted(refused - base - steered)}"
+        )
     return "\n\nBorderline prompts refused (numbers in the report half):\n" + "\n".join(lines)
 
 
