@@ -10,12 +10,11 @@ from peft import AutoPeftModelForCausalLM, PeftModel, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import PeftType
 from reference import assert_close_relative, dense_edit, densely_edited_copy
-from tiny_models import ARCHITECTURES, CharTokenizer, sample_input, tiny_config, tiny_model
+from tiny_models import ARCHITECTURES, CharTokenizer, ragged_probe, sample_input, tiny_config, tiny_model
 from transformers import AutoModelForCausalLM
 
 import steer2edit_peft
 from steer2edit_peft import (
-    ContrastiveDataset,
     Steer2EditConfig,
     Steer2EditModel,
     UnknownArchitectureError,
@@ -182,13 +181,6 @@ def test_adapter_parameters_follow_the_adapter_dtype(autocast, dtype):
         for name in ("steer2edit_u", "steer2edit_k", "steer2edit_lambda"):
             parameter = getattr(module, name)["default"]
             assert isinstance(parameter, torch.nn.Parameter) and parameter.dtype == dtype
-
-
-def ragged_probe() -> ContrastiveDataset:
-    records = [
-        {"prompt": "q" * (2 + i), "positive": "yes" * (1 + i % 2), "negative": "no thanks" + "." * i} for i in range(4)
-    ]
-    return ContrastiveDataset.from_records(records)
 
 
 def test_solved_and_loaded_edits_are_frozen_and_train_when_asked(tmp_path):

@@ -64,6 +64,16 @@ CHAT_TEMPLATE = (
 )
 
 
+def ragged_probe():
+    """Four contrastive pairs of uneven lengths, for tests that need some steering vectors, not particular ones."""
+    from steer2edit_peft.probes.datasets import ContrastiveDataset
+
+    records = [
+        {"prompt": "q" * (2 + i), "positive": "yes" * (1 + i % 2), "negative": "no thanks" + "." * i} for i in range(4)
+    ]
+    return ContrastiveDataset.from_records(records)
+
+
 def byte_tokenizer():
     """A real (fast, saveable) byte-level tokenizer with a chat template: 256 byte tokens + 3 specials."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # (logger, a phrase of the message): each is harmless for steer2edit's use of that library.
 _NOISE = (
@@ -30,7 +32,19 @@ def drop_import_noise() -> None:
             logger.addFilter(_DropMatching(phrase))
 
 
+# PEFT probes `model.is_gradient_checkpointing`, which transformers 5 deprecates, on every PeftModel it builds.
+_PEFT_PROBE_DEPRECATION = "`is_gradient_checkpointing` is deprecated"
+
+
 def quiet_warnings() -> None:
     """Warning filters for steer2edit's own programs (the CLI, the demo), never installed by an import."""
-    # PEFT probes `model.is_gradient_checkpointing`, which transformers 5 deprecates, on every PeftModel it builds.
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=_PEFT_PROBE_DEPRECATION, category=FutureWarning)
+
+
+@contextmanager
+def quiet_peft_wrapping() -> Iterator[None]:
+    """Silences PEFT's deprecated probe while the library itself builds or loads a PeftModel; the caller's warning
+    filters are restored on exit, so a user's own PEFT calls still warn as PEFT makes them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PEFT_PROBE_DEPRECATION, category=FutureWarning)
+        yield

@@ -11,6 +11,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from ..core.quiet import quiet_peft_wrapping
 from ..tuner.report import EditReport, read_adapter_config
 
 BEHAVIOUR_DESCRIPTIONS = {
@@ -123,4 +124,5 @@ def load_edit(base_model: Any, repo_id_or_path: str, revision: str | None = None
     """``PeftModel.from_pretrained`` of a Steer2Edit adapter on the Hub (any revision) or on disk."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base_model, repo_id_or_path, revision=revision, adapter_name=adapter_name)
+    with quiet_peft_wrapping():
+        return PeftModel.from_pretrained(base_model, repo_id_or_path, revision=revision, adapter_name=adapter_name)

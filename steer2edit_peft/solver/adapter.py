@@ -10,6 +10,7 @@ from torch import nn
 
 from ..core.architectures import decoder_model
 from ..core.errors import EmptyEditError, Steer2EditError
+from ..core.quiet import quiet_peft_wrapping
 from ..extraction.vectors import SteeringVectors
 from ..tuner import Steer2EditConfig, Steer2EditLayer
 from ..tuner.report import edit_report
@@ -81,11 +82,12 @@ def solved_adapter(
     its report is in ``edit_reports[adapter_name]``."""
     refuse_other_adapter_types(model)
     config, edits = solved_config(model, vectors, config, behaviour)
-    if isinstance(model, PeftModel):
-        model.add_adapter(adapter_name, config)
-        peft_model = model
-    else:
-        peft_model = get_peft_model(model, config, adapter_name=adapter_name)
+    with quiet_peft_wrapping():
+        if isinstance(model, PeftModel):
+            model.add_adapter(adapter_name, config)
+            peft_model = model
+        else:
+            peft_model = get_peft_model(model, config, adapter_name=adapter_name)
     write_factors(peft_model, adapter_name, edits)
     reports = getattr(peft_model, "edit_reports", {})
     reports[adapter_name] = edit_report(peft_model, adapter_name)
