@@ -179,17 +179,20 @@ def selectivity(data: dict[str, Any]) -> str:
             f"{100 * ((row['harmful'] - base['harmful']) - (row['borderline'] - base['borderline'])):+.1f}",
             str(row.get("borderline_refused_by_kind", {}).get("figurative", "")),
             str(row.get("probe_prompts", "")),
+            f"{row['key_threshold']:g}" if "key_threshold" in row else "",
         ]
         for row in data["rows"]
     ]
     sizes = ", ".join(f"{name} {count}" for name, count in data["sets"].items())
     header = ["method", "KL budget", "harmful refused", "borderline refused", "benign refused", "KL (Alpaca)"]
-    header += ["heads / neurons edited", "selectivity (points)", "figurative refused", "probe prompts"]
+    header += ["heads / neurons edited", "selectivity (points)", "figurative refused", "probe prompts", "key threshold"]
     return (
         table(header, rows)
         + f"\n\nPrompts: {sizes}. Selectivity: harmful refusal gained minus borderline refusal added. Figurative"
         " refused: how many of the borderline prompts refused are figurative speech, of its 20 (blank: measured"
-        " before the benchmark counted them)." + _borderline_overlap(data["rows"])
+        " before the benchmark counted them). Key threshold: SELECTIVE_THRESHOLD of a selective edit's keys (blank"
+        " for default, default+public and public-sparse: keys orthogonal to the reference mean, from before it)."
+        + _borderline_overlap(data["rows"])
     )
 
 

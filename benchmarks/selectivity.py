@@ -39,7 +39,7 @@ from peers import rank_one_injection
 
 from steer2edit_peft.core.judges import RefusalMatcher
 from steer2edit_peft.core.likelihood import KLMeter
-from steer2edit_peft.core.settings import DEFAULTS, PAPER
+from steer2edit_peft.core.settings import DEFAULTS, PAPER, SELECTIVE_THRESHOLD
 from steer2edit_peft.demo import DemoSettings, demo_probe
 from steer2edit_peft.evaluation.prompts import builtin_heldout, harmbench_behaviours
 from steer2edit_peft.extraction.extract import extract_steering_vectors
@@ -176,6 +176,8 @@ class Selectivity:
         )
         calibration, report = edited.calibrations["default"], edited.edit_reports["default"]
         row = {
+            # the selective keys' threshold (rows without it: keys orthogonal to the reference mean, before it)
+            **({"key_threshold": SELECTIVE_THRESHOLD} if threshold_of(name) is not None else {}),
             "scale": calibration.scale,
             "kl_calibration": calibration.kl,
             "heads": report.edited_heads / self.heads,  # shares of the whole model's heads and neurons
@@ -194,6 +196,17 @@ EDITS: dict[str, tuple[Any, Any]] = {
     "public-sparse": (PUBLIC, replace(DEFAULTS, max_head_share=0.05)),
 }
 METHODS = ("steering", "rank-one", *EDITS)
+
+
+def threshold_of(method: str) -> float | None:
+    """The key threshold a method's rows are run with today (None: its keys have none)."""
+    selective = method in EDITS and EDITS[method][1].key_direction == "selective"
+    return SELECTIVE_THRESHOLD if selective else None
+
+
+def variant(row: dict[str, Any]) -> tuple[str, float, float | None]:
+    """What a rerun replaces: the row of the same method, budget and key threshold."""
+    return row["method"], row["budget"], row.get("key_threshold")
 
 
 def main() -> None:
@@ -215,8 +228,8 @@ def main() -> None:
     print(rows[0], flush=True)
     if args.append and (RESULTS / "selectivity.json").is_file():
         saved = json.loads((RESULTS / "selectivity.json").read_text())["rows"]
-        rerun = {(method, budget) for method in args.methods for budget in args.budgets}
-        rows += [row for row in saved if row["method"] in METHODS and (row["method"], row["budget"]) not in rerun]
+        rerun = {(method, budget, threshold_of(method)) for method in args.methods for budget in args.budgets}
+        rows += [row for row in saved if row["method"] in METHODS and variant(row) not in rerun]
     for method in args.methods:
         for budget in args.budgets:
             start = time.perf_counter()
@@ -228,7 +241,9 @@ def main() -> None:
             seconds = round(time.perf_counter() - start)
             row = {"method": method, "budget": budget, "seconds": seconds, "probe_prompts": run.probe_prompts} | row
             print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-            rows[1:] = sorted([*rows[1:], row], key=lambda r: (METHODS.index(r["method"]), r["budget"]))
+            rows[1:] = sorted(
+                [*rows[1:], row], key=lambda r: (METHODS.index(r["method"]), r.get("key_threshold", -1), r["budget"])
+            )
             save_results(
                 "selectivity",
                 {
@@ -246,13 +261,16 @@ def plot(rows: list[dict[str, Any]]) -> None:
     plt = pyplot()
     base = rows[0]
     figure, axis = plt.subplots(figsize=(6.4, 4.4))
-    for method in METHODS:
-        points = sorted((r for r in rows if r["method"] == method), key=lambda r: r["budget"])
-        if not points:
-            continue
+    for method, threshold in dict.fromkeys((r["method"], r.get("key_threshold")) for r in rows[1:]):
+        points = [r for r in rows[1:] if (r["method"], r.get("key_threshold")) == (method, threshold)]
+        points.sort(key=lambda r: r["budget"])
         x = [100 * (r["borderline"] - base["borderline"]) for r in points]
         y = [100 * (r["harmful"] - base["harmful"]) for r in points]
-        axis.plot(x, y, marker="o", label=method)
+        label, style = method, "-"
+        if threshold_of(method) is not None:  # selective rows from before the keys' threshold are drawn dotted
+            label = f"{method}, threshold {threshold:g}" if threshold is not None else f"{method}, before threshold"
+            style = "-" if threshold is not None else ":"
+        axis.plot(x, y, marker="o", label=label, ls=style)
         for r, xi, yi in zip(points, x, y):
             axis.annotate(f"{r['budget']:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
     axis.axvline(5, color="grey", lw=0.8, ls="--")

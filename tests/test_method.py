@@ -272,7 +272,7 @@ def test_each_edit_moves_its_component_output_along_v(seed):
     # component (lambda > 0 or lambda < 0) adds a positive multiple of v_hat. Checked by hand, one component
     # at a time, with the edit's dense weight change applied to the mean input. Selective keys are one key over
     # the module's edited heads together, so there the module's whole change is checked.
-    from steer2edit_peft.core.settings import KEY_DIRECTIONS
+    from steer2edit_peft.core.settings import KEY_DIRECTIONS, SELECTIVE_THRESHOLD
     from steer2edit_peft.solver.scores import solve_module
 
     torch.manual_seed(seed)
@@ -310,14 +310,20 @@ def test_each_edit_moves_its_component_output_along_v(seed):
             change = delta @ x
             assert change @ v_hat > 0, key_direction
             torch.testing.assert_close(change / change.norm(), v_hat)
-            if key_direction in ("contrast", "selective"):
+            if key_direction == "contrast":
                 # These keys stay silent on the mean reference input, whatever the head's sign.
                 assert float((delta @ reference).norm()) < 1e-4 * float(reference.norm()) * float(delta.norm())
+            if key_direction == "selective":
+                # These push away from v on the mean reference input, by SELECTIVE_THRESHOLD times their push.
+                away, push = delta @ reference, delta @ (x - reference)
+                assert push @ v_hat > 0
+                torch.testing.assert_close(away, -SELECTIVE_THRESHOLD * push, rtol=1e-3, atol=1e-4 * float(push.norm()))
 
 
-def slow_selective_key(probe, reference, answers, weight, ridge):
-    """One head, float64 numpy, from the samples themselves: S = A + weight C + ridge * mean eigenvalue * I,
-    k = S^-1 (mean probe - mean reference), orthogonal to the mean reference, signed towards the probe."""
+def slow_selective_key(probe, reference, answers, weight, ridge, threshold):
+    """One head, float64 numpy, from the samples themselves: S = A + weight C + ridge * mean eigenvalue * I; the key
+    of least cost k^T S k with push k . d = 1 (d = mean probe - mean reference) and k . r = -threshold on the mean
+    reference r, from the Lagrange conditions of that problem solved as one linear system."""
     import numpy as np
 
     probe, reference, answers = (np.asarray(t, dtype=np.float64) for t in (probe, reference, answers))
@@ -325,9 +331,12 @@ def slow_selective_key(probe, reference, answers, weight, ridge):
     d = probe.mean(0) - r
     cost = answers.T @ answers / len(answers) + weight * np.cov(reference.T, bias=True)
     cost = cost + ridge * np.trace(cost) / len(d) * np.eye(len(d))
-    key = np.linalg.solve(cost, d)
-    key = key - (key @ r) / (r @ r) * r
-    key = -key if key @ d < 0 else key
+    n = len(d)
+    system = np.zeros((n + 2, n + 2))  # [2S, -d, -r; d^T, 0, 0; r^T, 0, 0] [k; a; b] = [0; 1; -threshold]
+    system[:n, :n] = 2 * cost
+    system[:n, n], system[:n, n + 1] = -d, -r
+    system[n, :n], system[n + 1, :n] = d, r
+    key = np.linalg.solve(system, np.concatenate([np.zeros(n), [1.0, -threshold]]))[:n]
     return key, (key @ d) / np.sqrt((key @ d) ** 2 + key @ cost @ key), cost, d
 
 
@@ -342,7 +351,7 @@ def random_samples(generator, width, mixing):
 @settings(max_examples=10, deadline=None)
 @given(st.integers(0, 10_000))
 def test_selective_keys_match_a_slow_computation_from_samples(seed):
-    from steer2edit_peft.core.settings import SELECTIVE_DECISION_WEIGHT, SELECTIVE_RIDGE
+    from steer2edit_peft.core.settings import SELECTIVE_DECISION_WEIGHT, SELECTIVE_RIDGE, SELECTIVE_THRESHOLD
     from steer2edit_peft.solver.scores import selective_keys
 
     generator = torch.Generator().manual_seed(seed)
@@ -359,14 +368,22 @@ def test_selective_keys_match_a_slow_computation_from_samples(seed):
     for h in range(heads):
         block = slice(h * head_dim, (h + 1) * head_dim)
         key, score, cost, d = slow_selective_key(
-            probe[:, block], reference[:, block], answers[:, block], SELECTIVE_DECISION_WEIGHT, SELECTIVE_RIDGE
+            probe[:, block],
+            reference[:, block],
+            answers[:, block],
+            SELECTIVE_DECISION_WEIGHT,
+            SELECTIVE_RIDGE,
+            SELECTIVE_THRESHOLD,
         )
-        assert_close_relative(keys[h], torch.tensor(key), 1e-4)
+        # The same direction (the keys are unnormalized: scale is the calibration's business).
+        assert_close_relative(keys[h] / (keys[h].double() @ torch.tensor(d)), torch.tensor(key), 1e-4)
         assert abs(float(scores[h]) - score) < 1e-5
-        # Before it is made orthogonal, S^-1 d beats any other direction on (k . d)^2 / k^T S k.
-        cost, d = torch.tensor(cost), torch.tensor(d)
-        best = torch.linalg.solve(cost, d)
+        # It beats any other key under the same constraint on (k . d)^2 / k^T S k.
+        cost, d, r = torch.tensor(cost), torch.tensor(d), reference[:, block].double().mean(0)
+        best = torch.tensor(key)
         others = torch.randn(200, head_dim, generator=generator, dtype=torch.float64)
+        off = (others @ r + SELECTIVE_THRESHOLD * others @ d) / (r @ r + SELECTIVE_THRESHOLD * r @ d)
+        others = others - torch.outer(off, r)  # moved along r onto the constraint
         ratios = (others @ d) ** 2 / torch.einsum("ki,ij,kj->k", others, cost, others)
         assert float((best @ d) ** 2 / (best @ cost @ best)) >= float(ratios.max()) * (1 - 1e-9)
     # Scaling every input scales the keys' inverse but leaves the scores as they are.
@@ -383,7 +400,7 @@ def test_the_joint_selective_key_matches_a_slow_computation_over_the_chosen_head
     # blocks, is the joint key; lambda_j = c |K_j| with c keeping the module's push at the probe's mean input.
     import numpy as np
 
-    from steer2edit_peft.core.settings import SELECTIVE_DECISION_WEIGHT, SELECTIVE_RIDGE
+    from steer2edit_peft.core.settings import SELECTIVE_DECISION_WEIGHT, SELECTIVE_RIDGE, SELECTIVE_THRESHOLD
     from steer2edit_peft.solver.scores import joint_selective_key, selective_keys
 
     generator = torch.Generator().manual_seed(seed)
@@ -401,7 +418,12 @@ def test_the_joint_selective_key_matches_a_slow_computation_over_the_chosen_head
     )
     columns = [h * head_dim + i for h in chosen.tolist() for i in range(head_dim)]
     key, *_ = slow_selective_key(
-        probe[:, columns], reference[:, columns], answers[:, columns], SELECTIVE_DECISION_WEIGHT, SELECTIVE_RIDGE
+        probe[:, columns],
+        reference[:, columns],
+        answers[:, columns],
+        SELECTIVE_DECISION_WEIGHT,
+        SELECTIVE_RIDGE,
+        SELECTIVE_THRESHOLD,
     )
     d = (probe.mean(0) - reference.mean(0))[columns].double().numpy()
     push = sum(

@@ -15,6 +15,11 @@ KEY_DIRECTIONS = ("weight", "contrast", "selective")
 # as a share of the mean eigenvalue; both chosen on HarmBench tune / borderline tune data (BENCHMARKS.md).
 SELECTIVE_DECISION_WEIGHT = 3.0
 SELECTIVE_RIDGE = 0.1
+# Selective keys fire at -SELECTIVE_THRESHOLD times their push (k . (x_probe - x_reference)) on the mean reference
+# input: a prompt must move that share of the way from the reference towards the probe before the edit pushes it
+# towards the behaviour, and prompts like the reference are pushed away from it. A rank-one edit has no bias, so
+# the key carries this threshold. Chosen on the HarmBench tune half (BENCHMARKS.md, "A threshold in the key").
+SELECTIVE_THRESHOLD = 0.2
 # Behaviours that change every answer (a style, a stance), not the answers to one kind of prompt: there are no
 # prompts to tell from the reference's, so their heads take contrast keys. Selective keys fire on what sets the
 # probe's questions apart and broke plain facts in a concise edit ("The capital of France is 21").
@@ -35,6 +40,9 @@ class EditSettings:
       reference prompts at the decision token per unit of firing on the reference, at its prompts and along its
       answers; heads are scored (and so chosen) by how well their key does that, not by g, and the heads chosen in
       one module then share one key solved over their inputs together (``solver.scores.joint_selective_key``).
+      The key fires at -SELECTIVE_THRESHOLD times its push on the mean reference input, so the edit pushes prompts
+      like the reference away from the behaviour and starts pushing towards it only past that share of the way to
+      the probe's.
       ``"contrast"``, the earlier default, is the plain probe-minus-reference mean input, orthogonal to the
       reference mean; it is the default of behaviours that change every answer (``defaults_for``: concise,
       truthful).

@@ -12,7 +12,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..core.architectures import decoder_model, model_signature
 from ..core.errors import Steer2EditError
-from ..core.settings import SELECTIVE_DECISION_WEIGHT, SELECTIVE_RIDGE
+from ..core.settings import SELECTIVE_DECISION_WEIGHT, SELECTIVE_RIDGE, SELECTIVE_THRESHOLD
 from ..extraction.extract import edited_modules
 from ..extraction.vectors import SteeringVectors
 from ..tuner import Steer2EditConfig
@@ -90,16 +90,27 @@ def _head_blocks(moment: torch.Tensor, head_dim: int) -> torch.Tensor:
 def _selective(
     difference: torch.Tensor, reference: torch.Tensor, decision_moment: torch.Tensor, answer_moment: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each row b: k_b = S_b^-1 d_b, orthogonal to r_b and signed so k_b . d_b >= 0, and its score (float64).
+    """For each row b: k_b = S_b^-1 (d_b + mu_b r_b), signed so k_b . d_b >= 0, and its score (float64).
 
     S_b = A_b + w (D_b - r_b r_b^T) + ridge, the ridge SELECTIVE_RIDGE times its mean eigenvalue; shapes [b, n] and
-    [b, n, n]. The score (k . d) / sqrt((k . d)^2 + k^T S k) lies in [0, 1); NaN where the inputs are all zero.
+    [b, n, n]. mu_b sets k_b . r_b = -t (k_b . d_b), t = SELECTIVE_THRESHOLD; so k_b is, up to scale, the key of
+    least cost k^T S_b k for its push k . d_b under that constraint. The score (k . d) / sqrt((k . d)^2 + k^T S k)
+    lies in [0, 1); NaN where the inputs are all zero.
     """
     covariance = decision_moment - torch.einsum("bi,bj->bij", reference, reference)
     costs = answer_moment + SELECTIVE_DECISION_WEIGHT * covariance
     ridge = SELECTIVE_RIDGE * costs.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
     costs = costs + ridge[:, None, None] * torch.eye(costs.shape[-1], dtype=costs.dtype, device=costs.device)
-    keys = _orthogonal_to(reference, torch.linalg.solve(costs, difference.unsqueeze(-1)).squeeze(-1))
+    solved = torch.linalg.solve(costs, torch.stack([difference, reference], -1))
+    along_difference, along_reference = solved[..., 0], solved[..., 1]
+    rd = (reference * along_difference).sum(-1)  # r^T S^-1 d = d^T S^-1 r
+    dd = (difference * along_difference).sum(-1)
+    rr = (reference * along_reference).sum(-1)
+    # (k . r) + t (k . d) = 0 for k = S^-1 (d + mu r); no constraint where r is zero (rr = 0)
+    denominator = rr + SELECTIVE_THRESHOLD * rd
+    defined = denominator != 0
+    mu = torch.where(defined, -(rd + SELECTIVE_THRESHOLD * dd) / denominator.where(defined, 1.0), 0.0)
+    keys = along_difference + mu[:, None] * along_reference
     push = (keys * difference).sum(-1)
     keys = torch.where(push[:, None] < 0, -keys, keys)
     push = push.abs()
@@ -121,9 +132,10 @@ def selective_keys(
     With d_j = x_j - r_j (probe minus reference mean input at the decision token), C_j the reference's covariance
     there and A_j the reference's second moment along its answers (the head's blocks of the module's [in, in]
     moments): S_j = A_j + w C_j, made positive definite by a ridge of SELECTIVE_RIDGE times its mean eigenvalue;
-    k_j = S_j^-1 d_j, made orthogonal to r_j and signed so that k_j . d_j >= 0. k_j maximises (k . d)^2 / k^T S k:
-    the push on probe prompts per unit of firing on reference prompts (w = SELECTIVE_DECISION_WEIGHT, over-refusal)
-    and along reference answers (KL). The score (k . d) / sqrt((k . d)^2 + k^T S k) lies in [0, 1) and grows with
+    k_j maximises (k . d)^2 / k^T S k, the push on probe prompts per unit of firing on reference prompts
+    (w = SELECTIVE_DECISION_WEIGHT, over-refusal) and along reference answers (KL), among keys that fire at
+    -SELECTIVE_THRESHOLD times their push on the mean reference input r_j: k_j = S_j^-1 (d_j + mu_j r_j), signed so
+    that k_j . d_j >= 0. The score (k . d) / sqrt((k . d)^2 + k^T S k) lies in [0, 1) and grows with
     that ratio. Returns keys [heads, head_dim] (unnormalized) and scores [heads]; a head whose inputs are all zero
     gets a zero key and a NaN score.
     """

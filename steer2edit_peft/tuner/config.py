@@ -100,8 +100,8 @@ class Steer2EditConfig(PeftConfig):
             "that writes most along v. 'contrast': the head's mean input on the probe minus its mean input on "
             "reference (benign) data, made orthogonal to the latter, so the edit is silent on average benign input. "
             "'selective': the input direction that best tells probe prompts from reference prompts per unit of "
-            "firing on the reference's prompts and answers (solver.scores.selective_keys); heads are then chosen "
-            "by how selective their key is."
+            "firing on the reference's prompts and answers, firing below zero on the mean reference input "
+            "(solver.scores.selective_keys); heads are then chosen by how selective their key is."
         },
     )
     positions: str | None = field(
