@@ -209,12 +209,33 @@ def _borderline_overlap(rows: list[dict[str, Any]]) -> str:
         if row is steering:
             continue
         refused = set(row["borderline_refused"])
+        threshold = f", key threshold {row['key_threshold']:g}" if "key_threshold" in row else ""
         lines.append(
-            f"- {row['method']} {row['budget']:g}: {len(refused)} refused, {len(refused & base)} of them by the base,"
+            f"- {row['method']} {row['budget']:g}{threshold}: {len(refused)} refused, {len(refused & base)} of them by the base,"
             f" {len(refused & steered)} by steering at KL {steering['budget']:g};"
             f" by neither: {sorted(refused - base - steered)}"
         )
     return "\n\nBorderline prompts refused (numbers in the report half):\n" + "\n".join(lines)
+
+
+def key_threshold(data: dict[str, Any]) -> str:
+    """The tuning-data check that chose SELECTIVE_THRESHOLD (key_threshold.py), the base model's row first."""
+    base = data["base"]
+    rows = [["base", "", *(f"{100 * base[name]:.1f}%" for name in ("harmful", "borderline", "benign"))]]
+    rows += [
+        [
+            f"{row['key_threshold']:g}",
+            f"{row['scale']:.1f}",
+            *(
+                f"{100 * row[name]:.1f}% ({100 * (row[name] - base[name]):+.1f})"
+                for name in ("harmful", "borderline", "benign")
+            ),
+        ]
+        for row in data["rows"]
+    ]
+    sizes = ", ".join(f"{name} {count}" for name, count in data["sets"].items())
+    header = ["key threshold t", "scale", "AdvBench refused", "borderline (tuning half) refused", "Alpaca refused"]
+    return table(header, rows) + f"\n\nPrompts: {sizes}; KL budget {data['budget']:g}. Chosen: t = {data['chosen']:g}."
 
 
 def engines(name: str) -> Any:
@@ -240,6 +261,7 @@ def main() -> None:
         ("tradeoff", tradeoff),
         ("frontier", frontier),
         ("selectivity", selectivity),
+        ("key_threshold", key_threshold),
         ("engines_llama_cpp", engines("llama.cpp")),
         ("engines_vllm", engines("vLLM CPU build")),
     ]:

@@ -74,6 +74,8 @@ def public_benign_files() -> list[str]:
 
 
 class Selectivity:
+    heldout_kl = True  # KL on the Alpaca report prompts; off where the sets are tuning data (key_threshold.py)
+
     def __init__(self) -> None:
         self.bench = Bench(batch_size=64)
         model, tokenizer = self.bench.model, self.bench.tokenizer
@@ -148,6 +150,8 @@ class Selectivity:
         by_kind = Counter(kind for kind, no in zip(self.borderline_kinds, refused["borderline"]) if no)
         rates["borderline_refused_by_kind"] = {kind: by_kind[kind] for kind in dict.fromkeys(self.borderline_kinds)}
         rates["borderline_refused"] = [number for number, no in enumerate(refused["borderline"]) if no]
+        if not self.heldout_kl:
+            return rates
         return rates | {"kl_heldout": self.bench.heldout_meter(model, context or nullcontext)}
 
     def peer(self, name: str, budget: float) -> dict[str, Any]:
@@ -260,7 +264,7 @@ def plot(rows: list[dict[str, Any]]) -> None:
 
     plt = pyplot()
     base = rows[0]
-    figure, axis = plt.subplots(figsize=(6.4, 4.4))
+    figure, axis = plt.subplots(figsize=(8.6, 4.6))
     for method, threshold in dict.fromkeys((r["method"], r.get("key_threshold")) for r in rows[1:]):
         points = [r for r in rows[1:] if (r["method"], r.get("key_threshold")) == (method, threshold)]
         points.sort(key=lambda r: r["budget"])
@@ -277,7 +281,8 @@ def plot(rows: list[dict[str, Any]]) -> None:
     axis.set_xlabel("borderline refusal added (points, report half)")
     axis.set_ylabel("HarmBench refusal added (points, report half)")
     axis.set_title("Refusal gained vs over-refusal added, per KL budget (labels)")
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the points fill the axes
+    figure.tight_layout()
     print(f"wrote {save_figure(figure, RESULTS / 'selectivity.png')}")
 
 
