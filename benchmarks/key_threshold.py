@@ -21,7 +21,7 @@ from common import advbench_goals, alpaca_instructions, save_results
 import steer2edit_peft.solver.scores as scores
 from steer2edit_peft.probes.datasets import builtin_prompts
 
-SHOWN = ("harmful", "borderline", "benign", "scale", "kl_calibration", "heads")
+SHOWN = ("key_threshold", "harmful", "borderline", "benign", "scale", "kl_calibration", "heads")
 
 
 class TuningSets(selectivity.Selectivity):
@@ -57,9 +57,7 @@ def main() -> None:
         scores.SELECTIVE_THRESHOLD = threshold  # the solver reads it at each solve
         start = time.perf_counter()
         row = run.edit("default+public", args.budget)
-        row = {"key_threshold": threshold, "seconds": round(time.perf_counter() - start)} | {
-            name: row[name] for name in SHOWN
-        }
+        row = {"seconds": round(time.perf_counter() - start)} | {name: row[name] for name in SHOWN}
         print(row, flush=True)
         rows.append(row)
     pick = chosen(base, rows, len(run.sets["borderline"]))

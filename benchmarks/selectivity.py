@@ -39,13 +39,14 @@ from peers import rank_one_injection
 
 from steer2edit_peft.core.judges import RefusalMatcher
 from steer2edit_peft.core.likelihood import KLMeter
-from steer2edit_peft.core.settings import DEFAULTS, PAPER, SELECTIVE_THRESHOLD
+from steer2edit_peft.core.settings import DEFAULTS, PAPER
 from steer2edit_peft.demo import DemoSettings, demo_probe
 from steer2edit_peft.evaluation.prompts import builtin_heldout, harmbench_behaviours
 from steer2edit_peft.extraction.extract import extract_steering_vectors
 from steer2edit_peft.extraction.steering import steer
 from steer2edit_peft.probes.datasets import ContrastiveDataset
 from steer2edit_peft.probes.generate import generate_probe, reference_data
+from steer2edit_peft.solver import scores
 from steer2edit_peft.solver.calibrate import BudgetError, largest_within
 from steer2edit_peft.solver.edit import edit_model
 
@@ -179,9 +180,9 @@ class Selectivity:
             kl_meter=self.meter(sets),
         )
         calibration, report = edited.calibrations["default"], edited.edit_reports["default"]
+        threshold = threshold_of(name)  # rows without one: keys orthogonal to the reference mean, from before it
         row = {
-            # the selective keys' threshold (rows without it: keys orthogonal to the reference mean, before it)
-            **({"key_threshold": SELECTIVE_THRESHOLD} if threshold_of(name) is not None else {}),
+            **({"key_threshold": threshold} if threshold is not None else {}),
             "scale": calibration.scale,
             "kl_calibration": calibration.kl,
             "heads": report.edited_heads / self.heads,  # shares of the whole model's heads and neurons
@@ -203,9 +204,10 @@ METHODS = ("steering", "rank-one", *EDITS)
 
 
 def threshold_of(method: str) -> float | None:
-    """The key threshold a method's rows are run with today (None: its keys have none)."""
+    """The key threshold a method's rows are run with (None: its keys have none): the solver's, read when called,
+    so a run that varies it (key_threshold.py) records the value it solved with."""
     selective = method in EDITS and EDITS[method][1].key_direction == "selective"
-    return SELECTIVE_THRESHOLD if selective else None
+    return scores.SELECTIVE_THRESHOLD if selective else None
 
 
 def variant(row: dict[str, Any]) -> tuple[str, float, float | None]:
