@@ -3,10 +3,11 @@ output projection, against the base model, side by side in one run.
 
 python benchmarks/large_edit.py [--repeats 9] [--batch 8] [--tokens 128]
 
-SmolLM2-135M-Instruct in bfloat16 on the CPU, prefill (one forward of batch x tokens), no KV cache. Besides the
-edit as this package applies it (factors in the input's dtype, one fused in-place addmm per module), the run
-times the float32 path the package used before (activations converted to float32 and back) and a rank-1 LoRA on
-the same modules, so the ratios show what each choice costs.
+SmolLM2-135M-Instruct in bfloat16 on the CPU, no KV cache: one prefill (batch x tokens) and one step of batch x 1
+token, the shape of a decoding step, where per-call work weighs most. Besides the edit as this package applies it
+(factors built from the adapter's tensors at every call, an out-of-place addmm), the run times the forward the
+package used before issue #36 (factors cached per dtype and keyed on version counters, the base output updated in
+place) and a rank-1 LoRA on the same modules, so the ratios show what each choice costs.
 """
 
 from __future__ import annotations
@@ -22,12 +23,19 @@ from steer2edit_peft.core.models import load_model
 from steer2edit_peft.tuner import Steer2EditLayer
 
 
-def float32_forward(layer: Steer2EditLayer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    """The earlier unmerged path: the edit computed in the adapter's float32, then cast and added."""
+def cached_in_place_forward(layer: Steer2EditLayer, cache: dict, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """The forward before #36: thin factors cached until a version counter moved, the output updated in place."""
     result = layer.base_layer(x, *args, **kwargs)
     for name in layer.active_adapters:
-        key, scaled_u = layer._forward_factors(name, torch.float32)
-        result = result + ((x.float() @ key) @ scaled_u).to(result.dtype)
+        tensors = [getattr(layer, t)[name] for t in ("steer2edit_u", "steer2edit_k", "steer2edit_lambda")]
+        stamp = (*(t._version for t in tensors), layer.strength[name], x.dtype)
+        if cache.get(name, (None,))[0] != stamp:
+            key = layer.key_matrix(name).T.to(x.dtype).contiguous()
+            cache[name] = (stamp, key, (layer.strength[name] * tensors[0]).to(x.dtype).contiguous())
+        _, key, scaled_u = cache[name]
+        rows = x.reshape(-1, x.shape[-1])
+        scores = torch.mv(rows, key[:, 0]).unsqueeze(1) if key.shape[1] == 1 else rows @ key
+        result.view(-1, result.shape[-1]).addmm_(scores, scaled_u)
     return result
 
 
@@ -47,56 +55,54 @@ def main() -> None:
 
     base = fresh()
     edited = random_edit(fresh())
-    old_path = random_edit(fresh())
-    for module in old_path.modules():
+    before = random_edit(fresh())
+    for module in before.modules():
         if isinstance(module, Steer2EditLayer):
-            module.forward = (lambda m: lambda x, *a, **k: float32_forward(m, x, *a, **k))(module)
+            module.forward = (lambda m, c: lambda x, *a, **k: cached_in_place_forward(m, c, x, *a, **k))(module, {})
     lora = get_peft_model(fresh(), LoraConfig(r=1, target_modules=["o_proj", "down_proj"], init_lora_weights=False))
     layers = [m for m in edited.modules() if isinstance(m, Steer2EditLayer)]
     heads = sum(m.steer2edit_indices["default"].numel() for m in layers if m.component_size["default"] > 1)
     neurons = sum(m.steer2edit_indices["default"].numel() for m in layers if m.component_size["default"] == 1)
-    ids = torch.randint(100, 40000, (args.batch, args.tokens))
-    mask = torch.ones_like(ids)
     models = {
         "base": base,
         "Steer2Edit unmerged": edited,
-        "Steer2Edit unmerged, float32 path": old_path,
+        "Steer2Edit unmerged, before #36 (cached, in place)": before,
         "LoRA r=1 unmerged": lora,
     }
+    shapes = {"prefill": (args.batch, args.tokens), "step": (args.batch, 1)}
+    seconds = {}
     with torch.no_grad():
-        # Rounding: each bfloat16 path against the same edit in float32, beside the bfloat16 base's own error.
-        sample = ids[:2, :32]
-        exact = random_edit(load_model(dtype=torch.float32)[0])
-        errors = {
-            "Steer2Edit unmerged": (edited, exact),
-            "Steer2Edit unmerged, float32 path": (old_path, exact),
-            "base": (base, load_model(dtype=torch.float32)[0]),
-        }
-        rounding = {
-            name: float((model(input_ids=sample).logits.float() - reference(input_ids=sample).logits).abs().max())
-            for name, (model, reference) in errors.items()
-        }
-        del exact
-        seconds = interleaved(
-            {
-                name: (lambda m=model: m(input_ids=ids, attention_mask=mask, use_cache=False))
-                for name, model in models.items()
-            },
-            repeats=args.repeats,
-        )
+        sample = torch.randint(100, 40000, (2, 32))
+        exact = random_edit(load_model(dtype=torch.float32)[0])(input_ids=sample).logits
+        same = torch.equal(edited(input_ids=sample).logits, before(input_ids=sample).logits)
+        rounding = float((edited(input_ids=sample).logits.float() - exact).abs().max())
+        for shape_name, shape in shapes.items():
+            ids = torch.randint(100, 40000, shape)
+            mask = torch.ones_like(ids)
+            repeats = args.repeats if shape_name == "prefill" else args.repeats * 20
+            seconds[shape_name] = interleaved(
+                {
+                    name: (lambda m=model, i=ids, a=mask: m(input_ids=i, attention_mask=a, use_cache=False))
+                    for name, model in models.items()
+                },
+                repeats=repeats,
+            )
     results = {
-        "shape": [args.batch, args.tokens],
+        "shapes": {name: list(shape) for name, shape in shapes.items()},
         "wrapped_modules": len(layers),
         "edited_heads": heads,
         "edited_neurons": neurons,
         "seconds": seconds,
-        "overhead_vs_base": {name: value / seconds["base"] - 1 for name, value in seconds.items()},
-        "max_abs_logit_error_vs_float32_model": rounding,
+        "overhead_vs_base": {s: {n: v / t["base"] - 1 for n, v in t.items()} for s, t in seconds.items()},
+        "same_logits_before_and_after": same,
+        "max_abs_logit_error_vs_float32": rounding,
     }
-    print(f"{len(layers)} modules, {heads} heads and {neurons} neurons edited; prefill {args.batch} x {args.tokens}")
-    for name, value in seconds.items():
-        print(f"  {name:<34} {value * 1000:8.1f} ms  {100 * (value / seconds['base'] - 1):+6.1f}% vs base")
-    print("  max |logit error| vs the same model in float32: " + ", ".join(f"{k} {v:.3g}" for k, v in rounding.items()))
+    print(f"{len(layers)} modules, {heads} heads and {neurons} neurons edited")
+    for shape_name, timings in seconds.items():
+        print(f"{shape_name} {shapes[shape_name][0]} x {shapes[shape_name][1]}:")
+        for name, value in timings.items():
+            print(f"  {name:<52} {value * 1000:8.2f} ms  {100 * (value / timings['base'] - 1):+6.1f}% vs base")
+    print(f"bit-identical logits before and after #36: {same}; max |logit error| vs float32 {rounding:.3g}")
     save_results("large_edit", results)
 
 

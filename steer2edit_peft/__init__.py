@@ -8,7 +8,6 @@ from .tuner.registration import register as _register  # noqa: E402
 
 _register()
 
-from . import _moved  # noqa: E402
 from .core.errors import AdapterValidationError, DataError, Steer2EditError, UnknownArchitectureError  # noqa: E402
 from .core.settings import DEFAULTS, PAPER, EditSettings, defaults_for  # noqa: E402
 from .extraction import SteeringVectors, extract_steering_vectors, steer  # noqa: E402
@@ -17,8 +16,6 @@ from .solver import edit_model, elastic_net_magnitude, solve_edit  # noqa: E402
 from .tuner import FORMAT_VERSION, Steer2EditConfig, Steer2EditModel  # noqa: E402
 from .tuner.report import EditReport, edit_report  # noqa: E402
 from .version import __version__  # noqa: E402
-
-_moved.install()
 
 __all__ = [
     "DEFAULTS",

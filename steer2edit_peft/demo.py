@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .core.architectures import num_layers
-from .core.files import atomic_folder
+from .core.files import staged
 from .core.generation import generate_responses
 from .core.likelihood import KLMeter
 from .core.models import EMBEDDED_MODEL, dtype_name, load_model, resolve_dtype
@@ -108,8 +108,9 @@ def match_steering_strength(
 
 
 def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> DemoOutcome:
-    """Run the demo; its files go to a staging folder that replaces ``settings.output`` whole at the end, so an
-    interrupted or failed run leaves an earlier output folder as it was (its sampled probe data is reused)."""
+    """Run the demo; its files go to a staging folder of its own inside ``settings.output`` and are moved into place
+    at the end (core/files.py), so an interrupted or failed run leaves an earlier run's files as they were (its
+    sampled probe data is reused) and other files of the folder are never touched."""
     if settings.behaviour not in DEMO_BEHAVIOURS:
         raise ValueError(f"the demo shows {DEMO_BEHAVIOURS}, not {settings.behaviour!r}")
     from .core.quiet import quiet_warnings
@@ -117,7 +118,7 @@ def run_demo(settings: DemoSettings, log: Callable[[str], None] = print) -> Demo
     quiet_warnings()
     final = Path(settings.output).absolute()
     previous = final if final.is_dir() else None
-    with atomic_folder(final) as staging:
+    with staged(final) as staging:
         run = _DemoRun(settings, staging, previous, log)
         outcome = run.outcome()
     return replace(
@@ -293,17 +294,15 @@ class _DemoRun:
         )
 
     def figures(self, results: list[EvaluationResult]) -> list[Path]:
-        with atomic_folder(self.output / "figures") as figures:
-            if self.settings.plots:
-                from .core.figures import save_figure
-                from .evaluation.plots import plot_metrics
-                from .tuner.heatmap import plot_edit_heatmap
+        figures = self.output / "figures"
+        if self.settings.plots:
+            from .core.figures import save_figure
+            from .evaluation.plots import plot_metrics
+            from .tuner.heatmap import plot_edit_heatmap
 
-                save_figure(
-                    plot_edit_heatmap(self.report, f"{self.settings.behaviour} edit"), figures / "edit_heatmap.png"
-                )
-                labels = {c: c.replace("_", " ") for c in self.columns()[:3]}
-                save_figure(plot_metrics(results, labels), figures / "metrics.png")
+            save_figure(plot_edit_heatmap(self.report, f"{self.settings.behaviour} edit"), figures / "edit_heatmap.png")
+            labels = {c: c.replace("_", " ") for c in self.columns()[:3]}
+            save_figure(plot_metrics(results, labels), figures / "metrics.png")
         names = ("edit_heatmap.png", "metrics.png") if self.settings.plots else ()
         return [self.output / "figures" / name for name in names]
 

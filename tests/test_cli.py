@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -79,14 +80,12 @@ def test_extract_edit_inspect_eval_merge_chain(checkpoint, tmp_path, capsys):
 
     code, out, _ = run(capsys, "inspect", adapter_dir, "--heatmap", tmp_path / "inspect.png")
     assert code == 0 and "layers=[1, 2]" in out and (tmp_path / "inspect.png").is_file()
-    selectivity = ["--model", checkpoint, "--act-on", "harmful", "--leave-alone", "borderline"]
-    code, out, _ = run(capsys, "inspect", adapter_dir, *selectivity)
-    counts = (
-        f"{len(builtin_prompts('harmful'))} prompts to act on vs {len(builtin_prompts('borderline'))} to leave alone"
-    )
-    assert code == 0 and "key selectivity:" in out and counts in out
-    code, _, err = run(capsys, "inspect", adapter_dir, "--act-on", "harmful")
-    assert code == 2 and "--act-on and --leave-alone go together" in err
+    code, out, _ = run(capsys, "inspect", adapter_dir, "--model", checkpoint, "--selectivity")
+    assert code == 0 and "key selectivity:" in out and "30 prompts to act on vs 120 to leave alone" in out
+    assert "held-out harmful requests (never probed)" in out and "borderline report half" in out
+    code, out, _ = run(capsys, "inspect", adapter_dir, "--model", checkpoint, "--act-on", "harmful")
+    counts = f"{len(builtin_prompts('harmful'))} prompts to act on vs 120 to leave alone"
+    assert code == 0 and counts in out and "in sample" in out
 
     code, out, _ = run(
         capsys,
@@ -220,15 +219,15 @@ def _tiny_adapter(folder):
     return folder
 
 
-@pytest.mark.parametrize("command", ["edit", "extract"])
-def test_edit_and_extract_refuse_a_folder_that_holds_files(command, checkpoint, tmp_path, capsys):
+@pytest.mark.parametrize(("command", "owned"), [("edit", "adapter_config.json"), ("extract", "steering_vectors.json")])
+def test_edit_and_extract_refuse_a_folder_that_holds_their_files(command, owned, checkpoint, tmp_path, capsys):
     taken = tmp_path / "taken"
     taken.mkdir()
-    (taken / "adapter_config.json").write_text("{}")
+    (taken / owned).write_text("{}")
     source = ["--probe", "refusal"] if command == "extract" else ["--vectors", tmp_path / "v"]
     code, _, err = run(capsys, command, "--model", checkpoint, *source, "--output", taken)
-    assert code == 2 and f"{taken}" in err and "--overwrite" in err
-    assert (taken / "adapter_config.json").read_text() == "{}" and len(list(taken.iterdir())) == 1
+    assert code == 2 and f"{taken}" in err and owned in err and "--overwrite" in err
+    assert (taken / owned).read_text() == "{}" and len(list(taken.iterdir())) == 1
 
 
 def test_first_layer_past_the_last_layer_is_named(checkpoint, tmp_path, capsys):
@@ -290,7 +289,7 @@ def test_probe_with_an_empty_prompt_list_is_a_clear_error(checkpoint, tmp_path, 
     code, _, err = run(
         capsys, "probe", "--model", checkpoint, "--prompts", prompts, "--output", tmp_path / "p.jsonl", "--seed", "1"
     )
-    assert code == 2 and "needs at least one prompt" in err and not (tmp_path / "p.jsonl").exists()
+    assert code == 2 and f"{prompts} holds no prompts" in err and not (tmp_path / "p.jsonl").exists()
 
 
 def test_probe_refuses_an_existing_file_without_overwrite(checkpoint, tmp_path, capsys):
@@ -309,13 +308,15 @@ def test_demo_and_eval_refuse_a_folder_that_holds_files(checkpoint, tmp_path, ca
         assert (taken / "results.json").read_text() == "mine" and len(list(taken.iterdir())) == 1
 
 
-def test_eval_overwrite_replaces_the_folder_whole(checkpoint, tmp_path, capsys):
+def test_eval_writes_beside_other_files_and_overwrite_replaces_only_its_own(checkpoint, tmp_path, capsys):
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "old.txt").write_text("mine")
+    (taken / "results.json").write_text("earlier")
     args = ["eval", "--model", checkpoint, "--dtype", "float32", "--num-eval", "1", "--max-new-tokens", "2"]
     code, _, _ = run(capsys, *args, "--output", taken, "--overwrite")
-    assert code == 0 and sorted(p.name for p in taken.iterdir()) == ["results.json"]
+    assert code == 0 and sorted(p.name for p in taken.iterdir()) == ["old.txt", "results.json"]
+    assert (taken / "old.txt").read_text() == "mine"
     assert json.loads((taken / "results.json").read_text())[0]["condition"] == "base"
 
 
@@ -412,3 +413,90 @@ def test_edit_from_saved_vectors_takes_the_keys_of_the_behaviour_they_were_extra
         code, _, err = run(capsys, "edit", *model_args, "--vectors", tmp_path / "v", *solver, "--output", output)
         assert code == 0, err
         assert json.loads((output / "adapter_config.json").read_text())["key_direction"] == keys
+
+
+# --- errors that point at the fix -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "prog"),
+    [
+        (["inpsect", "x"], "unknown command 'inpsect'; did you mean inspect?", "steer2edit"),
+        (["inspect", "x", "--heatmpa", "y.png"], "unrecognized option --heatmpa; did you mean --heatmap?", "inspect"),
+        (["edit", "--ouput", "x"], "unrecognized option --ouput; did you mean --output?", "edit"),
+        (["edit", "--vectors", "v", "--output", "o", "--max-kl", "0"], "pass --no-calibration instead", "edit"),
+    ],
+)
+def test_mistakes_get_the_fix_in_a_few_lines(args, message, prog, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err
+    assert len(err.strip().splitlines()) <= 3 and err.startswith(
+        f"steer2edit {prog}: error" if prog != "steer2edit" else "steer2edit: error"
+    )
+
+
+@pytest.mark.parametrize("command", ALL_COMMANDS)
+def test_help_names_each_default_once(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text and "(default: False)" not in text
+    assert not re.search(r"\(default: [^)]*\) \(default:", text)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("wrong-key.jsonl", '{"prompt": "fine"}\n{"question": "no"}\n', "wrong-key.jsonl: line 2: no 'prompt' key"),
+        ("not-text.json", '["fine", 3]', "not-text.json: item 2: a prompt must be a non-empty string"),
+        ("empty.json", "[]", "empty.json holds no prompts"),
+        ("bad.jsonl", '{"prompt": "a"}\n{oops\n', "bad.jsonl: line 2 is not valid JSON"),
+    ],
+)
+def test_a_bad_prompt_file_is_named_with_its_line_before_any_model_loads(name, content, message, tmp_path, capsys):
+    adapter = _tiny_adapter(tmp_path / "adapter")
+    (tmp_path / name).write_text(content)
+    nowhere = tmp_path / "no-such-model"  # loading it would fail: the prompt file's error must come first
+    code, out, err = run(capsys, "inspect", adapter, "--act-on", tmp_path / name, "--model", nowhere)
+    assert code == 2 and message in err and out == ""
+
+
+def test_a_plain_text_prompt_file_holds_one_prompt_per_line(tmp_path):
+    from steer2edit_peft.probes import load_prompts
+
+    (tmp_path / "prompts.txt").write_text("How do I bake bread?\n\nName a colour.\n")
+    assert load_prompts(str(tmp_path / "prompts.txt")) == ["How do I bake bread?", "Name a colour."]
+
+
+def test_export_gguf_checks_its_inputs_before_loading_the_model(tmp_path, capsys):
+    adapter = _tiny_adapter(tmp_path / "adapter")
+    nowhere = ["--model", str(tmp_path / "no-model"), "--output", tmp_path / "out"]
+    code, _, err = run(capsys, "export-gguf", adapter, "--base-gguf", tmp_path / "missing.gguf", *nowhere)
+    assert code == 2 and "missing.gguf is not a file" in err
+    code, _, err = run(capsys, "export-gguf", adapter, "--tensor-type", "f16", *nowhere)
+    assert code == 2 and "pass --merged too" in err and not (tmp_path / "out").exists()
+
+
+def test_inspect_checks_the_heatmap_before_printing_and_keeps_an_existing_image(tmp_path, capsys):
+    adapter = _tiny_adapter(tmp_path / "adapter")
+    code, out, err = run(capsys, "inspect", adapter, "--heatmap", tmp_path / "out.jpg")
+    assert code == 2 and out == "" and "name the image with one of .png" in err
+    (tmp_path / "mine.png").write_bytes(b"mine")
+    code, out, err = run(capsys, "inspect", adapter, "--heatmap", tmp_path / "mine.png")
+    assert code == 2 and out == "" and "--overwrite" in err and (tmp_path / "mine.png").read_bytes() == b"mine"
+    code, out, _ = run(capsys, "inspect", adapter, "--heatmap", tmp_path / "mine.png", "--overwrite")
+    assert code == 0 and (tmp_path / "mine.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_merge_writes_the_dtype_models_load_in(checkpoint, tmp_path, capsys):
+    from steer2edit_peft.core.models import resolve_dtype
+
+    torch.manual_seed(0)
+    edited = get_peft_model(AutoModelForCausalLM.from_pretrained(checkpoint), Steer2EditConfig(init_weights=False))
+    edited.save_pretrained(tmp_path / "adapter")
+    code, _, err = run(capsys, "merge", tmp_path / "adapter", "--model", checkpoint, "--output", tmp_path / "merged")
+    assert code == 0, err
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype="auto")
+    assert merged.model.layers[0].self_attn.o_proj.weight.dtype == resolve_dtype("auto")

@@ -39,10 +39,10 @@ def test_refusal_edit_then_apply_saved_edit(checkpoint, tmp_path):
     assert PeftConfig.from_pretrained(tmp_path / "edit").peft_type == "STEER2EDIT"
 
     answers = load_example("apply_saved_edit").main(
-        [str(tmp_path / "edit"), "--model", checkpoint, "--prompt", "hi", "--prompt", "how", "--max-new-tokens", "3"]
+        [str(tmp_path / "edit"), "--model", checkpoint, "--per-kind", "2", "--max-new-tokens", "3"]
     )
-    assert list(answers) == ["off", "strength 0.5", "strength 1.0", "merged"]
-    assert all(len(responses) == 2 for responses in answers.values())
+    assert list(answers) == ["harmful", "borderline", "benign"]
+    assert all(list(a) == ["base", "edit", "merged"] and all(len(r) == 2 for r in a.values()) for a in answers.values())
 
 
 def test_concise_edit(checkpoint, tmp_path):

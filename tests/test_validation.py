@@ -18,7 +18,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from peft import PeftModel, get_peft_model
+from peft import PeftConfig, PeftMixedModel, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from tiny_models import sample_input, tiny_model
 
@@ -91,30 +91,60 @@ def load_transformers(model, folder):
     return model
 
 
+def load_with_config(model, folder):
+    return PeftModel.from_pretrained(model, folder, config=PeftConfig.from_pretrained(folder))
+
+
+def load_from_subfolder(model, folder):
+    return PeftModel.from_pretrained(model, str(folder.parent), subfolder=folder.name)
+
+
+def load_transformers_subfolder(model, folder):
+    model.load_adapter(str(folder.parent), adapter_kwargs={"subfolder": folder.name})
+    return model
+
+
+def load_transformers_config(model, folder):
+    model.load_adapter(peft_config=PeftConfig.from_pretrained(str(folder)))
+    return model
+
+
+def load_mixed(model, folder):
+    return PeftMixedModel.from_pretrained(model, folder)
+
+
 LOADERS = {
     "PeftModel.from_pretrained": load_peft,
     "low_cpu_mem_usage": load_low_memory,
+    "config=PeftConfig.from_pretrained": load_with_config,
+    "subfolder": load_from_subfolder,
+    "PeftMixedModel.from_pretrained": load_mixed,
     "transformers": load_transformers,
+    "transformers, adapter_kwargs subfolder": load_transformers_subfolder,
+    "transformers, peft_config": load_transformers_config,
 }
 
 
-def assert_refused_everywhere(folder: Path, match: str) -> None:
+def assert_refused_everywhere(folder: Path, match: str | None, error: type[Exception] = AdapterValidationError) -> None:
     files = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
     for loader_name, loader in LOADERS.items():
         model = tiny_model("llama")
         before = snapshot(model)
-        with pytest.raises(AdapterValidationError, match=match):
+        with pytest.raises(error, match=match):
             loader(model, folder)
         assert not any(isinstance(m, Steer2EditLayer) for m in model.modules()), loader_name
         assert_unchanged(model, before)
-    # A second adapter loaded into a PeftModel that already holds one.
-    holder = get_peft_model(tiny_model("llama"), Steer2EditConfig(init_weights=False))
-    before = snapshot(holder)
-    with pytest.raises(AdapterValidationError, match=match):
-        holder.load_adapter(str(folder), adapter_name="second")
-    assert list(holder.peft_config) == ["default"]
-    assert all("second" not in m.steer2edit_u for m in holder.modules() if isinstance(m, Steer2EditLayer))
-    assert_unchanged(holder, before)
+    # A second adapter loaded into a PeftModel (and a PeftMixedModel) that already holds one.
+    for holder in (
+        get_peft_model(tiny_model("llama"), Steer2EditConfig(init_weights=False)),
+        get_peft_model(tiny_model("llama"), Steer2EditConfig(init_weights=False), mixed=True),
+    ):
+        before = snapshot(holder)
+        with pytest.raises(error, match=match):
+            holder.load_adapter(str(folder), adapter_name="second")
+        assert list(holder.peft_config) == ["default"]
+        assert all("second" not in m.steer2edit_u for m in holder.modules() if isinstance(m, Steer2EditLayer))
+        assert_unchanged(holder, before)
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == files  # nothing written
 
 
@@ -126,9 +156,10 @@ def test_the_undamaged_adapter_loads_on_every_path(pristine, tmp_path):
         model = tiny_model("llama")
         loaded = loader(model, folder)
         torch.testing.assert_close(loaded(sample_input()).logits, expected, rtol=0, atol=0)
-    holder = get_peft_model(tiny_model("llama"), Steer2EditConfig(init_weights=False))
-    holder.load_adapter(str(folder), adapter_name="second")
-    assert set(holder.peft_config) == {"default", "second"}
+    for mixed in (False, True):
+        holder = get_peft_model(tiny_model("llama"), Steer2EditConfig(init_weights=False), mixed=mixed)
+        holder.load_adapter(str(folder), adapter_name="second")
+        assert set(holder.peft_config) == {"default", "second"}
 
 
 def _set(key, value):
@@ -183,6 +214,10 @@ CONFIG_CASES = [
     ("inference_mode a string", _set("inference_mode", "yes"), "inference_mode must be a boolean"),
     ("unknown key", _set("surprise", 1), r"unknown key\(s\) \['surprise'\]"),
     ("behaviour a number", _set("behaviour", 3), "behaviour must be null or a string"),
+    ("target_modules a regex", _set("target_modules", "(a+)+$"), "target_modules must be a list of module names"),
+    ("target_modules a pattern", _set("target_modules", ["(a|a)*b"]), "must list plain dotted module names"),
+    ("layers_pattern a pattern", _set("layers_pattern", ".*"), "layers_pattern must list plain dotted module names"),
+    ("attention_modules a pattern", _set("attention_modules", ["o_proj|x"]), "plain dotted module names"),
     ("library_version null", _set("library_version", None), "library_version must be a string"),
 ]
 
@@ -335,6 +370,11 @@ def _config_binary(folder):
     (folder / "adapter_config.json").write_bytes(bytes(range(256)))
 
 
+def _huge_integer(folder):
+    path = folder / "adapter_config.json"
+    path.write_text(path.read_text().replace('"format_version": 2', '"format_version": ' + "7" * 5001))
+
+
 FILE_CASES = [
     ("truncated weights", _truncate, "truncated or not a valid safetensors"),
     ("empty weights", _empty, "truncated or not a valid safetensors"),
@@ -345,10 +385,7 @@ FILE_CASES = [
     ("weights /dev/zero", _device, "adapter_model.safetensors is not a regular file"),
     ("only a pickle", _pickle_only, "holds adapter_model.bin but no adapter_model.safetensors.*never loads pickles"),
     ("config not JSON", _config_not_json, r"adapter_config.json: not valid JSON"),
-    ("config empty", _config_empty, r"adapter_config.json: not valid JSON"),
-    ("config a list", _config_a_list, r"adapter_config.json: holds a JSON list, not an object"),
-    ("config binary", _config_binary, r"adapter_config.json: not valid JSON"),
-    ("config nested 100000 deep", _config_nested, r"adapter_config.json: JSON nested too deeply"),
+    ("an integer of 5001 digits", _huge_integer, r"adapter_config.json: an integer of 5001 digits"),
     ("bare keys, init_weights false", _bare_keys_random_init, "lacks PEFT's 'base_model.model.' prefix"),
 ]
 
@@ -358,6 +395,25 @@ def test_damaged_files_are_refused_on_every_path(pristine, tmp_path, case, damag
     folder = copy_adapter(pristine, tmp_path / "adapter")
     damage(folder)
     assert_refused_everywhere(folder, match)
+
+
+# Configs that name no PEFT type are not this package's to judge: PEFT and transformers report them as they would
+# without steer2edit_peft (plain PEFT stays plain), and Steer2EditConfig.from_pretrained names the file.
+FOREIGN_CONFIG_CASES = [
+    ("config empty", _config_empty, "not valid JSON"),
+    ("config a list", _config_a_list, "holds a JSON list, not an object"),
+    ("config binary", _config_binary, "not valid JSON"),
+    ("config nested 100000 deep", _config_nested, "JSON nested too deeply"),
+]
+
+
+@pytest.mark.parametrize("case, damage, match", FOREIGN_CONFIG_CASES, ids=[c[0] for c in FOREIGN_CONFIG_CASES])
+def test_configs_naming_no_peft_type_are_refused_as_peft_refuses_them(pristine, tmp_path, case, damage, match):
+    folder = copy_adapter(pristine, tmp_path / "adapter")
+    damage(folder)
+    assert_refused_everywhere(folder, None, error=Exception)  # a config that names no type is not ours to judge
+    with pytest.raises(AdapterValidationError, match=f"adapter_config.json: {match}"):
+        Steer2EditConfig.from_pretrained(str(folder))
 
 
 def test_weights_of_another_save_beside_a_config_are_refused(pristine, tmp_path):
@@ -415,7 +471,7 @@ JSON_VALUES = st.recursive(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(field=st.sampled_from(sorted(Steer2EditConfig.__dataclass_fields__)), value=JSON_VALUES)
+@given(field=st.sampled_from(sorted(set(Steer2EditConfig.__dataclass_fields__) - {"peft_type"})), value=JSON_VALUES)
 def test_any_config_value_loads_correctly_or_is_refused(pristine, tmp_path_factory, field, value):
     folder = copy_adapter(pristine, tmp_path_factory.mktemp("property"))
     edit_config(folder, _set(field, value))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..core.errors import Steer2EditError
 from ..core.settings import (
@@ -57,13 +57,23 @@ def non_negative_int(text: str) -> int:
 
 
 def steering_strength(text: str) -> float:
-    from ..tuner.checkpoint import MAX_STRENGTH
+    from ..tuner.config_rules import MAX_STRENGTH
 
     value = number(text)
     if abs(value) > MAX_STRENGTH:
         raise argparse.ArgumentTypeError(
             f"a steering strength must have magnitude at most {MAX_STRENGTH:g} (the vectors are already residual-"
             f"sized; larger values only turn the model's outputs into noise), got {text}"
+        )
+    return value
+
+
+def kl_budget(text: str) -> float:
+    value = number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"a KL budget must be positive, got {text}; to keep the solved scale without calibrating, pass "
+            "--no-calibration instead"
         )
     return value
 
@@ -104,20 +114,76 @@ def add_model(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         default="auto",
         choices=DTYPE_NAMES,
-        help="auto (the default): bfloat16 where the hardware computes in it natively, else float32",
+        help="auto: bfloat16 where the hardware computes in it natively, else float32 (default: auto)",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="default: %(default)s")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass")
 
 
 def add_output(parser: argparse.ArgumentParser, what: str, required: bool = True) -> None:
     parser.add_argument("--output", type=Path, required=required, help=f"folder for {what}")
-    parser.add_argument("--overwrite", action="store_true", help="replace the output folder if it holds files")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files of the names this command writes; other files in the folder are never touched",
+    )
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Each option's default once: added where the help names none, and left out where it says nothing (None,
+    False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or "default:" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return f"{text} (default: %(default)s)"
+        return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that answers a mistake in a few lines: the error, a close match where there is one, and where the
+    options are listed, instead of the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the options)\n")
+
+    def unknown_option(self, tokens: list[str]) -> str | None:
+        """The first of ``tokens`` that names no option of this parser (nor a unique prefix of one)."""
+        known = [option for option in self._option_string_actions if option.startswith("--")]
+        for token in tokens:
+            if token == "--":
+                return None
+            if not token.startswith("-") or len(token) < 2 or token[1].isdigit() or token[1] == ".":
+                continue
+            name = token.split("=", 1)[0]
+            if name in self._option_string_actions or (
+                name.startswith("--") and any(o.startswith(name) for o in known)
+            ):
+                continue
+            return name
+        return None
+
+    def refuse_unknown_option(self, tokens: list[str]) -> None:
+        name = self.unknown_option(tokens)
+        if name is not None:
+            self.error(f"unrecognized option {name}" + did_you_mean(name, list(self._option_string_actions)))
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """'; did you mean X?' for the closest of ``choices``, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def add_command(commands: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
-    return commands.add_parser(
-        name, help=summary, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    parser = commands.add_parser(name, help=summary, description=description, formatter_class=HelpFormatter)
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show other libraries' messages and progress bars too"
     )
+    return parser
 
 
 def add_positions(parser: Any, outputs: bool = False) -> None:
@@ -132,10 +198,24 @@ def add_positions(parser: Any, outputs: bool = False) -> None:
     )
 
 
+def reference_sets(text: str) -> str:
+    """Comma-separated prompt sets, each read (and refused, naming the file and line) before any model loads."""
+    from ..probes import load_prompts
+
+    for part in text.split(","):
+        if part:
+            try:
+                load_prompts(part)
+            except Steer2EditError as error:
+                raise argparse.ArgumentTypeError(str(error)) from error
+    return text
+
+
 def add_reference(parser: Any) -> None:
     """The data the edit must leave alone (its mean inputs for contrastive keys, its KL for calibration)."""
     parser.add_argument(
         "--reference",
+        type=reference_sets,
         default=",".join(DEFAULTS.reference),
         metavar="SETS",
         help="prompts the edit must leave alone, answered by the model itself: comma-separated built-in sets "
@@ -151,17 +231,23 @@ def add_solver(parser: argparse.ArgumentParser) -> None:
         "chooses the components, --max-kl calibrates the scale)"
     )
     group.add_argument(
-        "--rho-attn", type=rho, default=defaults.rho_attn, help="heads; 'off' to skip (default: %(default)s)"
+        "--rho-attn",
+        type=rho,
+        default=defaults.rho_attn,
+        help=f"heads; 'off' to skip (default: {defaults.rho_attn or 'off'})",
     )
     group.add_argument(
-        "--rho-mlp", type=rho, default=defaults.rho_mlp, help="neurons; 'off' to skip (default: %(default)s)"
+        "--rho-mlp",
+        type=rho,
+        default=defaults.rho_mlp,
+        help=f"neurons; 'off' to skip (default: {defaults.rho_mlp or 'off'})",
     )
     group.add_argument("--alpha", type=alpha, default=defaults.alpha, help="L1 share in [0, 1) (default: %(default)s)")
     group.add_argument(
         "--first-layer",
         type=non_negative_int,
         default=DEFAULTS.first_layer,
-        help="edit only this layer and the ones after it; 0 = every layer, None = the upper 60%% of the layers",
+        help="edit only this layer and the ones after it; 0 = every layer (default: the upper 60%% of the layers)",
     )
     group.add_argument(
         "--key-direction",
@@ -175,7 +261,7 @@ def add_solver(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--max-kl",
-        type=positive_number,
+        type=kl_budget,
         default=defaults.max_kl,
         help="calibrate the edit to this mean per-token KL from the base model on benign prompts (default: %(default)s)",
     )
@@ -200,7 +286,7 @@ def add_eval(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--num-eval", type=positive_int, default=30, help="held-out prompts per kind (default: %(default)s)"
     )
-    group.add_argument("--max-new-tokens", type=positive_int, default=32, help="default: %(default)s")
+    group.add_argument("--max-new-tokens", type=positive_int, default=32, help="greedy tokens per answer")
     group.add_argument(
         "--backend",
         choices=["transformers", "vllm"],

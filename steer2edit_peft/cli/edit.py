@@ -46,11 +46,14 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..core.files import atomic_folder, check_output_folder
+    from ..core.files import check_output_folder
     from ..extraction import SteeringVectors
     from ..solver import check_sanity, edit_model
+    from ..tuner.checkpoint import WEIGHTS_NAME
+    from ..tuner.config_rules import CONFIG_NAME
 
-    check_output_folder(args.output, args.overwrite)
+    written = (CONFIG_NAME, WEIGHTS_NAME) + (("edit_heatmap.png",) if args.heatmap else ())
+    check_output_folder(args.output, args.overwrite, written)
     # Saved vectors come first: they name the behaviour they were extracted for, which picks the default keys.
     saved = SteeringVectors.load(args.vectors) if args.vectors else None
     behaviour = args.behaviour or (saved.behaviour if saved else behaviour_named_by(args.probe))
@@ -65,11 +68,10 @@ def run(args: argparse.Namespace) -> None:
         print(calibration.summary())
     print(report.to_table(edited_only=True))
     check_sanity(peft_model, tokenizer, utility.prompts[:8])
-    with atomic_folder(args.output) as staging:
-        peft_model.save_pretrained(str(staging), save_embedding_layers=False)
-        if args.heatmap:
-            from ..core.figures import save_figure
-            from ..tuner.heatmap import plot_edit_heatmap
+    peft_model.save_pretrained(str(args.output), save_embedding_layers=False)  # each file whole, the config last
+    if args.heatmap:
+        from ..core.figures import save_figure
+        from ..tuner.heatmap import plot_edit_heatmap
 
-            save_figure(plot_edit_heatmap(report), staging / "edit_heatmap.png")
+        save_figure(plot_edit_heatmap(report), args.output / "edit_heatmap.png")
     print(f"adapter saved to {args.output}")

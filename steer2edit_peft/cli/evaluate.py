@@ -41,13 +41,13 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..core.files import atomic_folder, check_output_folder
+    from ..core.files import check_output_folder, write_text
     from ..core.judges import ReferenceRefusalMatcher, RefusalMatcher
     from ..evaluation.prompts import evaluation_prompts
     from ..evaluation.suite import evaluate_conditions, results_table
 
     if args.output:
-        check_output_folder(args.output, args.overwrite)
+        check_output_folder(args.output, args.overwrite, ("results.json",))
     if args.backend == "vllm" and args.vectors:
         raise Steer2EditError("activation steering needs forward hooks, which vLLM has not: drop --vectors")
     judge = ReferenceRefusalMatcher() if args.judge == "reference" else RefusalMatcher()
@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> None:
         )
     print(results_table(results))
     if args.output:
-        with atomic_folder(args.output) as staging:
-            (staging / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+        text = json.dumps([asdict(r) for r in results], indent=2) + "\n"
+        write_text(args.output / "results.json", text, overwrite=args.overwrite)
         print(f"wrote {args.output / 'results.json'}")
 
 

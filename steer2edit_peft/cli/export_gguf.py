@@ -32,12 +32,14 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..core.files import atomic_folder, check_output_folder
+    from ..core.files import check_output_folder, staged
     from ..core.models import EMBEDDED_HUB_ID, embedded_gguf_file
     from ..export.gguf import export_gguf_lora, export_merged_gguf, ollama_modelfile
     from ..tuner.report import read_adapter_config
 
-    check_output_folder(args.output, args.overwrite)
+    check_output_folder(args.output, args.overwrite, ("adapter.gguf", "Modelfile", "merged.gguf", "Modelfile.merged"))
+    if args.tensor_type != "base" and not args.merged:
+        raise Steer2EditError("--tensor-type sets the type of merged.gguf's weights: pass --merged too")
     base_gguf = args.base_gguf
     recorded = read_adapter_config(args.adapter).get("base_model_name_or_path")
     if base_gguf is None and (args.model or recorded) in (None, EMBEDDED_HUB_ID, "embedded:smollm2-135m-instruct"):
@@ -46,10 +48,13 @@ def run(args: argparse.Namespace) -> None:
         base_gguf = Path(args.model)
     if base_gguf is None:
         raise Steer2EditError("pass --base-gguf: the GGUF file of the adapter's base model")
+    if not Path(base_gguf).is_file():
+        raise Steer2EditError(f"--base-gguf {base_gguf} is not a file: pass the GGUF file of the adapter's base model")
     model, _ = load_with_adapter(args)
-    with atomic_folder(args.output) as staging:
+    with staged(args.output, args.overwrite) as staging:
         export_gguf_lora(model, staging / "adapter.gguf", rank=args.rank)
         written = ["adapter.gguf"]
+        # Ollama reads the base GGUF where it is: an absolute path, valid while that file stays there.
         modelfile = ollama_modelfile(str(Path(base_gguf).resolve()), "./adapter.gguf")
         if args.merged:
             info = export_merged_gguf(model, base_gguf, staging / "merged.gguf", tensor_type=args.tensor_type)

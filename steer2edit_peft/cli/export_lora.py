@@ -26,13 +26,14 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..core.files import check_output_folder
     from ..export import edit_terms, to_lora
+    from ..export.lora import LORA_FILES
 
-    check_output_folder(args.output, args.overwrite)
+    check_output_folder(args.output, args.overwrite, LORA_FILES)
     model, _ = load_with_adapter(args)
     rank = args.rank
     if args.vllm:
         from ..export.vllm import vllm_rank
 
         rank = vllm_rank(max(rank or 1, edit_terms(model)))
-    config, _ = to_lora(model, output=args.output, rank=rank)
+    config, _ = to_lora(model, output=args.output, rank=rank, overwrite=args.overwrite)
     print(f"LoRA adapter (r={config.r}, {len(config.target_modules or [])} modules) written to {args.output}")

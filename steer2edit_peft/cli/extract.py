@@ -39,8 +39,9 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..core.files import check_output_folder
     from ..extraction.extract import extract_steering_vectors
+    from ..extraction.vectors import METADATA_FILE, VECTORS_FILE
 
-    check_output_folder(args.output, args.overwrite)
+    check_output_folder(args.output, args.overwrite, (VECTORS_FILE, METADATA_FILE))
     model, tokenizer = load(args)
     probe = load_probe_data(args.probe, model, tokenizer, args.batch_size, args.split)
     utility = load_utility(args.reference, model, tokenizer, args.batch_size)
@@ -57,5 +58,5 @@ def run(args: argparse.Namespace) -> None:
     behaviour = behaviour_named_by(args.probe)
     if behaviour is not None:  # `edit --vectors` reads it to pick the behaviour's default keys
         vectors.options["behaviour"] = behaviour
-    vectors.save(args.output)
+    vectors.save(args.output, overwrite=args.overwrite)
     print(f"{len(vectors.modules)} module vectors from {probe} -> {args.output}")

@@ -46,7 +46,7 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..core.files import atomic_folder, check_output_folder
+    from ..core.files import check_output_folder, staged
     from ..core.settings import defaults_for
     from ..evaluation.sweep import best_under
     from ..solver import edit_config_from, edit_model
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> None:
     peft_model = edit_model(
         model, vectors, edit_config_from(best.params, num_layers(model), settings), behaviour=args.behaviour
     )
-    with atomic_folder(args.output) as staging:
+    with staged(args.output, args.overwrite) as staging:
         write_trials(args, trials, staging)
         peft_model.save_pretrained(str(staging / "adapter"), save_embedding_layers=False)
     label = _label(args.behaviour)

@@ -1,7 +1,9 @@
-"""Where each model family keeps its attention-output and MLP-output projections."""
+"""Where a model keeps its attention-output and MLP-output projections, found by structure, and the shape facts an
+adapter checks; every model-structure lookup of the project lives here."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,44 +12,122 @@ from torch import nn
 
 from .errors import UnknownArchitectureError
 
+# Names that place a module by structure: a linear module called like an output projection (last name part) inside
+# an attention-like or MLP-like module (an earlier name part) of a decoder layer. GPT-2's attn.c_proj and mlp.c_proj
+# are told apart by the containers, as are GPT-NeoX's attention.dense and Phi's self_attn.dense.
+ATTENTION_CONTAINERS = ("attn", "attention")
+MLP_CONTAINERS = ("mlp", "feed_forward", "ffn", "moe")
+ATTENTION_OUTPUTS = ("o_proj", "out_proj", "dense", "c_proj", "wo", "o")
+MLP_OUTPUTS = ("down_proj", "fc2", "c_proj", "dense_4h_to_h", "w2", "wo", "fc_out")
+# Attributes an attention module may say its head size in, the width of what its output projection reads per head
+# first: the value heads (multi-head latent attention, linear attention), then the heads.
+HEAD_SIZE_ATTRIBUTES = ("v_head_dim", "head_v_dim", "head_dim", "head_size")
+# Where a multimodal model keeps its text decoder, preferred when another tower has as many layers.
+TEXT_DECODER_NAMES = ("language_model", "text_model")
+
 
 @dataclass(frozen=True)
 class OutputProjections:
-    """Module-name suffixes of one family's attention output and MLP output projections."""
+    """Where a model writes into its residual stream, found by structure: module-name suffixes (within a decoder
+    layer) of the attention output projections (edited per head) and of the MLP output projections and fused
+    experts (edited per neuron), and the head size of every attention projection, by full module name."""
 
-    attention: str
-    mlp: str
+    attention: tuple[str, ...]
+    mlp: tuple[str, ...]
+    head_sizes: dict[str, int]
 
 
-_LLAMA_STYLE = OutputProjections(attention="self_attn.o_proj", mlp="mlp.down_proj")
+def is_fused_experts(module: nn.Module) -> bool:
+    """transformers' fused experts (one [experts, ...] down_proj parameter, no nn.Linear per expert)."""
+    weight = getattr(module, "down_proj", None)
+    return isinstance(weight, nn.Parameter) and weight.ndim == 3 and hasattr(module, "is_transposed")
 
-# model_type -> projections. Suffixes are matched against full module names (PEFT's rule: equal, or
-# ending in "." + suffix), so "attn.c_proj" and "mlp.c_proj" stay apart in GPT-2.
-OUTPUT_PROJECTIONS: dict[str, OutputProjections] = {
-    **{
-        model_type: _LLAMA_STYLE
-        for model_type in (
-            "llama",
-            "mistral",
-            "qwen2",
-            "qwen3",
-            "gemma",
-            "gemma2",
-            "gemma3",
-            "gemma3_text",
-            "phi3",
-            "olmo",
-            "olmo2",
-            "granite",
-            "smollm3",
-            "cohere",
+
+def _is_linear(module: nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, (nn.Linear, Conv1D)) or (
+        isinstance(getattr(module, "in_features", None), int)
+        and isinstance(getattr(module, "weight", None), torch.Tensor)
+    )
+
+
+def _in_features(module: nn.Module) -> int:
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(module, Conv1D):
+        return int(module.weight.shape[0])
+    return int(module.in_features)  # type: ignore[arg-type]
+
+
+def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(name, list) of the text decoder's layers: the module list as long as the config's layer count."""
+    base = decoder_model(model)
+    count = num_layers(base)
+    found = [
+        (name, module)
+        for name, module in base.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) == count and ".base_layer" not in f".{name}"
+    ]
+    if not found:
+        raise UnknownArchitectureError(f"found no list of {count} decoder layers in {type(base).__name__}")
+    text = [item for item in found if any(part in item[0].split(".") for part in TEXT_DECODER_NAMES)]
+    return (text or found)[0]
+
+
+def attention_head_size(attention: nn.Module, in_features: int, model_config: Any) -> int | None:
+    """The input width per head of an attention module's output projection (of ``in_features`` columns)."""
+    candidates = [getattr(attention, name, None) for name in HEAD_SIZE_ATTRIBUTES]
+    with contextlib.suppress(UnknownArchitectureError):
+        candidates.append(model_head_dim(model_config))
+    for size in candidates:
+        if isinstance(size, int) and not isinstance(size, bool) and size > 0 and in_features % size == 0:
+            return size
+    return None
+
+
+def find_output_projections(model: nn.Module) -> OutputProjections:
+    """The attention and MLP output projections of every decoder layer, found by structure (see the names above):
+    dense, hybrid-attention and mixture-of-experts decoders alike, layers that differ from each other included."""
+    base = decoder_model(model)
+    config = getattr(base, "config", None)
+    prefix, layers = decoder_layers(base)
+    attention: set[str] = set()
+    mlp: set[str] = set()
+    head_sizes: dict[str, int] = {}
+    for index, layer in enumerate(layers):
+        for name, module in layer.named_modules():
+            parts = name.split(".")
+            if not name or "base_layer" in parts or _inside_expert_list(parts):
+                continue
+            containers = [part.lower() for part in parts[:-1]]
+            if is_fused_experts(module) and any(
+                token in c for c in containers + [parts[-1]] for token in MLP_CONTAINERS
+            ):
+                mlp.add(name)
+            elif not _is_linear(module):
+                continue
+            elif parts[-1] in ATTENTION_OUTPUTS and any(t in c for c in containers for t in ATTENTION_CONTAINERS):
+                size = attention_head_size(layer.get_submodule(".".join(parts[:-1])), _in_features(module), config)
+                if size is not None:
+                    attention.add(name)
+                    head_sizes[f"{prefix}.{index}.{name}"] = size
+            elif parts[-1] in MLP_OUTPUTS and any(t in c for c in containers for t in MLP_CONTAINERS):
+                mlp.add(name)
+    if not attention and not mlp:
+        model_type = getattr(config and text_config(config), "model_type", None)
+        raise UnknownArchitectureError(
+            f"steer2edit found no attention or MLP output projection in the decoder layers of "
+            f"model_type={model_type!r}. Pass them by hand, e.g. Steer2EditConfig(attention_modules=['self_attn.o_proj'], "
+            "mlp_modules=['mlp.down_proj'], head_dim=64): attention modules are edited per head of `head_dim` input "
+            "columns, MLP modules per input column (neuron)."
         )
-    },
-    "gpt2": OutputProjections(attention="attn.c_proj", mlp="mlp.c_proj"),
-    "gpt_neox": OutputProjections(attention="attention.dense", mlp="mlp.dense_4h_to_h"),
-    "starcoder2": OutputProjections(attention="self_attn.o_proj", mlp="mlp.c_proj"),
-    "phi": OutputProjections(attention="self_attn.dense", mlp="mlp.fc2"),
-}
+    return OutputProjections(tuple(sorted(attention)), tuple(sorted(mlp)), head_sizes)
+
+
+def _inside_expert_list(parts: list[str]) -> bool:
+    """A module of one expert in a list of experts (experts.3.down_proj): it sees only the tokens routed to it."""
+    return any(part == "experts" and following.isdigit() for part, following in zip(parts, parts[1:]))
 
 
 def text_config(model_config: Any) -> Any:
@@ -68,19 +148,6 @@ def num_layers(model: nn.Module) -> int:
     if not layers:
         raise UnknownArchitectureError("the model config names no layer count (num_hidden_layers or n_layer)")
     return int(layers)
-
-
-def output_projections(model_config: Any) -> OutputProjections:
-    """The attention/MLP output projection suffixes for a transformers config."""
-    model_type = getattr(text_config(model_config), "model_type", None)
-    if model_type not in OUTPUT_PROJECTIONS:
-        raise UnknownArchitectureError(
-            f"steer2edit does not know where model_type={model_type!r} keeps its output projections. "
-            "Pass them by hand, e.g. Steer2EditConfig(attention_modules=['self_attn.o_proj'], "
-            "mlp_modules=['mlp.down_proj'], head_dim=64): attention modules are edited per head of "
-            "`head_dim` input columns, MLP modules per input column (neuron)."
-        )
-    return OUTPUT_PROJECTIONS[model_type]
 
 
 def model_head_dim(model_config: Any) -> int:

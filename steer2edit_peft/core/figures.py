@@ -5,10 +5,12 @@ matplotlib is an optional dependency (``pip install steer2edit-peft[plots]``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import Steer2EditError
+from .files import new_file
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -28,13 +30,23 @@ def pyplot() -> Any:
 IMAGE_SUFFIXES = (".png", ".svg", ".pdf")
 
 
-def save_figure(figure: Figure, path: str | Path) -> Path:
-    """Save a figure; the path must name its format (.png, .svg or .pdf), so the file written is the one named."""
+def check_image_path(path: str | Path, overwrite: bool = True) -> Path:
+    """The path of an image to write: it must name its format (.png, .svg or .pdf), so the file written is the one
+    named, and must not exist unless ``overwrite``; checked before any work is done."""
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
-        pyplot().close(figure)
         raise Steer2EditError(f"{path}: name the image with one of {', '.join(IMAGE_SUFFIXES)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    pyplot().close(figure)
+    if not overwrite and os.path.lexists(path):
+        raise Steer2EditError(f"{path} exists; choose another name or pass --overwrite")
+    return path
+
+
+def save_figure(figure: Figure, path: str | Path, overwrite: bool = True) -> Path:
+    """Save a figure as one whole file (core/files.py), in the format its name says."""
+    try:
+        path = check_image_path(path, overwrite)
+        with new_file(path, overwrite) as temporary:
+            figure.savefig(temporary, dpi=120, format=path.suffix.lower().removeprefix("."))
+    finally:
+        pyplot().close(figure)
     return path

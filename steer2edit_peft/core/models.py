@@ -101,13 +101,13 @@ def dense_copy_of_gguf(path: Path) -> Path:
     Parsing a GGUF file takes transformers about 20 s for a 135M model (its vocabulary is read three times);
     the dense copy loads in about a second and holds exactly the dequantized values.
     """
-    from .files import atomic_folder
+    from .files import staged
 
     folder = dense_cache_folder(path)
     if (folder / "config.json").is_file():
         return folder
     model, tokenizer = _read_gguf(path, torch.float32)
-    with atomic_folder(folder) as staging:
+    with staged(folder) as staging:  # the cache's own folder: config.json, which marks it complete, goes last
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
     return folder
@@ -124,6 +124,13 @@ def _without_progress_bar(load: Any) -> Any:
     finally:
         if shown:
             transformers_logging.enable_progress_bar()
+
+
+def base_model_folder(name_or_path: str) -> str:
+    """A transformers folder or Hub id that other programs (vLLM, lm-eval) load: the dense copy of a GGUF file (the
+    embedded model's too), else the name as given."""
+    path = embedded_gguf_file() if name_or_path == EMBEDDED_MODEL else Path(name_or_path)
+    return str(dense_copy_of_gguf(path)) if path.suffix == ".gguf" else name_or_path
 
 
 def load_model(

@@ -7,10 +7,13 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-# (logger, a phrase of the message): each is harmless for steer2edit's use of that library.
+# (logger, a phrase of the message): each is harmless for steer2edit's use of that library. Both come from one
+# place: with the optional `quantization` extra installed, PEFT's import imports bitsandbytes, which on CPUs with
+# AVX512-BF16 looks a kernel up on the Hub (and says so offline, or when the kernel cannot load). The default install
+# leaves bitsandbytes out, so there the lookup never happens.
 _NOISE = (
-    # bitsandbytes on CPUs with avx512-bf16 looks for an optional kernel package on import; PEFT imports it.
     ("bitsandbytes.backends.cpu.ops", "kernels-community"),
+    ("kernels._internals.hf_hub", "Skipping publisher trust check"),
 )
 
 

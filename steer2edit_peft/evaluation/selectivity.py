@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..core.architectures import decoder_model, input_device
 from ..core.tokens import EncodedExample, collate, encode_prompt, pad_token_id
@@ -102,6 +103,7 @@ def last_token_inputs(
     modules: Sequence[str],
     system_prompt: str | None = None,
     batch_size: int = 16,
+    show_progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Each module's input at the last prompt token (where the answer is decided), [prompts, in], float32."""
     named = dict(decoder_model(model).named_modules())
@@ -115,7 +117,8 @@ def last_token_inputs(
     encoded = [EncodedExample(ids, len(ids)) for ids in (encode_prompt(tokenizer, p, system_prompt) for p in prompts)]
     device = input_device(model)
     try:
-        for start in range(0, len(encoded), batch_size):
+        starts = range(0, len(encoded), batch_size)
+        for start in tqdm(starts, desc="reading keys", unit="batch", disable=not show_progress):
             input_ids, attention_mask, position_ids, _ = collate(
                 encoded[start : start + batch_size], pad_token_id(tokenizer), "left"
             )
@@ -135,12 +138,13 @@ def key_selectivity(
     adapter_name: str = "default",
     system_prompt: str | None = None,
     batch_size: int = 16,
+    show_progress: bool = False,
 ) -> KeySelectivity:
     """The AUROC of every edited component's firing between ``act_on`` (e.g. harmful requests) and ``leave_alone``
     (e.g. safe requests that sound risky), read with the adapter active, as a user runs it."""
     layers = _edited_layers(model, adapter_name)
     prompts = list(act_on) + list(leave_alone)
-    inputs = last_token_inputs(model, tokenizer, prompts, list(layers), system_prompt, batch_size)
+    inputs = last_token_inputs(model, tokenizer, prompts, list(layers), system_prompt, batch_size, show_progress)
     heads, modules, split = [], [], len(act_on)
     for name, layer in layers.items():
         keys = layer.steer2edit_k[adapter_name].detach().float().cpu()

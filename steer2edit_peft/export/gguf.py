@@ -13,8 +13,6 @@ Files are read and written with the ``gguf`` package.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import numpy as np
 
 from ..core.architectures import model_text_config, num_layers
 from ..core.errors import Steer2EditError
+from ..core.files import new_file
 from .lora import edit_terms, edited_layers, lora_factors, padded
 
 # transformers model_type -> llama.cpp architecture (gguf.MODEL_ARCH member name)
@@ -84,21 +83,13 @@ def gguf_tensor_names(model: Any, modules: list[str]) -> dict[str, str]:
 
 
 def _write(path: Path, writer_for: Any) -> Path:
-    """Write a GGUF file next to ``path`` and rename it into place, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        writer = writer_for(temporary)
+    """Write a GGUF file whole (core/files.py): a reader never sees half a file."""
+    with new_file(path) as temporary:
+        writer = writer_for(str(temporary))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
     return path
 
 

@@ -1,4 +1,4 @@
-"""Sharing edits on the Hugging Face Hub: model cards from export/model_card_template.md, push and load helpers.
+"""Sharing edits on the Hugging Face Hub: push and load helpers (the model card is tuner/card.py's).
 
 Loading needs nothing special: after ``import steer2edit_peft``, ``PeftModel.from_pretrained(base, "user/repo",
 revision=...)`` works like for any adapter, also from the local cache with ``HF_HUB_OFFLINE=1``.
@@ -7,68 +7,12 @@ revision=...)`` works like for any adapter, also from the local cache with ``HF_
 from __future__ import annotations
 
 import tempfile
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from ..core.quiet import quiet_peft_wrapping
+from ..tuner.card import model_card
 from ..tuner.report import EditReport, read_adapter_config
-
-BEHAVIOUR_DESCRIPTIONS = {
-    "refusal": "The edit makes the model refuse harmful requests more often (probe: the model's own refusals vs its "
-    "own compliant answers to the same harmful requests).",
-    "concise": "The edit makes the model answer more briefly (probe: short vs long answers to the same questions).",
-    "truthfulness": "The edit moves the model towards true answers (probe: true vs false answers to the same "
-    "questions).",
-}
-
-
-def model_card(folder: str | Path, repo_id: str, results: str | None = None, license: str = "apache-2.0") -> Any:
-    """The model card of the saved adapter in ``folder``: metadata, settings, edited components, usage."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    folder = Path(folder)
-    config = read_adapter_config(folder)
-    report = EditReport.from_adapter_folder(folder)
-    behaviour = config.get("behaviour") or "unnamed behaviour"
-    base_model = config.get("base_model_name_or_path") or "unknown"
-    tags = ["steer2edit", "behaviour-edit", "peft", "training-free"] + ([behaviour] if config.get("behaviour") else [])
-    card_data = ModelCardData(base_model=base_model, library_name="peft", tags=tags, license=license)
-    rows = [
-        {
-            "layer": m.layer if m.layer is not None else "-",
-            "module": m.module,
-            "edited": f"{m.num_edited}/{m.num_components}",
-            "max_lambda": f"{m.max_magnitude:.4f}",
-            "top": ", ".join(f"{i}: {v:+.3f}" for i, v in m.components[:4]),
-        }
-        for m in report.modules
-    ]
-    layers = config.get("layers_to_transform")
-    template = files("steer2edit_peft.export") / "model_card_template.md"
-    return ModelCard.from_template(
-        card_data,
-        template_str=template.read_text(encoding="utf-8"),
-        title=f"{behaviour} edit of {base_model.split('/')[-1]} (Steer2Edit)",
-        base_model=base_model,
-        repo_id=repo_id,
-        behaviour=behaviour,
-        behaviour_description=BEHAVIOUR_DESCRIPTIONS.get(behaviour, ""),
-        edited_heads=report.edited_heads,
-        edited_neurons=report.edited_neurons,
-        rho_attn=config.get("rho_attn"),
-        rho_mlp=config.get("rho_mlp"),
-        alpha=config.get("alpha"),
-        strength=config.get("strength"),
-        layers="all" if not layers else f"{min(layers)}-{max(layers)}" if isinstance(layers, list) else layers,
-        probe_data=config.get("probe_data") or "not recorded",
-        key_direction=config.get("key_direction"),
-        input_positions=config.get("input_positions") or "not recorded",
-        library_version=config.get("library_version"),
-        format_version=config.get("format_version"),
-        components=rows,
-        results=results,
-    )
 
 
 def push_adapter_folder(
@@ -101,7 +45,7 @@ def push_adapter_folder(
         staged = Path(staging)
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             (staged / name).write_bytes((folder / name).read_bytes())
-        model_card(folder, repo_id, results).save(staged / "README.md")
+        model_card(folder, repo_id, results, heatmap=True).save(staged / "README.md")
         report = EditReport.from_adapter_folder(folder)
         save_figure(plot_edit_heatmap(report), staged / "edit_heatmap.png")
         return api.upload_folder(

@@ -18,12 +18,15 @@ from safetensors.torch import save_file
 
 from ..core.architectures import decoder_model
 from ..core.errors import Steer2EditError
+from ..core.files import refuse_existing, staged
 from ..solver.scores import ModuleEdit
 from ..tuner import Steer2EditLayer
 from ..tuner.checkpoint import PEFT_PREFIX, TENSOR_NAMES
 from ..tuner.layer import component_columns
 from ..tuner.lora_equivalent import equivalent_lora_config
 from ..tuner.lora_equivalent import lora_factors as lora_factors_of_tensors
+
+LORA_FILES = ("adapter_config.json", "adapter_model.safetensors", "steer2edit_export.json")
 
 
 def lora_factors(layer: Steer2EditLayer, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,13 +65,20 @@ def padded(lora_a: torch.Tensor, lora_b: torch.Tensor, rank: int, name: str) -> 
 
 
 def to_lora(
-    model: Any, adapter_name: str = "default", output: str | Path | None = None, rank: int | None = None
+    model: Any,
+    adapter_name: str = "default",
+    output: str | Path | None = None,
+    rank: int | None = None,
+    overwrite: bool = False,
 ) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
     """A LoRA adapter equal to the Steer2Edit adapter ``adapter_name`` of ``model``; saved to ``output`` if given.
 
     ``rank``: pad every module to this rank (zeros), e.g. for a multi-LoRA server; it must be at least the
-    number of terms of every module. The folder is written whole (see files.atomic_folder).
+    number of terms of every module. Only the adapter's own files are written, each whole (core/files.py); a folder
+    that already holds files of those names is refused unless ``overwrite``.
     """
+    if output is not None:
+        refuse_existing(output, LORA_FILES, overwrite)
     state: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
     fan_in_fan_out = set()
@@ -91,15 +101,17 @@ def to_lora(
     )
     if output is not None:
         provenance = {"exported_from": "steer2edit", "behaviour": getattr(source, "behaviour", None), "ranks": ranks}
-        write_lora(output, config, state, provenance)
+        write_lora(output, config, state, provenance, overwrite)
     return config, state
 
 
-def write_lora(output: str | Path, config: LoraConfig, state: dict[str, torch.Tensor], provenance: dict) -> Path:
-    """Save a LoRA adapter folder (config, safetensors, export provenance) in one atomic step."""
-    from ..core.files import atomic_folder
-
-    with atomic_folder(output) as staging:
+def write_lora(
+    output: str | Path, config: LoraConfig, state: dict[str, torch.Tensor], provenance: dict, overwrite: bool = False
+) -> Path:
+    """Save a LoRA adapter's files (config, safetensors, export provenance) into ``output``, each whole, the config
+    last; files of those names already there are refused unless ``overwrite``."""
+    refuse_existing(output, LORA_FILES, overwrite)
+    with staged(output, overwrite) as staging:
         config.save_pretrained(str(staging))
         save_file(state, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
         (staging / "steer2edit_export.json").write_text(json.dumps(provenance, indent=2) + "\n")
@@ -107,7 +119,11 @@ def write_lora(output: str | Path, config: LoraConfig, state: dict[str, torch.Te
 
 
 def bundle_for_hotswap(
-    models: dict[str, Any], output: str | Path, rank: int | None = None, adapter_name: str = "default"
+    models: dict[str, Any],
+    output: str | Path,
+    rank: int | None = None,
+    adapter_name: str = "default",
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Export several edits as LoRA adapters that hotswap into one another (PEFT's and vLLM's hotswap need it).
 
@@ -126,6 +142,8 @@ def bundle_for_hotswap(
         for module, (lora_a, lora_b) in per_module.items():
             shapes[module] = (lora_a.shape[1], lora_b.shape[0])
     rank = rank or max(a.shape[0] for per_module in factors.values() for a, _ in per_module.values())
+    for name in factors:
+        refuse_existing(Path(output) / name, LORA_FILES, overwrite)
     folders = {}
     for name, per_module in factors.items():
         state: dict[str, torch.Tensor] = {}
@@ -146,7 +164,7 @@ def bundle_for_hotswap(
             task_type=getattr(source, "task_type", None),
         )
         provenance = {"exported_from": "steer2edit", "behaviour": getattr(source, "behaviour", None), "bundle": name}
-        folders[name] = write_lora(Path(output) / name, config, state, provenance)
+        folders[name] = write_lora(Path(output) / name, config, state, provenance, overwrite)
     return folders
 
 
@@ -207,7 +225,7 @@ def edit_as_lora(model: Any, vectors: Any, config: Any = None, adapter_name: str
     with torch.no_grad():
         for edit in edits:
             module = base.get_submodule(edit.module)  # wrapped by add_adapter just now
-            size = config.head_dim if edit.is_attention else 1
+            size = config.component_size(edit.module)
             lora_a, lora_b = _edit_factors(edit, module.in_features, size)
             module.lora_A[adapter_name].weight.copy_(lora_a)
             module.lora_B[adapter_name].weight.copy_(lora_b)

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..core.errors import Steer2EditError
 from ..core.generation import Sampling, regrouped, row_seed
-from ..core.models import dtype_name
+from ..core.models import base_model_folder, dtype_name
 from ..core.tokens import encode_prompt
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -206,11 +206,3 @@ class VllmTrialAnswers:
         finally:
             if name is not None:
                 self.engine.remove_adapter(name)
-
-
-def base_model_folder(name_or_path: str) -> str:
-    """A folder or Hub id vLLM can load: the dense copy of a GGUF file (the embedded model too), else as given."""
-    from ..core.models import EMBEDDED_MODEL, dense_copy_of_gguf, embedded_gguf_file
-
-    path = embedded_gguf_file() if name_or_path == EMBEDDED_MODEL else Path(name_or_path)
-    return str(dense_copy_of_gguf(path)) if path.suffix == ".gguf" else name_or_path

@@ -17,7 +17,7 @@ from ..core.settings import DEFAULTS, POSITIONS
 from ..core.tokens import EncodedExample, collate, encode_example, pad_token_id
 from ..probes.datasets import ContrastiveDataset, ContrastiveExample
 from ..tuner import Steer2EditConfig
-from ..tuner.model import resolve_config
+from ..tuner.targets import resolve_config
 from .vectors import MOMENTS, SteeringVectors
 
 
@@ -221,7 +221,7 @@ def extract_steering_vectors(
 
 def _moment_modules(modules: dict[str, nn.Module], config: Steer2EditConfig) -> set[str]:
     """The attention modules, whose reference moments selective keys read."""
-    return {name for name in modules if config.is_attention_module(name) and config.head_dim}
+    return {name for name in modules if config.is_attention_module(name)}
 
 
 def _check_options(positions: str, input_positions: str, padding_side: str, batch_size: int) -> None:

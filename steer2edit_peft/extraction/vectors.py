@@ -140,9 +140,10 @@ class SteeringVectors:
             for m in shared
         }
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the vectors (safetensors + JSON) into ``directory``, replacing it whole (see files.atomic_folder)."""
-        from ..core.files import atomic_folder
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        """Write the vectors (safetensors + JSON) into ``directory``, each file whole (core/files.py); a folder that
+        already holds files of those names is refused unless ``overwrite``."""
+        from ..core.files import refuse_existing, staged
 
         directory = Path(directory)
         tensors = {
@@ -159,7 +160,8 @@ class SteeringVectors:
             "example_counts": self.example_counts,
             "options": self.options,
         }
-        with atomic_folder(directory) as staging:
+        refuse_existing(directory, (VECTORS_FILE, METADATA_FILE), overwrite)
+        with staged(directory, overwrite) as staging:
             save_file(tensors, staging / VECTORS_FILE)
             (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
         return directory

@@ -197,18 +197,45 @@ def builtin_prompts(name: str) -> list[str]:
 
 
 def read_prompts(path: Path) -> list[str]:
-    """Prompts from a file: a .json list (or ``{"prompts": [...]}``), or .jsonl of ``{"prompt": ...}`` or strings."""
-    try:
-        if path.suffix == ".jsonl":
-            prompts: Any = [row["prompt"] if isinstance(row, dict) else row for row in read_jsonl(path)]
-        else:
+    """Prompts from a file: a .json list (or ``{"prompts": [...]}``), .jsonl of ``{"prompt": ...}`` or strings, or
+    .txt with one prompt per line. A malformed entry is one DataError naming the file and the line or item."""
+    if path.suffix == ".txt":
+        prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif path.suffix == ".jsonl":
+        prompts = [_prompt_of(row, f"{path}: line {number}") for number, row in _numbered_jsonl(path)]
+    else:
+        try:
             content = json.loads(path.read_text(encoding="utf-8"))
-            prompts = content["prompts"] if isinstance(content, dict) else content
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise DataError(f"{path}: expected a JSON list of prompts or JSONL of {{'prompt': ...}} ({error})") from error
-    if not isinstance(prompts, list) or not all(isinstance(p, str) for p in prompts):
-        raise DataError(f"{path}: every prompt must be a string")
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: not valid JSON ({error}); a .json prompt file holds a list of strings") from error
+        if isinstance(content, dict) and "prompts" in content:
+            content = content["prompts"]
+        if not isinstance(content, list):
+            raise DataError(f"{path}: expected a JSON list of prompts or {{'prompts': [...]}}")
+        prompts = [_prompt_of(item, f"{path}: item {number}") for number, item in enumerate(content, start=1)]
+    if not prompts:
+        raise DataError(f"{path} holds no prompts")
     return prompts
+
+
+def _numbered_jsonl(path: Path) -> list[tuple[int, Any]]:
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}: line {number} is not valid JSON ({error})") from error
+    return rows
+
+
+def _prompt_of(entry: Any, where: str) -> str:
+    prompt = entry.get("prompt") if isinstance(entry, dict) else entry
+    if isinstance(prompt, str) and prompt.strip():
+        return prompt
+    if isinstance(entry, dict) and "prompt" not in entry:
+        raise DataError(f"{where}: no 'prompt' key (keys: {sorted(entry)[:5]})")
+    raise DataError(f"{where}: a prompt must be a non-empty string, got {str(prompt)[:60]!r}")
 
 
 def load_prompts(spec: str) -> list[str]:

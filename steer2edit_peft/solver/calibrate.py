@@ -24,7 +24,7 @@ from ..core.likelihood import KLMeter
 from ..extraction.vectors import SteeringVectors
 from ..probes.datasets import UtilityData
 from ..tuner import Steer2EditConfig
-from ..tuner.checkpoint import MAX_STRENGTH
+from ..tuner.config_rules import MAX_STRENGTH
 from ..tuner.report import edit_report
 from .adapter import solved_adapter
 from .scores import solve_edit

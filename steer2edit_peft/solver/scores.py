@@ -233,7 +233,9 @@ def solve_module(
             f"a weight of shape {tuple(weight.shape)}; were they extracted on another model?"
         )
     norm = steering.norm()
-    direction = steering / norm if norm > 0 else steering
+    if not norm > 0:  # the probe's two sides wrote the same mean output here: no direction to edit towards
+        return _no_edit(name, is_attention, weight.shape[1] // head_dim, head_dim, steering)
+    direction = steering / norm
     if is_attention:
         if key_direction == "selective":  # heads are scored by their key, not by g
             decision_moment, answer_moment = vectors.reference_moments(name)
@@ -272,6 +274,19 @@ def solve_module(
     )
 
 
+def _no_edit(name: str, is_attention: bool, count: int, size: int, steering: torch.Tensor) -> ModuleEdit:
+    """A module that keeps no component; its scores g are undefined (NaN)."""
+    return ModuleEdit(
+        module=name,
+        is_attention=is_attention,
+        direction=steering.cpu(),
+        scores=torch.full((count,), float("nan")),
+        indices=torch.zeros(0, dtype=torch.long),
+        input_directions=torch.zeros(0, size),
+        magnitudes=torch.zeros(0),
+    )
+
+
 def check_vectors_fit(model: nn.Module, vectors: SteeringVectors) -> None:
     """Refuse vectors extracted on a model of another shape."""
     config = getattr(decoder_model(model), "config", None)
@@ -294,11 +309,17 @@ def solve_edit(model: nn.Module, vectors: SteeringVectors, config: Steer2EditCon
     missing = [name for name in modules if name not in vectors.post_pos]
     if missing:
         raise Steer2EditError(f"the steering vectors lack {len(missing)} edited module(s), e.g. {missing[0]}")
+    if modules and not any(bool(vectors.direction(name).any()) for name in modules):
+        raise Steer2EditError(
+            f"the steering direction is zero at all {len(modules)} edited modules: the probe's wanted and unwanted "
+            "responses gave the same mean outputs (the same responses on both sides?), so there is nothing to edit "
+            "towards"
+        )
     edits = []
     for name, module in modules.items():
         is_attention = config.is_attention_module(name)
         rho = config.rho_attn if is_attention else config.rho_mlp
-        assert rho is not None and (config.head_dim or not is_attention)
+        assert rho is not None
         edits.append(
             solve_module(
                 name,
@@ -307,7 +328,7 @@ def solve_edit(model: nn.Module, vectors: SteeringVectors, config: Steer2EditCon
                 is_attention,
                 rho,
                 config.alpha,
-                config.head_dim or 1,
+                config.component_size(name),
                 config.key_direction,
             )
         )

@@ -8,11 +8,7 @@ two different saves (a concurrent save, files copied by hand) are refused instea
 from __future__ import annotations
 
 import hashlib
-import json
-import math
 import os
-import re
-import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,9 +16,8 @@ from typing import Any
 import torch
 
 from ..core.errors import AdapterValidationError
-from ..core.settings import KEY_DIRECTIONS, POSITIONS
+from .config_rules import DIFFERENT_SAVES, require_regular_file
 
-CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PICKLED_WEIGHTS = ("adapter_model.bin", "adapter_model.pt", "pytorch_model.bin")
 FLOAT_TENSORS = ("steer2edit_u", "steer2edit_k", "steer2edit_lambda")
@@ -36,8 +31,6 @@ PEFT_PREFIX = "base_model.model."
 # have column norms of order 1, so 1e4 already overwhelms any of them; larger values only come from a mistake
 # (rho near 0, a corrupted file) and would turn the model's outputs into noise or NaN.
 MAX_EDIT_MAGNITUDE = 1e4
-MAX_STRENGTH = 1e3
-DIGEST_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 CONVERT_PICKLE_HINT = (
     "Steer2Edit never loads pickles. If you trust the file, convert it once: "
     'python -c "import torch; from safetensors.torch import save_file; '
@@ -90,160 +83,7 @@ def _is_saved_module_tensor(key: str, modules_to_save: Sequence[str]) -> bool:
     return any(module == name or module.endswith("." + name) for name in modules_to_save)
 
 
-# ---------------------------------------------------------------- config fields
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_str_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
-def _components_problem(value: Any) -> str | None:
-    if not isinstance(value, dict):
-        return "must map module names to lists of terms"
-    for module, terms in value.items():
-        if not isinstance(module, str) or not isinstance(terms, list) or not terms:
-            return f"module {module!r}: needs a non-empty list of terms, got {terms!r}"
-        for term in terms:
-            if not isinstance(term, list) or not all(_is_int(index) and index >= 0 for index in term):
-                return f"module {module!r}: every term must be a list of non-negative integers, got {term!r}"
-            if len(set(term)) != len(term):
-                return f"module {module!r}: a term lists the same component twice: {term!r}"
-    return None
-
-
-def _signature_problem(value: Any) -> str | None:
-    if not isinstance(value, dict):
-        return "must be an object"
-    bad = [key for key, item in value.items() if not (_is_int(item) and item > 0) and not isinstance(item, str)]
-    return f"entries {bad} must be positive integers or strings" if bad else None
-
-
-def _task_types() -> set[str]:
-    from peft.utils import TaskType
-
-    return {task.value for task in TaskType}
-
-
-def _rule(description: str, check: Any) -> tuple[str, Any]:
-    return description, check
-
-
-# field -> (what it must be, predicate). Applied to every config, made by hand or read from a file.
-FIELD_RULES: dict[str, tuple[str, Any]] = {
-    "peft_type": _rule("'STEER2EDIT'", lambda v: v == "STEER2EDIT"),
-    "task_type": _rule("null or a PEFT task type", lambda v: v is None or (isinstance(v, str) and v in _task_types())),
-    "auto_mapping": _rule("null or an object", lambda v: v is None or isinstance(v, dict)),
-    "peft_version": _rule("null or a string", lambda v: v is None or isinstance(v, str)),
-    "base_model_name_or_path": _rule("null or a string", lambda v: v is None or isinstance(v, str)),
-    "revision": _rule("null or a string", lambda v: v is None or isinstance(v, str)),
-    "inference_mode": _rule("a boolean", lambda v: isinstance(v, bool)),
-    "target_modules": _rule(
-        "null, a string or a list of strings", lambda v: v is None or isinstance(v, str) or _is_str_list(v)
-    ),
-    "attention_modules": _rule("null or a list of strings", lambda v: v is None or _is_str_list(v)),
-    "mlp_modules": _rule("null or a list of strings", lambda v: v is None or _is_str_list(v)),
-    "modules_to_save": _rule("null or a list of strings", lambda v: v is None or _is_str_list(v)),
-    "layers_to_transform": _rule(
-        "null, a non-negative integer or a list of them",
-        lambda v: (
-            v is None or (_is_int(v) and v >= 0) or (isinstance(v, list) and all(_is_int(i) and i >= 0 for i in v))
-        ),
-    ),
-    "layers_pattern": _rule(
-        "null, a string or a list of strings", lambda v: v is None or isinstance(v, str) or _is_str_list(v)
-    ),
-    "head_dim": _rule("null or a positive integer", lambda v: v is None or (_is_int(v) and v > 0)),
-    "rho_attn": _rule("null or a finite number", lambda v: v is None or _is_number(v)),
-    "rho_mlp": _rule("null or a finite number", lambda v: v is None or _is_number(v)),
-    "alpha": _rule("a finite number in [0, 1)", lambda v: _is_number(v) and 0 <= v < 1),
-    "strength": _rule(
-        f"a finite number of magnitude at most {MAX_STRENGTH:g}", lambda v: _is_number(v) and abs(v) <= MAX_STRENGTH
-    ),
-    "key_direction": _rule("'weight', 'contrast' or 'selective'", lambda v: v in KEY_DIRECTIONS),
-    "positions": _rule(f"null or one of {POSITIONS}", lambda v: v is None or v in POSITIONS),
-    "input_positions": _rule(f"null or one of {POSITIONS}", lambda v: v is None or v in POSITIONS),
-    "fan_in_fan_out": _rule("a boolean", lambda v: isinstance(v, bool)),
-    "init_weights": _rule("a boolean", lambda v: isinstance(v, bool)),
-    "edited_components": _rule(
-        "module -> list of terms -> component indices", lambda v: _components_problem(v) is None
-    ),
-    "base_model_signature": _rule(
-        "an object of positive integers and strings", lambda v: _signature_problem(v) is None
-    ),
-    "behaviour": _rule("null or a string", lambda v: v is None or isinstance(v, str)),
-    "probe_data": _rule("null or a string", lambda v: v is None or isinstance(v, str)),
-    "library_version": _rule("a string", lambda v: isinstance(v, str)),
-    "format_version": _rule("an integer", _is_int),
-    "tensor_digest": _rule(
-        "null or 'sha256:' + 64 hex digits",
-        lambda v: v is None or (isinstance(v, str) and bool(DIGEST_PATTERN.match(v))),
-    ),
-}
-# A file written by save_pretrained always has these; without them a check would silently switch off.
-REQUIRED_IN_FILES = ("peft_type", "format_version", "edited_components", "base_model_signature", "tensor_digest")
-
-
-def field_problems(values: Mapping[str, Any]) -> list[str]:
-    """One message per field whose value breaks its rule."""
-    problems = []
-    for name, (description, check) in FIELD_RULES.items():
-        if name not in values:
-            continue
-        value = values[name]
-        if not check(value):
-            detail = {"edited_components": _components_problem, "base_model_signature": _signature_problem}.get(name)
-            reason = detail(value) if detail else None
-            problems.append(f"{name} must be {description}, got {value!r}" + (f" ({reason})" if reason else ""))
-    return problems
-
-
-def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The raw JSON object of an adapter_config.json, or one AdapterValidationError naming the file."""
-    path = Path(path)
-    _require_regular_file(path)
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise AdapterValidationError(f"{path}: not valid JSON ({error})") from error
-    except RecursionError as error:
-        raise AdapterValidationError(f"{path}: JSON nested too deeply to be an adapter config") from error
-    if not isinstance(content, dict):
-        raise AdapterValidationError(f"{path}: holds a JSON {type(content).__name__}, not an object")
-    return content
-
-
-def check_saved_config(content: Mapping[str, Any], known_fields: set[str], where: str) -> None:
-    """The checks only a file needs: required keys present, no key that nobody reads."""
-    missing = [name for name in REQUIRED_IN_FILES if name not in content]
-    if missing:
-        raise AdapterValidationError(f"{where}: lacks {', '.join(missing)}; not a config written by save_pretrained")
-    unknown = sorted(set(content) - known_fields)
-    if unknown:
-        raise AdapterValidationError(f"{where}: unknown key(s) {unknown}; this steer2edit-peft does not read them")
-    problems = field_problems(content)
-    if problems:
-        raise AdapterValidationError(f"{where}: " + "; ".join(problems))
-
-
 # ---------------------------------------------------------------- weights files
-
-
-def _require_regular_file(path: Path) -> None:
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError as error:
-        kind = "a dangling link" if os.path.islink(path) else "missing"
-        raise AdapterValidationError(f"{path} is {kind}") from error
-    if not stat.S_ISREG(mode):
-        raise AdapterValidationError(f"{path} is not a regular file")
 
 
 def locate_weights(folder_or_repo: str, subfolder: str | None, hub_kwargs: Mapping[str, Any]) -> Path:
@@ -252,7 +92,7 @@ def locate_weights(folder_or_repo: str, subfolder: str | None, hub_kwargs: Mappi
     if folder.is_dir():
         weights = folder / WEIGHTS_NAME
         if os.path.lexists(weights):
-            _require_regular_file(weights)
+            require_regular_file(weights)
             return weights
         pickled = [name for name in PICKLED_WEIGHTS if (folder / name).exists()]
         if pickled:
@@ -273,7 +113,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file; a truncated or malformed file is one AdapterValidationError."""
     from safetensors.torch import load_file
 
-    _require_regular_file(path)
+    require_regular_file(path)
     try:
         return load_file(str(path))
     except Exception as error:  # safetensors raises its own error types for bad headers and sizes
@@ -362,15 +202,14 @@ def check_weights(
         if tensors["steer2edit_indices"].tolist() != indices or tensors["steer2edit_term"].tolist() != terms:
             raise AdapterValidationError(
                 f"{where}: {module} edits components {tensors['steer2edit_indices'].tolist()[:6]} in the weights but "
-                f"{indices[:6]} in the config; the two files come from different saves"
+                f"{indices[:6]} in the config: {DIFFERENT_SAVES}"
             )
     absent = sorted(set(edited_components) - set(grouped))
     if absent:
         raise AdapterValidationError(f"{where}: the config edits {absent[0]}, which has no tensors in the weights")
     if digest is not None and tensor_digest(state, adapter_name) != digest:
         raise AdapterValidationError(
-            f"{where}: the weights do not match the tensor_digest in the config: the config and the weights come from "
-            "different saves (files mixed by hand, or a save that was running while they were read)"
+            f"{where}: the weights do not match the tensor_digest in the config: {DIFFERENT_SAVES}"
         )
     return grouped
 

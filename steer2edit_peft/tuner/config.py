@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -11,21 +10,14 @@ from typing import Any
 from peft.config import PeftConfig
 from peft.utils import PeftType
 
-from ..core.errors import AdapterValidationError
+from ..core.errors import AdapterValidationError, refuse_reload
+from ..core.files import write_text
 from ..core.settings import PAPER
 from ..version import __version__
-from .checkpoint import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    check_saved_config,
-    check_saved_keys,
-    check_weights,
-    field_problems,
-    locate_weights,
-    read_config_file,
-    read_weights,
-    tensor_digest,
-)
+from .checkpoint import WEIGHTS_NAME, check_saved_keys, check_weights, locate_weights, read_weights, tensor_digest
+from .config_rules import CONFIG_NAME, check_saved_config, field_problems, read_config_file
+
+refuse_reload(globals())
 
 FORMAT_VERSION = 2
 # A load re-reads config and weights this often when they disagree, which happens only while a save is swapping in.
@@ -79,7 +71,16 @@ class Steer2EditConfig(PeftConfig):
         metadata={"help": "Name of the layer list (e.g. 'layers', 'h') when `layers_to_transform` is set."},
     )
     head_dim: int | None = field(
-        default=None, metadata={"help": "Input columns per attention head; read from the model config when None."}
+        default=None,
+        metadata={"help": "Input columns per attention head; read from the model (its attention modules) when None."},
+    )
+    head_dims: dict[str, int] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Per attention module whose heads are not `head_dim` wide (full module names): its head size. "
+            "Filled from the model when head_dim is None, for models whose layers differ (hybrid attention, "
+            "per-layer head sizes)."
+        },
     )
     rho_attn: float | None = field(
         default=PAPER.rho_attn,
@@ -189,6 +190,15 @@ class Steer2EditConfig(PeftConfig):
             module_name == suffix or module_name.endswith("." + suffix) for suffix in self.attention_modules or []
         )
 
+    def component_size(self, module_name: str) -> int:
+        """Input columns per edited component of a module: its head size, or 1 (a neuron)."""
+        if not self.is_attention_module(module_name):
+            return 1
+        size = self.head_dims.get(module_name, self.head_dim)
+        if size is None:
+            raise AdapterValidationError(f"{module_name}: an attention module, but no head_dim is known")
+        return size
+
     def check_strength(self, strength: Any) -> float:
         """A runtime multiplier, refused unless finite and within the documented bound."""
         problems = field_problems({"strength": strength})
@@ -197,15 +207,14 @@ class Steer2EditConfig(PeftConfig):
         return float(strength)
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
-        """Write adapter_config.json (atomically), recording the digest of the weights saved beside it."""
+        """Write adapter_config.json whole (core/files.py), recording the digest of the weights saved beside it."""
         directory = Path(save_directory)
-        directory.mkdir(parents=True, exist_ok=True)
         weights = directory / WEIGHTS_NAME
         self.tensor_digest = tensor_digest(read_weights(weights)) if weights.is_file() else None
-        with tempfile.TemporaryDirectory(dir=directory, prefix=".config-") as staging:
-            super().save_pretrained(staging, **kwargs)
-            os.chmod(Path(staging) / CONFIG_NAME, 0o644)
-            os.replace(Path(staging) / CONFIG_NAME, directory / CONFIG_NAME)
+        with tempfile.TemporaryDirectory(prefix="steer2edit-config-") as scratch:
+            super().save_pretrained(scratch, **kwargs)  # PEFT's own JSON layout, written where nothing else lives
+            text = (Path(scratch) / CONFIG_NAME).read_text(encoding="utf-8")
+        write_text(directory / CONFIG_NAME, text)
 
     @classmethod
     def from_pretrained(

@@ -3,8 +3,10 @@
 Installed once by :func:`install` (on import of steer2edit_peft), each wrapper changes behaviour only for
 Steer2Edit adapters:
 
-- ``PeftModel.save_pretrained``: the folder is written whole (staging folder, atomic swap), so a reader never
-  sees a half-written adapter and an interrupted save leaves the previous one intact.
+- ``PeftModel.save_pretrained``: the adapter is written in a staging folder of its own inside the target, and each
+  file is moved into place whole, the config (which records the digest of the weights) last; nothing else in the
+  folder is touched (core/files.py). The README is this project's model card, unless the folder holds a README of
+  the user's, which is left as it is.
 - transformers' ``model.load_adapter``: the adapter is read and checked by Steer2Edit first (config, weights,
   digest, fit to the model), and transformers then loads exactly the checked tensors.
 - ``PeftConfig.from_json_file``: a STEER2EDIT adapter_config.json is read strictly, and a file that names no PEFT
@@ -19,13 +21,16 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import AdapterValidationError, Steer2EditError
-from ..core.files import atomic_folder
-from .checkpoint import PEFT_PREFIX, by_module, read_config_file
-from .config import Steer2EditConfig
+from ..core.files import staged
+from .card import adapter_folders, is_own_card, model_card
+from .checkpoint import PEFT_PREFIX, by_module
+from .config import Steer2EditConfig, loaded_weights
+from .config_rules import HUB_ARGUMENTS, declared_peft_type, read_config_file, saved_peft_type
 from .model import remove_adapter_layers
 
 _INSTALLED_MARK = "__steer2edit_wrapped__"
@@ -44,7 +49,7 @@ def _is_steer2edit(config: Any) -> bool:
     return isinstance(config, Steer2EditConfig)
 
 
-def _atomic_save_pretrained(original: Any) -> Any:
+def _owned_save_pretrained(original: Any) -> Any:
     @functools.wraps(original)
     def save_pretrained(self: Any, save_directory: str, *args: Any, **kwargs: Any) -> None:
         selected = kwargs.get("selected_adapters") or list(self.peft_config)
@@ -58,11 +63,13 @@ def _atomic_save_pretrained(original: Any) -> Any:
         if len(args) < 3:  # save_embedding_layers is PeftModel.save_pretrained's third positional parameter
             kwargs.setdefault("save_embedding_layers", False)
         target = Path(save_directory)
-        with atomic_folder(target, keep_other_entries=True) as staging:
-            readme = target / "README.md"
-            if readme.is_file():  # PEFT updates an existing model card in place: give it a copy, not a link
-                (staging / "README.md").write_bytes(readme.read_bytes())
+        with staged(target) as staging:
             original(self, str(staging), *args, **kwargs)
+            card = staging / "README.md"
+            if os.path.lexists(target / "README.md") and not is_own_card(target / "README.md"):
+                card.unlink(missing_ok=True)  # the user's README: not ours to rewrite
+            elif card.exists() and adapter_folders(staging):
+                model_card(adapter_folders(staging)[0]).save(card)  # in place of PEFT's empty template
 
     return save_pretrained
 
@@ -72,36 +79,36 @@ def _strict_load_adapter(original: Any) -> Any:
     def load_adapter(
         self: Any, peft_model_id: str | None = None, adapter_name: str | None = None, **kwargs: Any
     ) -> Any:
-        config = kwargs.get("peft_config")
+        config: Any = kwargs.get("peft_config")
         state = kwargs.get("adapter_state_dict")
-        if config is None and peft_model_id is not None and _names_steer2edit(peft_model_id, kwargs):
-            hub_kwargs = {key: kwargs[key] for key in ("revision", "token", "cache_dir") if kwargs.get(key)}
-            hub_kwargs.update(kwargs.get("adapter_kwargs") or {})
-            config = Steer2EditConfig.from_pretrained(peft_model_id, **hub_kwargs)
-            state = getattr(config, "_validated_weights", None)
-            kwargs.update(peft_config=config, adapter_state_dict=dict(state or {}))
-            peft_model_id = None  # everything transformers needs is passed; it reads no file itself
+        if config is None and peft_model_id is not None:
+            where = {**kwargs, **(kwargs.get("adapter_kwargs") or {})}  # a subfolder or revision may come either way
+            if saved_peft_type(str(peft_model_id), where) == "STEER2EDIT":
+                hub_kwargs = {key: where[key] for key in HUB_ARGUMENTS if where.get(key) is not None}
+                config = Steer2EditConfig.from_pretrained(str(peft_model_id), **hub_kwargs)
         if not _is_steer2edit(config):
             return original(self, peft_model_id, adapter_name, **kwargs)
         if state is None:
-            raise AdapterValidationError("load_adapter with a Steer2Edit peft_config needs its adapter_state_dict")
+            state = loaded_weights(config)
+        if state is None:
+            raise AdapterValidationError(
+                "load_adapter with a Steer2Edit peft_config needs its adapter_state_dict, or a config read with "
+                "Steer2EditConfig.from_pretrained (which holds the checked weights)"
+            )
+        # Everything transformers needs is passed, so it reads no file itself: it loads exactly the checked tensors.
+        kwargs.update(peft_config=config, adapter_state_dict=dict(state))
+        kwargs.pop("adapter_kwargs", None)
         name = adapter_name or "default"
-        result = original(self, peft_model_id, adapter_name, **kwargs)
+        result = original(self, None, adapter_name, **kwargs)
         _check_loaded(self, name, state)
         return result
 
     return load_adapter
 
 
-def _names_steer2edit(peft_model_id: str, kwargs: dict[str, Any]) -> bool:
-    """Whether the adapter at ``peft_model_id`` (folder or Hub repo) says it is a Steer2Edit adapter."""
-    from .stacking import saved_peft_type
-
-    return saved_peft_type(peft_model_id, kwargs) == "STEER2EDIT"
-
-
-def _check_loaded(model: Any, adapter_name: str, state: dict[str, Any]) -> None:
-    """After transformers' loader: every layer must hold exactly the tensors that were checked."""
+def _check_loaded(model: Any, adapter_name: str, state: Mapping[str, Any]) -> None:
+    """After transformers' loader: every layer must hold exactly the tensors that were checked (in its own dtype:
+    transformers casts an adapter to the model's dtype, as PEFT does on a bfloat16 model)."""
     import torch
 
     from .layer import Steer2EditLayer
@@ -114,26 +121,39 @@ def _check_loaded(model: Any, adapter_name: str, state: dict[str, Any]) -> None:
     }
     for module, layer in layers.items():
         for tensor, value in expected.get(module, {}).items():
-            loaded = getattr(layer, tensor)[adapter_name]
-            if loaded.shape != value.shape or not torch.equal(loaded.detach().cpu().to(value.dtype), value):
+            loaded = getattr(layer, tensor)[adapter_name].detach()
+            if loaded.shape != value.shape or not torch.equal(loaded.cpu(), value.to(loaded.dtype)):
                 remove_adapter_layers(model, adapter_name)
                 getattr(model, "peft_config", {}).pop(adapter_name, None)
                 raise AdapterValidationError(f"{module}.{tensor}: transformers did not load the checked tensor")
 
 
-def _clear_json_errors(original: Any) -> Any:
-    """A STEER2EDIT config is read strictly; a config of any other PEFT type goes to PEFT's reader untouched. A file
-    PEFT cannot read at all (not a JSON object, or no PEFT type named) gets one clear error instead of a KeyError."""
+def _routed_config_reader(original: Any) -> Any:
+    """``PeftConfig.from_pretrained`` (and every config class's) of a STEER2EDIT adapter reads it as
+    ``Steer2EditConfig.from_pretrained`` does: config and weights checked, digest included, the checked weights kept
+    with the config for the load that follows. Any other adapter is PEFT's to read, untouched."""
+
+    @functools.wraps(original)
+    def from_pretrained(cls: Any, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any):
+        if not issubclass(cls, Steer2EditConfig):
+            where = {**kwargs, "subfolder": subfolder}
+            if saved_peft_type(str(pretrained_model_name_or_path), where) == "STEER2EDIT":
+                return Steer2EditConfig.from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        return original.__func__(cls, pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+
+    return classmethod(from_pretrained)
+
+
+def _strict_json_reader(original: Any) -> Any:
+    """A STEER2EDIT adapter_config.json is read strictly (one clear error naming the file); every other file is read
+    by PEFT exactly as before, errors included."""
 
     @functools.wraps(original)
     def from_json_file(cls: Any, path_json_file: str, **kwargs: Any) -> dict[str, Any]:
-        from peft.utils import PeftType
-
+        if declared_peft_type(Path(path_json_file)) != "STEER2EDIT":
+            return original.__func__(cls, path_json_file, **kwargs)
         content = read_config_file(path_json_file)
-        peft_type = content.get("peft_type")
-        if not isinstance(peft_type, str) or peft_type not in PeftType.__members__:
-            raise AdapterValidationError(f"{path_json_file}: peft_type must name a PEFT method, got {peft_type!r}")
-        if peft_type != "STEER2EDIT" or "runtime_config" in content:
+        if "runtime_config" in content:
             return original.__func__(cls, path_json_file, **kwargs)  # PEFT's behaviour, warnings included
         return content
 
@@ -169,8 +189,9 @@ def install() -> None:
     from peft import PeftModel
     from peft.config import PeftConfigMixin
 
-    _wrap(PeftModel, "save_pretrained", _atomic_save_pretrained)
-    _wrap(PeftConfigMixin, "from_json_file", _clear_json_errors)
+    _wrap(PeftModel, "save_pretrained", _owned_save_pretrained)
+    _wrap(PeftConfigMixin, "from_json_file", _strict_json_reader)
+    _wrap(PeftConfigMixin, "from_pretrained", _routed_config_reader)
     try:
         from transformers.integrations.peft import PeftAdapterMixin
     except ImportError:  # pragma: no cover - transformers without its PEFT integration

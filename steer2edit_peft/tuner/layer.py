@@ -10,7 +10,9 @@ from peft.tuners._buffer_dict import BufferDict
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
-from ..core.errors import AdapterValidationError
+from ..core.errors import AdapterValidationError, refuse_reload
+
+refuse_reload(globals())
 
 
 def weight_in_out(module: nn.Module, fan_in_fan_out: bool) -> tuple[int, int]:
@@ -94,8 +96,8 @@ class Steer2EditLayer(BaseTunerLayer):
         self.steer2edit_lambda = nn.ParameterDict({})
         self.steer2edit_indices = BufferDict({}, persistent=True)
         self.steer2edit_term = BufferDict({}, persistent=True)
-        # adapter -> (stamp, key, scaled u): see _forward_factors
-        self._factor_cache: dict[tuple[str, torch.dtype], tuple[Any, torch.Tensor, torch.Tensor]] = {}
+        # adapter -> (positions, values before, values written by the merge, the delta added there)
+        self._premerge_values: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.strength: dict[str, float] = {}
         self.component_size: dict[str, int] = {}
         self._disable_adapters = False
@@ -114,7 +116,10 @@ class Steer2EditLayer(BaseTunerLayer):
         inference_mode: bool = False,
     ) -> list[list[int]]:
         """Create the adapter's tensors; returns the component indices per term it now holds."""
-        self.clear_factor_cache(adapter_name)
+        if adapter_name in self.merged_adapters:
+            raise AdapterValidationError(
+                f"{module_name}: adapter {adapter_name!r} is merged; unmerge it before changing it"
+            )
         if component_size <= 0 or self.in_features % component_size:
             raise AdapterValidationError(
                 f"{module_name}: {self.in_features} input columns do not split into components of {component_size}"
@@ -170,10 +175,6 @@ class Steer2EditLayer(BaseTunerLayer):
         chosen = torch.randperm(num_components)[: max(1, num_components // 4)]
         return [sorted(int(index) for index in chosen)]
 
-    def set_strength(self, adapter_name: str, strength: float) -> None:
-        if adapter_name in self.strength:
-            self.strength[adapter_name] = float(strength)
-
     def largest_component_magnitude(self, adapter_name: str) -> float:
         """max_c |lambda_c| |u_term(c)| |k_c| (without strength): how far the largest component moves its weights."""
         magnitudes = self.steer2edit_lambda[adapter_name].detach().double().abs()
@@ -199,64 +200,53 @@ class Steer2EditLayer(BaseTunerLayer):
         delta = self.strength[adapter_name] * (u.T @ self.key_matrix(adapter_name).float())  # [out, in]
         return delta.T if self.fan_in_fan_out else delta
 
-    def _forward_factors(self, adapter_name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(key [in, terms], strength * u [terms, out]) in ``dtype``: the edit as two thin matrices, as a LoRA
-        applies them.
-
-        Made in the input's dtype, so a forward pass never converts the activations, and cached until the
-        edit's tensors or strength change (tracked by version counters): a forward costs two thin matmuls and no
-        bookkeeping. While the edit trains, the factors are rebuilt each call so gradients reach u, k and lambda.
-        """
-        tensors = (
-            self.steer2edit_u[adapter_name],
-            self.steer2edit_k[adapter_name],
-            self.steer2edit_lambda[adapter_name],
-            self.steer2edit_indices[adapter_name],
-            self.steer2edit_term[adapter_name],
-        )
-        u = tensors[0]
-        stamp = (
-            *(t._version for t in tensors),
-            *(t.data_ptr() for t in tensors),
-            u.dtype,
-            u.device,
-            self.strength[adapter_name],
-        )
-        trainable = torch.is_grad_enabled() and any(t.requires_grad for t in tensors[:3])
-        cached = self._factor_cache.get((adapter_name, dtype))
-        if cached is not None and cached[0] == stamp and not trainable:
-            return cached[1], cached[2]
-        key = self.key_matrix(adapter_name).T.to(dtype).contiguous()
-        factors = (key, (self.strength[adapter_name] * u).to(dtype).contiguous())
-        if not trainable:
-            self._factor_cache[(adapter_name, dtype)] = (stamp, *factors)
-        return factors
-
-    def clear_factor_cache(self, adapter_name: str | None = None) -> None:
-        """Forget the thin factors of one adapter (or of all): its tensors were replaced or deleted."""
-        for cached in list(self._factor_cache):
-            if adapter_name is None or cached[0] == adapter_name:
-                del self._factor_cache[cached]
-
     def edit_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        """The edit's contribution to the output for input x: (x @ key) @ (strength * u)."""
-        key, scaled_u = self._forward_factors(adapter_name, x.dtype)
-        return (x @ key) @ scaled_u
+        """The edit's contribution to the output for input x: (x @ K^T) @ (strength * u), from the dense key."""
+        key = self.key_matrix(adapter_name).T.to(x.dtype)
+        return (x @ key) @ (self.strength[adapter_name] * self.steer2edit_u[adapter_name]).to(x.dtype)
 
     def add_edit_output(self, result: torch.Tensor, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        """``result + edit_output(x)``; in place (one fused addmm, no temporary) when nothing needs gradients."""
-        key, scaled_u = self._forward_factors(adapter_name, x.dtype)
-        if torch.is_grad_enabled() or result.dtype != x.dtype or not result.is_contiguous():
-            return result + ((x @ key) @ scaled_u).to(result.dtype)
+        """``result + edit_output(x)`` as a new tensor (the base layer's output, which hooks may hold, is never
+        written to), computed from the adapter's tensors as they are now.
+
+        One term (every solved edit): the scores are read from the edited components' inputs alone, gathered, so no
+        dense key is built per call; several terms go through the dense key. Either way one fused addmm adds them.
+        """
+        strength = self.strength[adapter_name]  # read once: a concurrent set_strength changes whole passes only
+        u = self.steer2edit_u[adapter_name]
         rows = x.reshape(-1, x.shape[-1])
-        # One term (every solved edit): a matrix-vector product reads x once, faster than a one-column matmul.
-        scores = torch.mv(rows, key[:, 0]).unsqueeze(1) if key.shape[1] == 1 else rows @ key
-        result.view(-1, result.shape[-1]).addmm_(scores, scaled_u)
-        return result
+        if u.shape[0] == 1:
+            weighted = self.steer2edit_lambda[adapter_name][:, None] * self.steer2edit_k[adapter_name]
+            chosen = rows.view(rows.shape[0], -1, weighted.shape[1]).index_select(
+                1, self.steer2edit_indices[adapter_name]
+            )
+            scores = torch.mv(chosen.view(rows.shape[0], -1), weighted.view(-1).to(x.dtype)).unsqueeze(1)
+        else:
+            scores = rows @ self.key_matrix(adapter_name).T.to(x.dtype)
+        u = u.to(scores.dtype)
+        if result.dtype != scores.dtype:
+            return result + (strength * (scores @ u)).view(result.shape).to(result.dtype)
+        return torch.addmm(result.reshape(-1, result.shape[-1]), scores, u, alpha=strength).view(result.shape)
+
+    def set_strength(self, adapter_name: str, strength: float) -> None:
+        """Set an adapter's runtime multiplier; a merged adapter is unmerged and merged again at the new strength."""
+        if adapter_name not in self.strength:
+            return
+        merged = list(self.merged_adapters)
+        if adapter_name in merged:
+            self.unmerge()
+        self.strength[adapter_name] = float(strength)
+        if adapter_name in merged:
+            self.merge(adapter_names=merged)
 
     def delete_adapter(self, adapter_name: str) -> None:
-        self.clear_factor_cache(adapter_name)
+        if adapter_name in self.merged_adapters:
+            raise ValueError(f"adapter {adapter_name!r} is merged; unmerge it before deleting it")
         super().delete_adapter(adapter_name)
+
+    def edited_positions(self, adapter_name: str) -> torch.Tensor:
+        """The input columns the adapter changes (rows of a fan_in_fan_out weight): the only ones a merge writes."""
+        return component_columns(self.steer2edit_indices[adapter_name], self.component_size[adapter_name])
 
     def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
         return True
@@ -303,22 +293,38 @@ class Linear(nn.Module, Steer2EditLayer):
                     f"{base_weight.dtype}): use the edit unmerged, load the base model unquantized to merge, "
                     "or export it with to_lora"
                 )
-            merged = base_weight.float() + self.get_delta_weight(adapter_name)
+            delta = self.get_delta_weight(adapter_name).to(base_weight.device)
+            merged = (base_weight.float() + delta).to(base_weight.dtype)
             if safe_merge and not torch.isfinite(merged).all():
                 raise ValueError(f"NaNs or infs in the merged weights; adapter {adapter_name!r} seems broken")
-            self.set_base_weight(merged.to(base_weight.dtype))
+            positions = self.edited_positions(adapter_name).to(base_weight.device)
+            axis = 0 if self.fan_in_fan_out else 1
+            self._premerge_values[adapter_name] = (
+                positions,
+                base_weight.index_select(axis, positions),
+                merged.index_select(axis, positions),
+                delta.index_select(axis, positions),
+            )
+            self.set_base_weight(merged)
             self.merged_adapters.append(adapter_name)
 
     def unmerge(self) -> None:
+        """Take the merged adapters out again: the weights they changed get back the very values they had before
+        (bit for bit), unless something changed those weights since, which then keep that change."""
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         while self.merged_adapters:
             adapter_name = self.merged_adapters.pop()
-            if adapter_name in self.steer2edit_u:
-                base_weight = self.get_base_weight()
-                restored = base_weight.float() - self.get_delta_weight(adapter_name)
-                self.set_base_weight(restored.to(base_weight.dtype))
+            saved = self._premerge_values.pop(adapter_name, None)
+            if adapter_name not in self.steer2edit_u or saved is None:
+                continue
+            positions, before, merged, delta = saved
+            axis = 0 if self.fan_in_fan_out else 1
+            base_weight = self.get_base_weight()
+            current = base_weight.index_select(axis, positions)
+            restored = before if torch.equal(current, merged) else (current.float() - delta).to(base_weight.dtype)
+            self.set_base_weight(base_weight.index_copy(axis, positions, restored))
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters:

@@ -7,109 +7,17 @@ from typing import Any
 
 import torch
 from peft.config import PeftConfig
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, check_target_module_exists
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..core.architectures import OUTPUT_PROJECTIONS, model_head_dim, model_signature, output_projections
-from ..core.errors import AdapterValidationError, UnknownArchitectureError
+from ..core.errors import AdapterValidationError, UnknownArchitectureError, refuse_reload
 from .checkpoint import MAX_EDIT_MAGNITUDE, PEFT_PREFIX, by_module, check_weights, check_weights_fit, split_key
 from .config import Steer2EditConfig, loaded_weights, was_loaded
-from .layer import Linear, Steer2EditLayer, offload_execution_device, weight_in_out
+from .layer import Linear, Steer2EditLayer, offload_execution_device
+from .targets import base_layer_of, editable, expected_tensor_shapes, module_shapes, resolve_config
 
-
-def _editable(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, Conv1D))
-
-
-def _base(module: nn.Module) -> nn.Module:
-    return module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
-
-
-def _in_out(module: nn.Module) -> tuple[int, int]:
-    base = _base(module)
-    return weight_in_out(base, fan_in_fan_out=isinstance(base, Conv1D))
-
-
-def resolve_config(config: Steer2EditConfig, model: nn.Module) -> None:
-    """Fill families, target modules, head_dim and the model signature from the model, in place."""
-    model_config = getattr(model, "config", None)
-    if config.target_modules is None:
-        if model_config is None:
-            raise ValueError("the model has no transformers config: pass target_modules (and attention_modules)")
-        projections = output_projections(model_config)
-        config.attention_modules = config.attention_modules or [projections.attention]
-        config.mlp_modules = config.mlp_modules or [projections.mlp]
-        config.target_modules = config.family_targets(config.attention_modules, config.mlp_modules)
-    if config.attention_modules and config.head_dim is None:
-        if model_config is None:
-            raise ValueError(
-                "attention_modules are set but head_dim is not, and the model has no config to read it from"
-            )
-        config.head_dim = model_head_dim(model_config)
-    if model_config is None:
-        return
-    signature = model_signature(model_config)
-    if config.attention_modules:
-        signature["head_dim"] = model_head_dim(model_config)
-    if not config.base_model_signature:
-        if was_loaded(config):
-            # Only an adapter made for a plain torch module has none; on a transformers model it would switch
-            # the base-model check off.
-            raise AdapterValidationError(
-                "this Steer2Edit adapter records no base_model_signature, so nothing ties it to this model; it was "
-                "made for a module without a transformers config (or its signature was removed)"
-            )
-        config.base_model_signature = signature
-        return
-    mismatched = {
-        key: (value, signature.get(key))
-        for key, value in config.base_model_signature.items()
-        if signature.get(key) != value
-    }
-    if mismatched:
-        details = ", ".join(f"{key}: adapter {a!r} vs model {b!r}" for key, (a, b) in mismatched.items())
-        made_for = f" ({config.base_model_name_or_path})" if config.base_model_name_or_path else ""
-        raise AdapterValidationError(f"this Steer2Edit adapter was made for another base model{made_for}: {details}")
-
-
-def _module_shapes(config: Steer2EditConfig, name: str, in_features: int, out_features: int, terms: list[list[int]]):
-    size = config.head_dim if config.is_attention_module(name) else 1
-    assert size is not None
-    if in_features % size:
-        raise AdapterValidationError(f"{name}: {in_features} input columns do not split into heads of {size}")
-    count = sum(len(term) for term in terms)
-    num_components = in_features // size
-    bad = sorted({i for term in terms for i in term if not 0 <= i < num_components})
-    if bad:
-        raise AdapterValidationError(f"{name}: edited component indices {bad[:5]} out of range [0, {num_components})")
-    return {
-        "steer2edit_u": (len(terms), out_features),
-        "steer2edit_k": (count, size),
-        "steer2edit_lambda": (count,),
-        "steer2edit_indices": (count,),
-        "steer2edit_term": (count,),
-    }
-
-
-def expected_tensor_shapes(config: Steer2EditConfig, model: nn.Module) -> dict[str, dict[str, tuple[int, ...]]]:
-    """Per targeted module of ``model`` (names as in the base model), the shape each saved tensor must have."""
-    shapes: dict[str, dict[str, tuple[int, ...]]] = {}
-    for name, module in model.named_modules():
-        if ".base_layer" in f".{name}" or not _editable(_base(module)):
-            continue
-        if not check_target_module_exists(config, name):
-            continue
-        module_name = name.removeprefix(PEFT_PREFIX)
-        in_features, out_features = _in_out(module)
-        terms = config.edited_components.get(module_name, [[]])
-        shapes[module_name] = _module_shapes(config, module_name, in_features, out_features, terms)
-    unknown = sorted(set(config.edited_components) - set(shapes))
-    if unknown:
-        raise AdapterValidationError(
-            f"the adapter edits modules this model does not have (or does not target): {unknown[:3]}"
-        )
-    return shapes
+refuse_reload(globals())
 
 
 def remove_adapter_layers(model: nn.Module, adapter_name: str) -> None:
@@ -138,9 +46,7 @@ class Steer2EditModel(BaseTuner):
 
     prefix: str = "steer2edit_"
     tuner_layer_cls = Steer2EditLayer
-    target_module_mapping = {
-        model_type: [projections.attention, projections.mlp] for model_type, projections in OUTPUT_PROJECTIONS.items()
-    }
+    target_module_mapping: dict[str, list[str]] = {}  # found by structure (resolve_config), not looked up
 
     def inject_adapter(
         self, model: nn.Module, adapter_name: str, *args: Any, state_dict: Any = None, **kwargs: Any
@@ -191,15 +97,14 @@ class Steer2EditModel(BaseTuner):
         if current_key is None:
             raise ValueError("current_key must not be None")
         assert isinstance(peft_config, Steer2EditConfig)
-        base = _base(target)
-        if not _editable(base):
+        base = base_layer_of(target)
+        if not editable(base):
             raise TypeError(
                 f"{current_key}: Steer2Edit edits nn.Linear and transformers Conv1D modules, not {type(base).__name__}"
             )
         is_conv1d = isinstance(base, Conv1D)
         peft_config.fan_in_fan_out = peft_config.fan_in_fan_out or is_conv1d
-        component_size = peft_config.head_dim if peft_config.is_attention_module(current_key) else 1
-        assert component_size is not None
+        component_size = peft_config.component_size(current_key)
         layer_kwargs: dict[str, Any] = dict(
             component_size=component_size,
             # A saved adapter lists every module it edits; a fresh one starts where it lists nothing.
@@ -233,10 +138,12 @@ class Steer2EditModel(BaseTuner):
             # concurrent save could have replaced in between.
             extra = {key: value for key, value in state_dict.items() if split_key(key) is None}
             state_dict = {**extra, **validated}
-            object.__setattr__(config, "_validated_weights", None)
         remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        # A digest the config records binds these weights too when they were not checked with it already (a config
+        # built from a file's JSON by hand); saved module copies are renamed on the way in, so only edits qualify.
+        digest = config.tensor_digest if validated is None and not config.modules_to_save else None
         try:
-            cls._load_layout(model, config, adapter_name, remapped)
+            cls._load_layout(model, config, adapter_name, remapped, digest)
         except AdapterValidationError:
             remove_adapter_layers(model, adapter_name)
             getattr(model, "peft_config", {}).pop(adapter_name, None)
@@ -245,7 +152,11 @@ class Steer2EditModel(BaseTuner):
 
     @staticmethod
     def _load_layout(
-        model: nn.Module, config: Steer2EditConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+        model: nn.Module,
+        config: Steer2EditConfig,
+        adapter_name: str,
+        state_dict: dict[str, torch.Tensor],
+        digest: str | None = None,
     ) -> None:
         """Check a state dict and give every layer the components it lists (a state dict is self-contained)."""
         ours = {key: value for key, value in state_dict.items() if split_key(key, adapter_name) is not None}
@@ -266,12 +177,12 @@ class Steer2EditModel(BaseTuner):
                     rebuilt[term].append(index)
                 edited[module] = rebuilt
         grouped = check_weights(
-            ours, edited, config.strength, None, "the adapter state dict", adapter_name, config.modules_to_save
+            ours, edited, config.strength, digest, "the adapter state dict", adapter_name, config.modules_to_save
         )
         shapes = {}
         for module, layer in layers.items():
             layout = edited.get(module, [[]])
-            shapes[module] = _module_shapes(config, module, layer.in_features, layer.out_features, layout)
+            shapes[module] = module_shapes(config, module, layer.in_features, layer.out_features, layout)
         check_weights_fit(grouped, shapes)
         for module, layer in layers.items():
             layout = edited.get(module, [[]])
@@ -320,8 +231,8 @@ class Steer2EditModel(BaseTuner):
             raise ValueError(f"adapter {adapter_name!r} already exists")
         configs = [self._config(name) for name in adapters]
         head_dims = {c.head_dim for c in configs if c.head_dim is not None}
-        if len(head_dims) > 1:
-            raise ValueError(f"add_weighted_adapter needs adapters with the same head_dim, got {sorted(head_dims)}")
+        if len(head_dims) > 1 or len({tuple(sorted(c.head_dims.items())) for c in configs if c.head_dim}) > 1:
+            raise ValueError(f"add_weighted_adapter needs adapters with the same head sizes, got {sorted(head_dims)}")
         terms: dict[str, tuple[list[list[int]], torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         for module, layer in _all_layers(self.model).items():
             scale = [(name, w * layer.strength[name]) for name, w in zip(adapters, weights) if name in layer.strength]
@@ -339,6 +250,7 @@ class Steer2EditModel(BaseTuner):
             names = sorted({name for c in configs for name in getattr(c, family) or []})
             setattr(combined, family, names or None)
         combined.head_dim = next(iter(head_dims), None)
+        combined.head_dims = next((dict(c.head_dims) for c in configs if c.head_dim), {})
         combined.init_weights = True
         combined.strength = 1.0
         combined.behaviour = " + ".join(f"{w:g}*{c.behaviour or n}" for n, c, w in zip(adapters, configs, weights))

@@ -142,7 +142,7 @@ def read_adapter_config(folder: Path) -> dict[str, Any]:
     from dataclasses import fields
 
     from . import Steer2EditConfig
-    from .checkpoint import check_saved_config, read_config_file
+    from .config_rules import check_saved_config, read_config_file
 
     path = Path(folder) / ADAPTER_CONFIG
     if not path.is_file():

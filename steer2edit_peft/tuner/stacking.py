@@ -20,8 +20,10 @@ from typing import Any, Union
 from ..core.errors import Steer2EditError
 from .checkpoint import PEFT_PREFIX, WEIGHTS_NAME, by_module, check_weights_fit
 from .config import Steer2EditConfig, loaded_weights
+from .config_rules import CONFIG_NAME, saved_peft_type
 from .lora_equivalent import equivalent_lora_config, lora_factors
-from .model import Steer2EditModel, expected_tensor_shapes, resolve_config
+from .model import Steer2EditModel
+from .targets import expected_tensor_shapes, resolve_config
 
 logger = logging.getLogger("steer2edit_peft")
 
@@ -117,35 +119,6 @@ def _refuse_in_mixed_models(mixed_class: Any, problem: str) -> None:
 # ---------------------------------------------------------------- an edit loaded onto a LoRA PeftModel
 
 
-def saved_peft_type(source: str, kwargs: dict[str, Any]) -> str | None:
-    """The peft_type an adapter folder or Hub repo declares, or None when it cannot be read here."""
-    from .checkpoint import CONFIG_NAME, read_config_file
-
-    folder = Path(source) / kwargs["subfolder"] if kwargs.get("subfolder") else Path(source)
-    if folder.is_dir():
-        path = folder / CONFIG_NAME
-        if not path.exists():
-            return None
-    else:
-        from huggingface_hub import hf_hub_download
-
-        try:
-            path = Path(
-                hf_hub_download(
-                    source,
-                    CONFIG_NAME,
-                    subfolder=kwargs.get("subfolder"),
-                    revision=kwargs.get("revision"),
-                    token=kwargs.get("token"),
-                    cache_dir=kwargs.get("cache_dir"),
-                )
-            )
-        except Exception:
-            return None  # not ours to judge: PEFT or transformers reports it
-    peft_type = read_config_file(path).get("peft_type")
-    return peft_type if isinstance(peft_type, str) else None
-
-
 def exact_lora_of_saved_edit(config: Steer2EditConfig, model: Any) -> tuple[Any, dict[str, Any]]:
     """(LoraConfig, state dict) of the LoRA equal to a saved, validated edit, for ``model`` (checked against it)."""
     import torch
@@ -222,18 +195,21 @@ def _load_as_lora(original: Any, model: Any, source: str, adapter_name: str, *ar
     return result
 
 
-def save_adapters(model: Any, directory: str | os.PathLike[str]) -> dict[str, Path]:
+def save_adapters(model: Any, directory: str | os.PathLike[str], overwrite: bool = False) -> dict[str, Path]:
     """Save every adapter of a ``PeftMixedModel`` (which PEFT cannot save) to ``directory/<name>``, each in its own
-    format and in one atomic step; each folder loads back with ``from_pretrained`` / ``load_adapter``."""
+    format, each file whole and the config last (core/files.py); each folder loads back with ``from_pretrained`` /
+    ``load_adapter``. Files of those names already there are refused unless ``overwrite``."""
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    from ..core.files import atomic_folder
+    from ..core.files import refuse_existing, staged
 
+    for name in model.peft_config:
+        refuse_existing(Path(directory) / name, (WEIGHTS_NAME, CONFIG_NAME), overwrite)
     folders = {}
     for name, config in model.peft_config.items():
         state = get_peft_model_state_dict(model, adapter_name=name)
-        with atomic_folder(Path(directory) / name) as staging:
+        with staged(Path(directory) / name, overwrite) as staging:
             save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(staging / WEIGHTS_NAME))
             config.save_pretrained(str(staging))  # a Steer2Edit config records the digest of the weights beside it
         folders[name] = Path(directory) / name
