@@ -40,12 +40,30 @@ def densely_edited_copy(peft_model, adapter_names: list[str]):
             base = module.get_base_layer()
             delta = edits[name]
             with torch.no_grad():
-                if isinstance(base, Conv1D):
+                if hasattr(base, "is_transposed"):
+                    add_to_experts(base, delta)
+                elif isinstance(base, Conv1D):
                     base.weight += delta.T.to(base.weight.dtype)
                 else:
                     base.weight += delta.to(base.weight.dtype)
             setattr(plain.get_submodule(parent_name), child, base)
     return plain
+
+
+def add_to_experts(experts, delta: torch.Tensor) -> None:
+    """Column c = e * neurons + n of a fused down projection's delta [hidden, experts * neurons] added to expert
+    e's weight for neuron n, by loops; the model's own forward then routes as it always does."""
+    weight = experts.down_proj
+    neurons = weight.shape[1] if experts.is_transposed else weight.shape[2]
+    for column in range(delta.shape[1]):
+        if not delta[:, column].any():
+            continue
+        expert, neuron = divmod(column, neurons)
+        for row in range(delta.shape[0]):
+            if experts.is_transposed:
+                weight[expert, neuron, row] += delta[row, column].to(weight.dtype)
+            else:
+                weight[expert, row, neuron] += delta[row, column].to(weight.dtype)
 
 
 def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> None:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .errors import UnknownArchitectureError
+from .experts import is_fused_experts
 
 # Names that place a module by structure: a linear module called like an output projection (last name part) inside
 # an attention-like or MLP-like module (an earlier name part) of a decoder layer. GPT-2's attn.c_proj and mlp.c_proj
@@ -22,8 +23,16 @@ MLP_OUTPUTS = ("down_proj", "fc2", "c_proj", "dense_4h_to_h", "w2", "wo", "fc_ou
 # Attributes an attention module may say its head size in, the width of what its output projection reads per head
 # first: the value heads (multi-head latent attention, linear attention), then the heads.
 HEAD_SIZE_ATTRIBUTES = ("v_head_dim", "head_v_dim", "head_dim", "head_size")
-# Where a multimodal model keeps its text decoder, preferred when another tower has as many layers.
-TEXT_DECODER_NAMES = ("language_model", "text_model")
+# Where a multimodal model keeps its text decoder, preferred when another tower has as many layers, and the names of
+# its other towers.
+TEXT_DECODER_NAMES = ("language_model", "text_model", "decoder")
+OTHER_TOWERS = ("vision", "visual", "image", "audio", "speech", "vqmodel")
+LAYER_COUNTS = ("num_hidden_layers", "decoder_layers", "n_layer", "num_layers")
+BY_HAND = (
+    "Pass them by hand, e.g. Steer2EditConfig(attention_modules=['self_attn.o_proj'], mlp_modules=['mlp.down_proj'], "
+    "head_dim=64): attention modules are edited per head of `head_dim` input columns, MLP modules per input column "
+    "(neuron)."
+)
 
 
 @dataclass(frozen=True)
@@ -35,12 +44,6 @@ class OutputProjections:
     attention: tuple[str, ...]
     mlp: tuple[str, ...]
     head_sizes: dict[str, int]
-
-
-def is_fused_experts(module: nn.Module) -> bool:
-    """transformers' fused experts (one [experts, ...] down_proj parameter, no nn.Linear per expert)."""
-    weight = getattr(module, "down_proj", None)
-    return isinstance(weight, nn.Parameter) and weight.ndim == 3 and hasattr(module, "is_transposed")
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -61,18 +64,25 @@ def _in_features(module: nn.Module) -> int:
 
 
 def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """(name, list) of the text decoder's layers: the module list as long as the config's layer count."""
+    """(name, list) of the text decoder's layers: a module list as long as a layer count of the config, not in
+    another tower (vision, audio) of a multimodal model."""
     base = decoder_model(model)
-    count = num_layers(base)
+    config = getattr(base, "config", None)
+    text = text_config(config) if config is not None else None
+    counts = {config_value(text, name) for name in LAYER_COUNTS} - {None}
     found = [
         (name, module)
         for name, module in base.named_modules()
-        if isinstance(module, nn.ModuleList) and len(module) == count and ".base_layer" not in f".{name}"
+        if isinstance(module, nn.ModuleList) and len(module) in counts and ".base_layer" not in f".{name}"
     ]
-    if not found:
-        raise UnknownArchitectureError(f"found no list of {count} decoder layers in {type(base).__name__}")
-    text = [item for item in found if any(part in item[0].split(".") for part in TEXT_DECODER_NAMES)]
-    return (text or found)[0]
+    text_side = [item for item in found if not any(tower in item[0].lower() for tower in OTHER_TOWERS)]
+    if not text_side:
+        raise UnknownArchitectureError(
+            f"found no list of decoder layers ({' or '.join(map(str, sorted(counts))) or 'no layer count'} long) in "
+            f"{type(base).__name__}. {BY_HAND}"
+        )
+    preferred = [item for item in text_side if any(part in item[0].split(".") for part in TEXT_DECODER_NAMES)]
+    return (preferred or text_side)[0]
 
 
 def attention_head_size(attention: nn.Module, in_features: int, model_config: Any) -> int | None:
@@ -118,9 +128,7 @@ def find_output_projections(model: nn.Module) -> OutputProjections:
         model_type = getattr(config and text_config(config), "model_type", None)
         raise UnknownArchitectureError(
             f"steer2edit found no attention or MLP output projection in the decoder layers of "
-            f"model_type={model_type!r}. Pass them by hand, e.g. Steer2EditConfig(attention_modules=['self_attn.o_proj'], "
-            "mlp_modules=['mlp.down_proj'], head_dim=64): attention modules are edited per head of `head_dim` input "
-            "columns, MLP modules per input column (neuron)."
+            f"model_type={model_type!r}. {BY_HAND}"
         )
     return OutputProjections(tuple(sorted(attention)), tuple(sorted(mlp)), head_sizes)
 
@@ -150,14 +158,28 @@ def num_layers(model: nn.Module) -> int:
     return int(layers)
 
 
+def config_value(config: Any, *names: str) -> Any:
+    """The first of ``names`` the config holds a value for (a whole number or a name), or None. A value that varies
+    by layer (transformers' per-layer attributes, which refuse to be read globally) counts as none."""
+    for name in names:
+        try:
+            value = getattr(config, name, None)
+        except Exception:  # noqa: BLE001 - transformers' AmbiguousGlobalPerLayerAttributeError and kin
+            continue
+        if value is not None and not isinstance(value, (list, dict)):
+            return value
+    return None
+
+
 def model_head_dim(model_config: Any) -> int:
-    """Width of one attention head's slice of the attention output projection's input."""
+    """Width of one attention head's slice of the attention output projection's input, by the config (the
+    attention modules' own head sizes take precedence: attention_head_size)."""
     config = text_config(model_config)
-    head_dim = getattr(config, "head_dim", None)
+    head_dim = config_value(config, "head_dim")
     if head_dim:
         return int(head_dim)
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None)
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", None)
+    hidden = config_value(config, "hidden_size", "n_embd")
+    heads = config_value(config, "num_attention_heads", "n_head")
     if not hidden or not heads:
         raise UnknownArchitectureError(
             "cannot infer head_dim from the model config; pass Steer2EditConfig(head_dim=...)"
@@ -168,20 +190,12 @@ def model_head_dim(model_config: Any) -> int:
 def model_signature(model_config: Any) -> dict[str, Any]:
     """The shape facts an adapter must agree with to be loaded onto a model."""
     config = text_config(model_config)
-
-    def first(*names: str) -> Any:
-        for name in names:
-            value = getattr(config, name, None)
-            if value is not None:
-                return value
-        return None
-
     signature = {
-        "model_type": getattr(config, "model_type", None),
-        "hidden_size": first("hidden_size", "n_embd"),
-        "num_hidden_layers": first("num_hidden_layers", "n_layer"),
-        "num_attention_heads": first("num_attention_heads", "n_head"),
-        "intermediate_size": first("intermediate_size", "n_inner"),
+        "model_type": config_value(config, "model_type"),
+        "hidden_size": config_value(config, "hidden_size", "n_embd"),
+        "num_hidden_layers": config_value(config, "num_hidden_layers", "n_layer"),
+        "num_attention_heads": config_value(config, "num_attention_heads", "n_head"),
+        "intermediate_size": config_value(config, "intermediate_size", "n_inner"),
     }
     return {key: value for key, value in signature.items() if value is not None}
 
@@ -207,4 +221,4 @@ def context_length(model: nn.Module) -> int | None:
     text = model_text_config(model)
     if text is None:
         return None
-    return getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    return config_value(text, "max_position_embeddings", "n_positions")

@@ -18,15 +18,21 @@ from safetensors.torch import save_file
 
 from ..core.architectures import decoder_model
 from ..core.errors import Steer2EditError
+from ..core.experts import experts_shape, is_fused_experts
 from ..core.files import refuse_existing, staged
 from ..solver.scores import ModuleEdit
 from ..tuner import Steer2EditLayer
 from ..tuner.checkpoint import PEFT_PREFIX, TENSOR_NAMES
+from ..tuner.experts import Experts
 from ..tuner.layer import component_columns
-from ..tuner.lora_equivalent import equivalent_lora_config
+from ..tuner.lora_equivalent import equivalent_lora_config, experts_lora_factors
 from ..tuner.lora_equivalent import lora_factors as lora_factors_of_tensors
 
 LORA_FILES = ("adapter_config.json", "adapter_model.safetensors", "steer2edit_export.json")
+# On a model with fused experts PEFT reads a LoRA target_modules entry ending in these names as a per-expert module
+# of transformers 4 and moves it onto the experts (peft.utils.transformers_weight_conversion): such layers are
+# exported through their weight parameter instead, which it leaves alone.
+PEFT_MOE_RENAMED = ("down_proj", "gate_proj", "up_proj", "w1", "w2", "w3")
 
 
 def lora_factors(layer: Steer2EditLayer, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,13 +87,26 @@ def to_lora(
         refuse_existing(output, LORA_FILES, overwrite)
     state: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
+    parameters: dict[str, int] = {}
     fan_in_fan_out = set()
-    for name, module in edited_layers(model, adapter_name).items():
-        lora_a, lora_b = lora_factors(module, adapter_name)
-        if rank is not None:
-            lora_a, lora_b = padded(lora_a, lora_b, rank, name)
-        ranks[name] = lora_a.shape[0]
-        fan_in_fan_out.add(module.fan_in_fan_out)
+    layers = edited_layers(model, adapter_name)
+    top = rank or max(layer.steer2edit_u[adapter_name].shape[0] for layer in layers.values())
+    has_experts = any(is_fused_experts(module) for module in decoder_model(model).modules())
+    for name, layer in layers.items():
+        if isinstance(layer, Experts):
+            tensors = {tensor: getattr(layer, tensor)[adapter_name] for tensor in TENSOR_NAMES}
+            count, neurons, _ = experts_shape(layer.get_base_layer())
+            lora_a, lora_b = experts_lora_factors(tensors, layer.strength[adapter_name], count, neurons, top)
+            parameters[f"{name}.down_proj"] = top
+        else:
+            lora_a, lora_b = lora_factors(layer, adapter_name)
+            fan_in_fan_out.add(layer.fan_in_fan_out)
+            if has_experts and name.rpartition(".")[2] in PEFT_MOE_RENAMED:
+                lora_a, lora_b = padded(lora_a, lora_b, top, name)
+                parameters[f"{name}.weight"] = top
+            else:
+                lora_a, lora_b = padded(lora_a, lora_b, rank, name) if rank is not None else (lora_a, lora_b)
+                ranks[name] = lora_a.shape[0]
         state[f"{PEFT_PREFIX}{name}.lora_A.weight"] = lora_a.cpu()
         state[f"{PEFT_PREFIX}{name}.lora_B.weight"] = lora_b.cpu()
     if len(fan_in_fan_out) > 1:
@@ -95,12 +114,14 @@ def to_lora(
     source = _source_config(model, adapter_name)
     config = equivalent_lora_config(
         ranks,
-        fan_in_fan_out.pop(),
+        fan_in_fan_out.pop() if fan_in_fan_out else False,
         getattr(source, "base_model_name_or_path", None),
         getattr(source, "task_type", None),
+        parameters,
     )
     if output is not None:
         provenance = {"exported_from": "steer2edit", "behaviour": getattr(source, "behaviour", None), "ranks": ranks}
+        provenance["target_parameters"] = parameters
         write_lora(output, config, state, provenance, overwrite)
     return config, state
 

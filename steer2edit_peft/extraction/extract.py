@@ -13,11 +13,12 @@ from tqdm.auto import tqdm
 
 from ..core.architectures import StopForward, context_length, decoder_model, input_device, model_signature
 from ..core.errors import DataError
+from ..core.experts import expert_input, experts_shape, is_fused_experts
 from ..core.settings import DEFAULTS, POSITIONS
 from ..core.tokens import EncodedExample, collate, encode_example, pad_token_id
 from ..probes.datasets import ContrastiveDataset, ContrastiveExample
 from ..tuner import Steer2EditConfig
-from ..tuner.targets import resolve_config
+from ..tuner.targets import base_layer_of, resolve_config
 from .vectors import MOMENTS, SteeringVectors
 
 
@@ -31,7 +32,9 @@ def edited_modules(model: nn.Module, config: Steer2EditConfig | None = None) -> 
     modules = {
         name: module
         for name, module in base.named_modules()
-        if ".base_layer" not in f".{name}" and check_target_module_exists(config, name) and hasattr(module, "weight")
+        if ".base_layer" not in f".{name}"
+        and check_target_module_exists(config, name)
+        and (hasattr(module, "weight") or is_fused_experts(module))
     }
     if not modules:
         raise ValueError(f"no module of the model matches target_modules={config.target_modules!r}")
@@ -79,11 +82,13 @@ class _Accumulator:
         self.moment_modules = moment_modules  # the attention modules whose reference moments are recorded
         self.moment_counts = {statistic: 0 for statistic in MOMENTS}
         self._rows: dict[tuple[str, str], torch.Tensor] = {}  # (statistic, class) -> flat indices of its positions
+        self.recorded: set[str] = set()
         self._on_device: dict[tuple[str, str, torch.device], torch.Tensor] = {}
 
     def start_batch(self, classes: list[str], masks: dict[str, torch.Tensor]) -> None:
         """``masks``: statistic ("pre", "post", and the moments' windows) -> the positions [batch, length] it covers."""
         self._rows = {}
+        self.recorded: set[str] = set()  # the modules recorded in this batch (a block may run them in any order)
         for name in set(classes):
             rows = torch.tensor([c == name for c in classes])
             for statistic, mask in masks.items():
@@ -100,6 +105,26 @@ class _Accumulator:
         if key not in self._on_device:
             self._on_device[key] = self._rows[statistic, name].to(device)
         return self._on_device[key]
+
+    def add_routed(self, module: str, experts: nn.Module, states: torch.Tensor, top_k_index: torch.Tensor) -> None:
+        """Fused experts' "pre": per expert, the sum of its down projection's input over the tokens routed to it at
+        each class's positions, and how many ([experts, neurons] and [experts]; core/experts.py)."""
+        count, neurons, _ = experts_shape(experts)
+        selections = {name: rows for (statistic, name), rows in self._rows.items() if statistic == "pre"}
+        sums = {name: torch.zeros(count, neurons) for name in selections}
+        routed = {name: torch.zeros(count) for name in selections}
+        for expert in range(count):
+            tokens = torch.nonzero((top_k_index == expert).any(-1)).squeeze(-1)
+            if not tokens.numel():
+                continue
+            inputs = expert_input(experts, states[tokens], expert).float().cpu()
+            for name, rows in selections.items():
+                chosen = torch.isin(tokens.cpu(), rows)
+                sums[name][expert] = inputs[chosen].sum(0)
+                routed[name][expert] = float(chosen.sum())
+        for name in selections:
+            self._add_sum(module, f"pre_{name}", sums[name].reshape(-1))
+            self._add_sum(module, f"routed_{name}", routed[name])
 
     def _add_sum(self, module: str, key: str, total: torch.Tensor) -> None:
         sums = self.sums.setdefault(module, {})
@@ -135,21 +160,25 @@ def _evaluating(model: nn.Module) -> Iterator[None]:
 
 @contextmanager
 def _recording_hooks(modules: dict[str, nn.Module], accumulator: _Accumulator) -> Iterator[None]:
-    last = list(modules)[-1]
     handles = []
 
     def make_hook(name: str):
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            accumulator.add(name, "pre", args[0])
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+            if is_fused_experts(base_layer_of(module)):
+                top_k_index = args[1] if len(args) > 1 else kwargs["top_k_index"]
+                accumulator.add_routed(name, base_layer_of(module), args[0], top_k_index)
+            else:
+                accumulator.add(name, "pre", args[0])
             accumulator.add(name, "post", output[0] if isinstance(output, tuple) else output)
-            if name == last:
+            accumulator.recorded.add(name)
+            if len(accumulator.recorded) == len(modules):  # the rest of the forward pass records nothing
                 raise StopForward
 
         return hook
 
     try:
         for name, module in modules.items():
-            handles.append(module.register_forward_hook(make_hook(name)))
+            handles.append(module.register_forward_hook(make_hook(name), with_kwargs=True))
         yield
     finally:
         for handle in handles:
@@ -292,5 +321,15 @@ def _means(
                     means.setdefault(key, {})[name] = (total / accumulator.moment_counts[key]).cpu()
                 continue
             statistic, _, kind = key.partition("_")
-            means[key][name] = (total / counts[statistic, kind]).cpu()
+            if statistic == "routed":
+                continue
+            routed = accumulator.sums[name].get(f"routed_{kind}")
+            if statistic == "pre" and routed is not None:  # fused experts: each expert over its own tokens
+                per_expert = total.reshape(len(routed), -1) / routed.clamp_min(1)[:, None]
+                means[key][name] = per_expert.reshape(-1).cpu()
+            else:
+                means[key][name] = (total / counts[statistic, kind]).cpu()
+            if statistic == "pre" and routed is not None and kind != "ref":
+                means.setdefault("routed_tokens", {})
+                means["routed_tokens"][name] = means["routed_tokens"].get(name, torch.zeros(len(routed))) + routed
     return means, counts

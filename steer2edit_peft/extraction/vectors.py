@@ -15,7 +15,7 @@ from ..version import __version__
 
 VECTORS_FILE = "steering_vectors.safetensors"
 METADATA_FILE = "steering_vectors.json"
-STATISTICS = ("post_pos", "post_neg", "pre_pos", "pre_neg", "pre_ref")
+STATISTICS = ("post_pos", "post_neg", "pre_pos", "pre_neg", "pre_ref", "routed_tokens")
 # Per attention module, the second moment E[x x^T] of its whole input on the reference data [in, in] (a joint key
 # over several heads needs the blocks between them): at the positions the inputs are read ("decision": its
 # prompts) and along its answers (the later positions). in^2 floats each: 1.3 MB at 576, 64 MiB at 4096.
@@ -37,6 +37,9 @@ class SteeringVectors:
     pre_pos: dict[str, torch.Tensor] = field(default_factory=dict)
     pre_neg: dict[str, torch.Tensor] = field(default_factory=dict)
     pre_ref: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Per fused-experts module: how many probe tokens (at the input positions) each expert was routed, [experts];
+    # its "pre" means are per expert over those tokens alone.
+    routed_tokens: dict[str, torch.Tensor] = field(default_factory=dict)
     ref_decision_moment: dict[str, torch.Tensor] = field(default_factory=dict)
     ref_answer_moment: dict[str, torch.Tensor] = field(default_factory=dict)
     model_name: str | None = None

@@ -288,6 +288,7 @@ def calibrate(
             tuner.set_strength(scale, "calibrating")
             return meter(edited, from_layer=first)  # the layers below the edit are the base model's
 
+        max_scale = min(max_scale, tuner.largest_strength("calibrating"))  # within the bound loading enforces
         scale, history = largest_within(
             kl_at, max_kl, max_scale=max_scale, min_scale=min_scale, relative_tolerance=relative_tolerance
         )

@@ -12,6 +12,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..core.architectures import decoder_model, model_signature
 from ..core.errors import Steer2EditError
+from ..core.experts import down_columns, is_fused_experts
 from ..core.settings import SELECTIVE_DECISION_WEIGHT, SELECTIVE_RIDGE, SELECTIVE_THRESHOLD
 from ..extraction.extract import edited_modules
 from ..extraction.vectors import SteeringVectors
@@ -202,14 +203,22 @@ def effective_weight(module: Any) -> torch.Tensor:
     from accelerate.utils import align_module_device
 
     base: Any = module.get_base_layer() if isinstance(module, BaseTunerLayer) else module
-    with align_module_device(base, torch.device("cpu") if base.weight.device.type == "meta" else None):
-        weight = base.weight.detach().to(torch.float32, copy=True)  # offloaded weights are brought in, then copied
+    if is_fused_experts(base):
+        weight = down_columns(base).float()  # [hidden, experts * neurons]
+    else:
+        with align_module_device(base, torch.device("cpu") if base.weight.device.type == "meta" else None):
+            weight = base.weight.detach().to(torch.float32, copy=True)  # offloaded weights are brought in, then copied
     if isinstance(module, BaseTunerLayer):
         for adapter_name in module.active_adapters:
             if adapter_name in module.merged_adapters or not hasattr(module, "get_delta_weight"):
                 continue
             if adapter_name in module._get_available_adapters():
-                weight = weight + module.get_delta_weight(adapter_name).detach().float().to(weight.device)
+                delta = module.get_delta_weight(adapter_name).detach().float().to(weight.device)
+                if delta.shape != weight.shape:
+                    raise Steer2EditError(
+                        f"{type(module).__name__} on a fused-experts module: solve the edit before adding that adapter"
+                    )
+                weight = weight + delta
     return weight.T if isinstance(base, Conv1D) else weight
 
 

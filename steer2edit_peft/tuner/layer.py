@@ -11,6 +11,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
 from ..core.errors import AdapterValidationError, refuse_reload
+from ..core.experts import experts_shape, is_fused_experts
 
 refuse_reload(globals())
 
@@ -19,8 +20,11 @@ def weight_in_out(module: nn.Module, fan_in_fan_out: bool) -> tuple[int, int]:
     """(in_features, out_features) of a 2-D weight stored (out, in), or (in, out) when fan_in_fan_out.
 
     Layers that declare ``in_features``/``out_features`` (nn.Linear, quantized linears whose packed weight
-    has another shape) are taken at their word.
+    has another shape) are taken at their word; fused experts read as [hidden, experts * neurons] (core/experts.py).
     """
+    if is_fused_experts(module):
+        experts, neurons, hidden = experts_shape(module)
+        return experts * neurons, hidden
     if not fan_in_fan_out and isinstance(getattr(module, "in_features", None), int):
         return int(module.in_features), int(module.out_features)  # type: ignore[arg-type]
     weight = cast(torch.Tensor, module.weight)
@@ -244,9 +248,62 @@ class Steer2EditLayer(BaseTunerLayer):
             raise ValueError(f"adapter {adapter_name!r} is merged; unmerge it before deleting it")
         super().delete_adapter(adapter_name)
 
-    def edited_positions(self, adapter_name: str) -> torch.Tensor:
-        """The input columns the adapter changes (rows of a fan_in_fan_out weight): the only ones a merge writes."""
-        return component_columns(self.steer2edit_indices[adapter_name], self.component_size[adapter_name])
+    def delta_columns(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions [P], delta [out, P] float32): the input columns the edit changes and what it adds to each, from
+        its tensors alone (terms that share a column add up)."""
+        size = self.component_size[adapter_name]
+        columns = component_columns(self.steer2edit_indices[adapter_name], size)
+        values = (self.steer2edit_lambda[adapter_name][:, None] * self.steer2edit_k[adapter_name]).reshape(-1)
+        u = self.steer2edit_u[adapter_name].detach().float()[self.steer2edit_term[adapter_name].repeat_interleave(size)]
+        entries = self.strength[adapter_name] * u * values.detach().float()[:, None]  # [columns, out]
+        positions, inverse = torch.unique(columns, return_inverse=True)
+        delta = torch.zeros(len(positions), u.shape[1], device=u.device).index_add_(0, inverse, entries)
+        return positions, delta.T
+
+    def _read_columns(self, positions: torch.Tensor) -> torch.Tensor:
+        """The base weight's input columns ``positions``, [out, P], in its own dtype."""
+        raise NotImplementedError
+
+    def _write_columns(self, positions: torch.Tensor, values: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Add the edit to the base weights: only the columns it changes are read and written."""
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        for adapter_name in adapter_names:
+            if adapter_name not in self.steer2edit_u:
+                continue
+            positions, delta = self.delta_columns(adapter_name)
+            before = self._read_columns(positions)
+            if not before.dtype.is_floating_point:
+                raise TypeError(
+                    f"cannot merge into a quantized {type(self.get_base_layer()).__name__} (weight dtype "
+                    f"{before.dtype}): use the edit unmerged, load the base model unquantized to merge, "
+                    "or export it with to_lora"
+                )
+            delta = delta.to(before.device)
+            merged = (before.float() + delta).to(before.dtype)
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(f"NaNs or infs in the merged weights; adapter {adapter_name!r} seems broken")
+            self._premerge_values[adapter_name] = (positions, before, merged, delta)
+            self._write_columns(positions, merged)
+            self.merged_adapters.append(adapter_name)
+
+    def unmerge(self) -> None:
+        """Take the merged adapters out again: the weights they changed get back the very values they had before
+        (bit for bit), unless something changed those weights since, which then keep that change."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        while self.merged_adapters:
+            adapter_name = self.merged_adapters.pop()
+            saved = self._premerge_values.pop(adapter_name, None)
+            if adapter_name not in self.steer2edit_u or saved is None:
+                continue
+            positions, before, merged, delta = saved
+            current = self._read_columns(positions)
+            restored = before if torch.equal(current, merged) else (current.float() - delta).to(current.dtype)
+            self._write_columns(positions, restored)
 
     def supports_lora_conversion(self, adapter_name: str = "default") -> bool:
         return True
@@ -281,50 +338,18 @@ class Linear(nn.Module, Steer2EditLayer):
             inference_mode=inference_mode,
         )
 
-    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        adapter_names = check_adapters_to_merge(self, adapter_names)
-        for adapter_name in adapter_names:
-            if adapter_name not in self.steer2edit_u:
-                continue
-            base_weight = self.get_base_weight()
-            if not base_weight.dtype.is_floating_point:
-                raise TypeError(
-                    f"cannot merge into a quantized {type(self.get_base_layer()).__name__} (weight dtype "
-                    f"{base_weight.dtype}): use the edit unmerged, load the base model unquantized to merge, "
-                    "or export it with to_lora"
-                )
-            delta = self.get_delta_weight(adapter_name).to(base_weight.device)
-            merged = (base_weight.float() + delta).to(base_weight.dtype)
-            if safe_merge and not torch.isfinite(merged).all():
-                raise ValueError(f"NaNs or infs in the merged weights; adapter {adapter_name!r} seems broken")
-            positions = self.edited_positions(adapter_name).to(base_weight.device)
-            axis = 0 if self.fan_in_fan_out else 1
-            self._premerge_values[adapter_name] = (
-                positions,
-                base_weight.index_select(axis, positions),
-                merged.index_select(axis, positions),
-                delta.index_select(axis, positions),
-            )
-            self.set_base_weight(merged)
-            self.merged_adapters.append(adapter_name)
+    def _read_columns(self, positions: torch.Tensor) -> torch.Tensor:
+        weight = self.get_base_weight()
+        positions = positions.to(weight.device)
+        return weight.index_select(0, positions).T if self.fan_in_fan_out else weight.index_select(1, positions)
 
-    def unmerge(self) -> None:
-        """Take the merged adapters out again: the weights they changed get back the very values they had before
-        (bit for bit), unless something changed those weights since, which then keep that change."""
-        if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
-            return
-        while self.merged_adapters:
-            adapter_name = self.merged_adapters.pop()
-            saved = self._premerge_values.pop(adapter_name, None)
-            if adapter_name not in self.steer2edit_u or saved is None:
-                continue
-            positions, before, merged, delta = saved
-            axis = 0 if self.fan_in_fan_out else 1
-            base_weight = self.get_base_weight()
-            current = base_weight.index_select(axis, positions)
-            restored = before if torch.equal(current, merged) else (current.float() - delta).to(base_weight.dtype)
-            self.set_base_weight(base_weight.index_copy(axis, positions, restored))
+    def _write_columns(self, positions: torch.Tensor, values: torch.Tensor) -> None:
+        weight = self.get_base_weight()
+        positions = positions.to(weight.device)
+        if self.fan_in_fan_out:
+            self.set_base_weight(weight.index_copy(0, positions, values.T))
+        else:
+            self.set_base_weight(weight.index_copy(1, positions, values))
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.disable_adapters:

@@ -12,8 +12,11 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..core.errors import AdapterValidationError, UnknownArchitectureError, refuse_reload
+from ..core.experts import is_fused_experts
 from .checkpoint import MAX_EDIT_MAGNITUDE, PEFT_PREFIX, by_module, check_weights, check_weights_fit, split_key
 from .config import Steer2EditConfig, loaded_weights, was_loaded
+from .config_rules import MAX_STRENGTH
+from .experts import Experts
 from .layer import Linear, Steer2EditLayer, offload_execution_device
 from .targets import base_layer_of, editable, expected_tensor_shapes, module_shapes, resolve_config
 
@@ -68,7 +71,7 @@ class Steer2EditModel(BaseTuner):
         if weights is not None:  # read and checked by Steer2EditConfig.from_pretrained
             check_weights_fit(by_module(weights), shapes)
 
-    def _replace_module(self, parent: nn.Module, child_name: str, new_module: Any, child: Any) -> None:
+    def _place_module(self, parent: nn.Module, child_name: str, new_module: Any, child: Any) -> None:
         # PEFT parks adapter tensors on the base weight's device, "meta" for an offloaded layer, which would
         # drop their values. The edit's tensors are small: they stay on the layer's execution device.
         device = offload_execution_device(child.get_base_layer() if isinstance(child, BaseTunerLayer) else child)
@@ -100,7 +103,8 @@ class Steer2EditModel(BaseTuner):
         base = base_layer_of(target)
         if not editable(base):
             raise TypeError(
-                f"{current_key}: Steer2Edit edits nn.Linear and transformers Conv1D modules, not {type(base).__name__}"
+                f"{current_key}: Steer2Edit edits nn.Linear, transformers Conv1D and fused-experts modules, not "
+                f"{type(base).__name__}"
             )
         is_conv1d = isinstance(base, Conv1D)
         peft_config.fan_in_fan_out = peft_config.fan_in_fan_out or is_conv1d
@@ -116,7 +120,13 @@ class Steer2EditModel(BaseTuner):
         if isinstance(target, Steer2EditLayer):
             components = target.update_layer(adapter_name, module_name=current_key, **layer_kwargs)  # type: ignore[arg-type]
         else:
-            new_module = Linear(target, adapter_name, fan_in_fan_out=is_conv1d, module_name=current_key, **layer_kwargs)  # type: ignore[arg-type]
+            new_module: Steer2EditLayer
+            if is_fused_experts(base):
+                new_module = Experts(target, adapter_name, module_name=current_key, **layer_kwargs)
+            else:
+                new_module = Linear(
+                    target, adapter_name, fan_in_fan_out=is_conv1d, module_name=current_key, **layer_kwargs
+                )  # type: ignore[arg-type]
             components = new_module.recorded_components
             self._replace_module(parent, target_name, new_module, target)
         if any(components):
@@ -209,16 +219,29 @@ class Steer2EditModel(BaseTuner):
         names = [adapter_name] if adapter_name else self.active_adapters
         for name in names:
             value = self._config(name).check_strength(strength)
-            largest = max((m.largest_component_magnitude(name) for m in _layers(self.model, name).values()), default=0)
-            if abs(value) * largest > MAX_EDIT_MAGNITUDE:
+            if abs(value) > self.largest_strength(name):
                 raise AdapterValidationError(
-                    f"set_strength({strength!r}) would move the weights of adapter {name!r} by "
-                    f"{abs(value) * largest:.3g}, above the bound {MAX_EDIT_MAGNITUDE:g}"
+                    f"set_strength({strength!r}) would move the weights of adapter {name!r} by more than the bound "
+                    f"{MAX_EDIT_MAGNITUDE:g}: its largest strength is {self.largest_strength(name):.4g}"
                 )
         for name in names:
             self._config(name).strength = float(strength)
             for module in _layers(self.model, name).values():
                 module.set_strength(name, strength)
+
+    def largest_strength(self, adapter_name: str) -> float:
+        """The largest |strength| the adapter takes: MAX_STRENGTH, or less where its largest component would then
+        move its weights by more than MAX_EDIT_MAGNITUDE."""
+        layers = _layers(self.model, adapter_name).values()
+        largest = max((m.largest_component_magnitude(adapter_name) for m in layers), default=0.0)
+        # A hair under the bound: the saved tensors, rounded to their dtype, must still pass loading's check.
+        return min(MAX_STRENGTH, 0.999 * MAX_EDIT_MAGNITUDE / largest) if largest > 0 else MAX_STRENGTH
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: Any, child: Any) -> None:
+        if new_module is base_layer_of(child):  # unloading: the very module the layer wrapped goes back in place
+            setattr(parent, child_name, new_module)
+            return
+        self._place_module(parent, child_name, new_module, child)
 
     def add_weighted_adapter(self, adapters: list[str], weights: list[float], adapter_name: str) -> None:
         """A new adapter equal to ``sum_i weights[i] * adapters[i]``, exactly: terms are concatenated.

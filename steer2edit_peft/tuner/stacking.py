@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from ..core.errors import Steer2EditError
+from ..core.experts import is_fused_experts
 from .checkpoint import PEFT_PREFIX, WEIGHTS_NAME, by_module, check_weights_fit
 from .config import Steer2EditConfig, loaded_weights
 from .config_rules import CONFIG_NAME, saved_peft_type
@@ -134,8 +135,13 @@ def exact_lora_of_saved_edit(config: Steer2EditConfig, model: Any) -> tuple[Any,
     for module, tensors in sorted(grouped.items()):
         if not tensors["steer2edit_indices"].numel():
             continue
-        in_features = model.get_submodule(module).in_features
-        lora_a, lora_b = lora_factors(tensors, config.strength, in_features)
+        target = model.get_submodule(module)
+        if is_fused_experts(target):
+            raise Steer2EditError(
+                f"{module}: an edit of fused experts joins a LoRA model in a PeftMixedModel "
+                "(PeftMixedModel.from_pretrained, then load_adapter), not as a LoRA of this PeftModel"
+            )
+        lora_a, lora_b = lora_factors(tensors, config.strength, target.in_features)
         ranks[module] = lora_a.shape[0]
         state[f"{PEFT_PREFIX}{module}.lora_A.weight"] = lora_a
         state[f"{PEFT_PREFIX}{module}.lora_B.weight"] = lora_b

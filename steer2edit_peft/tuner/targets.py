@@ -11,13 +11,15 @@ from transformers.pytorch_utils import Conv1D
 
 from ..core.architectures import attention_head_size, find_output_projections, model_head_dim, model_signature
 from ..core.errors import AdapterValidationError, UnknownArchitectureError
+from ..core.experts import is_fused_experts
 from .checkpoint import PEFT_PREFIX
 from .config import Steer2EditConfig, was_loaded
 from .layer import weight_in_out
 
 
 def editable(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, Conv1D))
+    """A module a Steer2Edit layer can wrap: a linear layer (nn.Linear, Conv1D) or transformers' fused experts."""
+    return isinstance(module, (nn.Linear, Conv1D)) or is_fused_experts(module)
 
 
 def base_layer_of(module: nn.Module) -> nn.Module:
