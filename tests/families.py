@@ -55,9 +55,21 @@ SIZES = {
     "first_k_dense_replace": 1,
     "decoder_sparse_step": 1,
     "num_nextn_predict_layers": 0,
+    "mamba_n_heads": 4,
+    "mamba_d_head": 16,
+    "mamba_d_state": 8,
+    "mamba_n_groups": 1,
 }
 LAYER_COUNTS = ("num_hidden_layers", "num_layers", "n_layer", "decoder_layers")
-PER_LAYER_LISTS = ("layer_types", "layers_block_type", "no_rope_layers", "moe_layers", "mlp_only_layers")
+PER_LAYER_LISTS = (
+    "layer_types",
+    "layers_block_type",
+    "mlp_layer_types",
+    "attention_layers",
+    "no_rope_layers",
+    "moe_layers",
+    "mlp_only_layers",
+)
 
 
 def family_types() -> list[str]:
@@ -76,7 +88,9 @@ def shrink(data: dict[str, Any]) -> dict[str, Any]:
     ungrouped = data.get("num_key_value_heads") is not None and data.get("num_key_value_heads") == data.get(
         "num_attention_heads"
     )
-    kept = next((_kept_layers(data[k]) for k in ("layer_types", "layers_block_type") if isinstance(data.get(k), list)), None)
+    kept = next(
+        (_kept_layers(data[k]) for k in ("layer_types", "layers_block_type") if isinstance(data.get(k), list)), None
+    )
     for key, value in list(data.items()):
         if isinstance(value, dict) and key.endswith("config") and key != "per_layer_config":
             data[key] = shrink(value)

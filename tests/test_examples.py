@@ -26,7 +26,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_every_example_has_a_test():
-    tested = {"refusal_edit", "concise_edit", "apply_saved_edit"}
+    tested = {"refusal_edit", "concise_edit", "apply_saved_edit", "moe_edit"}
     assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -51,3 +51,19 @@ def test_concise_edit(checkpoint, tmp_path):
     )
     assert summary["kl_from_base"] >= 0 and summary["mean_length_before"] > 0
     assert (tmp_path / "adapter_config.json").is_file()
+
+
+def test_moe_edit_on_a_tiny_mixture_of_experts(tmp_path):
+    from families import tiny_family_model
+    from tiny_models import byte_tokenizer
+
+    folder = tmp_path / "moe"
+    tiny_family_model("qwen3_moe", vocab_size=260, max_position_embeddings=1024).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    summary = load_example("moe_edit").main(
+        [str(folder), "--dtype", "float32", "--pairs", "4", "--reference", "3", "--max-kl", "0.01",
+         "--output", str(tmp_path / "out")]
+    )  # fmt: skip
+    assert summary["fused_experts_modules"] == 2 and summary["edited_expert_neurons"] > 0
+    assert summary["reload_max_abs_logit_diff"] == 0 and summary["merge_max_abs_logit_diff"] < 1e-4
+    assert (tmp_path / "out" / "lora" / "adapter_config.json").is_file()

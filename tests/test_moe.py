@@ -118,3 +118,38 @@ def test_extraction_records_each_experts_mean_input_over_the_tokens_routed_to_it
 
 def vectors_probe():
     return ContrastiveDataset.from_records([{"prompt": p, "positive": a, "negative": b} for p, a, b in PAIRS])
+
+
+def random_moe_edit():
+    model = model_of("qwen3_moe")
+    torch.manual_seed(1)
+    from peft import get_peft_model
+
+    return get_peft_model(model, Steer2EditConfig(init_weights=False))
+
+
+def test_exports_that_cannot_carry_expert_edits_say_what_to_do_instead(tmp_path):
+    from steer2edit_peft import Steer2EditError
+    from steer2edit_peft.export.gguf import export_gguf_lora
+    from steer2edit_peft.export.vllm import export_for_vllm
+
+    peft_model = random_moe_edit()
+    with pytest.raises(Steer2EditError, match="GGUF export is not checked for edits of fused experts.*export-lora"):
+        export_gguf_lora(peft_model, tmp_path / "adapter.gguf")
+    with pytest.raises(Steer2EditError, match="serving with vLLM.*steer2edit merge"):
+        export_for_vllm(peft_model, "default", tmp_path / "vllm")
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_adapter_records_its_experts_and_loads_only_where_they_match(tmp_path):
+    from steer2edit_peft import AdapterValidationError
+    from steer2edit_peft.tuner.report import EditReport
+
+    peft_model = random_moe_edit()
+    peft_model.save_pretrained(tmp_path)
+    config = peft_model.peft_config["default"]
+    assert config.fused_experts == {f"model.layers.{i}.mlp.experts": [4, 24] for i in range(2)}
+    table = EditReport.from_adapter_folder(tmp_path).to_table()
+    assert "/96" in table and "e" in table.split("mlp.experts")[1].split("\n")[0]  # expert:neuron labels
+    with pytest.raises(AdapterValidationError, match=r"fused experts of \[8, 24\].*\[4, 24\] in the adapter"):
+        PeftModel.from_pretrained(tiny_family_model("qwen3_moe", vocab_size=260, num_local_experts=8), tmp_path)

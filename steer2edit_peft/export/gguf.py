@@ -21,7 +21,14 @@ import numpy as np
 from ..core.architectures import model_text_config, num_layers
 from ..core.errors import Steer2EditError
 from ..core.files import new_file
-from .lora import edit_terms, edited_layers, lora_factors, padded
+from .lora import edit_terms, edited_layers, lora_factors, padded, refuse_fused_experts
+
+# llama.cpp keeps experts in [experts, ...] tensors (blk.N.ffn_down_exps); no tiny MoE GGUF exists here to check an
+# export of their edits against, so none is written.
+GGUF_INSTEAD = (
+    "export the exact LoRA (steer2edit export-lora: PEFT loads it) or a merged transformers model (steer2edit merge) "
+    "and convert that with llama.cpp's own convert_hf_to_gguf.py"
+)
 
 # transformers model_type -> llama.cpp architecture (gguf.MODEL_ARCH member name)
 LLAMA_CPP_ARCHITECTURES = {
@@ -97,6 +104,7 @@ def export_gguf_lora(model: Any, path: str | Path, adapter_name: str = "default"
     """A GGUF LoRA adapter equal to the edit, for ``llama-cli --lora`` and Ollama's ``ADAPTER``."""
     gguf = _gguf()
     layers = edited_layers(model, adapter_name)
+    refuse_fused_experts(layers, "GGUF export", GGUF_INSTEAD)
     rank = rank or edit_terms(model, adapter_name)
     names = gguf_tensor_names(model, list(layers))
     architecture = gguf.MODEL_ARCH_NAMES[llama_cpp_architecture(model)]
@@ -159,6 +167,7 @@ def export_merged_gguf(
     if tensor_type not in ("base", *WHOLE_MODEL_TYPES):
         raise Steer2EditError(f"tensor_type must be 'base' or one of {WHOLE_MODEL_TYPES}, got {tensor_type!r}")
     layers = edited_layers(model, adapter_name)
+    refuse_fused_experts(layers, "GGUF export", GGUF_INSTEAD)
     names = gguf_tensor_names(model, list(layers))
     deltas = {names[module]: _delta(layer, adapter_name) for module, layer in layers.items()}
     reader = gguf.GGUFReader(str(base_gguf))

@@ -55,6 +55,15 @@ def edited_layers(model: Any, adapter_name: str) -> dict[str, Steer2EditLayer]:
     return layers
 
 
+def refuse_fused_experts(layers: dict[str, Steer2EditLayer], target: str, instead: str) -> None:
+    """One clear error where an export target cannot carry edits of fused experts."""
+    experts = sorted(name for name, layer in layers.items() if isinstance(layer, Experts))
+    if experts:
+        raise Steer2EditError(
+            f"{target} is not checked for edits of fused experts ({experts[0]}, {len(experts)} in all): {instead}"
+        )
+
+
 def edit_terms(model: Any, adapter_name: str = "default") -> int:
     """The largest number of rank-one terms of any edited module: the smallest rank an export can have."""
     return max(layer.steer2edit_u[adapter_name].shape[0] for layer in edited_layers(model, adapter_name).values())

@@ -147,7 +147,13 @@ class VllmEngine:
 def export_for_vllm(peft_model: Any, adapter_name: str, folder: str | Path) -> Path:
     """The edit's exact LoRA export, padded to a rank vLLM serves; returns the folder."""
     from . import edit_terms, to_lora
+    from .lora import edited_layers, refuse_fused_experts
 
+    refuse_fused_experts(
+        edited_layers(peft_model, adapter_name),
+        "serving with vLLM",
+        "serve the merged model (steer2edit merge), which any vLLM serves, or run the adapter with transformers",
+    )
     rank = vllm_rank(edit_terms(peft_model, adapter_name))
     to_lora(peft_model, adapter_name, output=folder, rank=rank)
     return Path(folder)

@@ -82,13 +82,13 @@ class _Accumulator:
         self.moment_modules = moment_modules  # the attention modules whose reference moments are recorded
         self.moment_counts = {statistic: 0 for statistic in MOMENTS}
         self._rows: dict[tuple[str, str], torch.Tensor] = {}  # (statistic, class) -> flat indices of its positions
-        self.recorded: set[str] = set()
+        self.recorded: set[str] = set()  # the modules recorded in the current batch
         self._on_device: dict[tuple[str, str, torch.device], torch.Tensor] = {}
 
     def start_batch(self, classes: list[str], masks: dict[str, torch.Tensor]) -> None:
         """``masks``: statistic ("pre", "post", and the moments' windows) -> the positions [batch, length] it covers."""
         self._rows = {}
-        self.recorded: set[str] = set()  # the modules recorded in this batch (a block may run them in any order)
+        self.recorded = set()  # a block may run its modules in any order: the batch stops once all are recorded
         for name in set(classes):
             rows = torch.tensor([c == name for c in classes])
             for statistic, mask in masks.items():

@@ -124,6 +124,13 @@ class Steer2EditConfig(PeftConfig):
         default=True,
         metadata={"help": "True: an identity edit. False: random non-zero edits (for tests)."},
     )
+    fused_experts: dict[str, list[int]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Per fused-experts module (full names): [experts, neurons per expert]. Its components are "
+            "numbered expert * neurons + neuron (docs/FORMAT.md); filled from the model and checked on load."
+        },
+    )
     edited_components: dict[str, list[list[int]]] = field(
         default_factory=dict,
         metadata={

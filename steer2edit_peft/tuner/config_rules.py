@@ -117,6 +117,16 @@ FIELD_RULES: dict[str, tuple[str, Any]] = {
         "null, a string or a list of strings", lambda v: v is None or isinstance(v, str) or _is_str_list(v)
     ),
     "head_dim": _rule("null or a positive integer", lambda v: v is None or (_is_int(v) and v > 0)),
+    "fused_experts": _rule(
+        "an object of module names to [experts, neurons per expert]",
+        lambda v: (
+            isinstance(v, dict)
+            and all(
+                isinstance(k, str) and isinstance(i, list) and len(i) == 2 and all(_is_int(n) and n > 0 for n in i)
+                for k, i in v.items()
+            )
+        ),
+    ),
     "head_dims": _rule(
         "an object of module names to positive integers",
         lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_int(i) and i > 0 for k, i in v.items()),
@@ -215,9 +225,10 @@ def check_saved_config(content: Mapping[str, Any], known_fields: set[str], where
         raise AdapterValidationError(f"{where}: unknown key(s) {unknown}; this steer2edit-peft does not read them")
     problems = field_problems(content)
     problems += [p for p in (_names_problem(name, content.get(name)) for name in NAME_FIELDS) if p is not None]
-    head_dims = content.get("head_dims")
-    if isinstance(head_dims, dict):
-        problems += [p for p in [_names_problem("head_dims", list(head_dims))] if p is not None]
+    for name in ("head_dims", "fused_experts"):
+        value = content.get(name)
+        if isinstance(value, dict):
+            problems += [p for p in [_names_problem(name, list(value))] if p is not None]
     if problems:
         raise AdapterValidationError(f"{where}: " + "; ".join(problems))
 

@@ -81,16 +81,21 @@ class Experts(nn.Module, Steer2EditLayer):
         terms = self.steer2edit_term[adapter_name]
         u = self.steer2edit_u[adapter_name].float()
         scores = torch.zeros(states.shape[0], u.shape[0], device=states.device)  # [tokens, terms]
-        for expert in torch.unique(experts).tolist():
+        order = torch.argsort(experts, stable=True)  # the components expert by expert
+        present, counts = torch.unique_consecutive(experts[order], return_counts=True)
+        routed = torch.isin(present, top_k_index)  # only experts this call routes a token to cost anything
+        starts = torch.cumsum(counts, 0) - counts
+        for expert, start, count in zip(present[routed].tolist(), starts[routed].tolist(), counts[routed].tolist()):
+            chosen = order[start : start + count]
             tokens, slots = torch.nonzero(top_k_index == expert, as_tuple=True)
-            if not tokens.numel():
-                continue
-            chosen = torch.nonzero(experts == expert).squeeze(-1)
             inputs = expert_input(base, states[tokens], expert, neurons[chosen]).float()  # [routed, chosen]
-            per_term = torch.zeros(len(chosen), u.shape[0], device=states.device)
-            per_term[torch.arange(len(chosen)), terms[chosen]] = weighted[chosen]
-            routing = top_k_weights[tokens, slots].float()[:, None]
-            scores = scores.index_add(0, tokens, (inputs @ per_term) * routing)
+            if u.shape[0] == 1:
+                firing = (inputs @ weighted[chosen])[:, None]
+            else:
+                per_term = torch.zeros(len(chosen), u.shape[0], device=states.device)
+                per_term[torch.arange(len(chosen)), terms[chosen]] = weighted[chosen]
+                firing = inputs @ per_term
+            scores = scores.index_add(0, tokens, firing * top_k_weights[tokens, slots].float()[:, None])
         return self.strength[adapter_name] * (scores @ u)
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -25,6 +25,12 @@ class ModuleReport:
     kind: str  # "attention" (heads) or "mlp" (neurons)
     num_components: int
     components: list[tuple[int, float]]  # (component index, lambda) of every edited component, largest |lambda| first
+    neurons_per_expert: int | None = None  # fused experts: component c is neuron c % n of expert c // n
+
+    def label(self, index: int) -> str:
+        """A component as the table shows it: its index, or expert:neuron for fused experts."""
+        n = self.neurons_per_expert
+        return f"e{index // n}:{index % n}" if n else str(index)
 
     @property
     def num_edited(self) -> int:
@@ -35,9 +41,16 @@ class ModuleReport:
         return abs(self.components[0][1]) if self.components else 0.0
 
 
-def _module_report(module: str, kind: str, num_components: int, indices: list[int], magnitudes: list[float]):
+def _module_report(
+    module: str,
+    kind: str,
+    num_components: int,
+    indices: list[int],
+    magnitudes: list[float],
+    neurons_per_expert: int | None = None,
+):
     components = sorted(zip(indices, magnitudes), key=lambda item: -abs(item[1]))
-    return ModuleReport(module, layer_index(module), kind, num_components, components)
+    return ModuleReport(module, layer_index(module), kind, num_components, components, neurons_per_expert)
 
 
 @dataclass
@@ -76,7 +89,7 @@ class EditReport:
             if edited_only and not m.num_edited:
                 continue
             short = m.module.split(".", 3)[-1] if m.layer is not None else m.module
-            tops = ", ".join(f"{i}: {value:+.3f}" for i, value in m.components[:top])
+            tops = ", ".join(f"{m.label(i)}: {value:+.3f}" for i, value in m.components[:top])
             edited = f"{m.num_edited}/{m.num_components}"
             lines.append(
                 f"{m.layer if m.layer is not None else '-':>5}  {short:<28} {edited:>13}  {m.max_magnitude:>12.4f}  {tops}"
@@ -118,11 +131,16 @@ class EditReport:
             bool(attention_suffixes) and (config.get("rho_attn") or 0) > 0,
             bool(config.get("mlp_modules")) and (config.get("rho_mlp") or 0) > 0,
         )
+        experts = config.get("fused_experts") or {}
+        if experts:  # the signature's sizes describe the dense layers only
+            report.component_totals = {}
         for module, terms in config.get("edited_components", {}).items():
             indices = [index for term in terms for index in term]
             is_attention = any(module == s or module.endswith("." + s) for s in attention_suffixes)
             if is_attention:
                 size = signature.get("num_attention_heads") or max(indices, default=-1) + 1
+            elif module in experts:
+                size = experts[module][0] * experts[module][1]
             else:
                 size = signature.get("intermediate_size") or max(indices, default=-1) + 1
             magnitudes = lambdas.get(module, [float("nan")] * len(indices))
@@ -130,9 +148,9 @@ class EditReport:
                 raise Steer2EditError(
                     f"{folder}: {module} lists {len(indices)} edited components but stores {len(magnitudes)} lambdas"
                 )
-            report.modules.append(
-                _module_report(module, "attention" if is_attention else "mlp", size, indices, magnitudes)
-            )
+            per_expert = experts[module][1] if module in experts else None
+            kind = "attention" if is_attention else "mlp"
+            report.modules.append(_module_report(module, kind, size, indices, magnitudes, per_expert))
         report.modules.sort(key=lambda m: (m.layer if m.layer is not None else -1, m.kind))
         return report
 
@@ -176,23 +194,19 @@ def component_totals(signature: dict[str, Any], layers_to_transform: Any, attent
 
 def edit_report(model: nn.Module, adapter_name: str = "default") -> EditReport:
     """Summarise a Steer2Edit adapter already on ``model`` (solved or loaded)."""
-    from ..core.architectures import model_signature, model_text_config
+    from ..core.architectures import model_text_config
 
     base = decoder_model(model)
     config = getattr(base, "config", None)
     report = EditReport(adapter_name, num_layers=getattr(model_text_config(base), "num_hidden_layers", None))
     adapter_config = getattr(model, "peft_config", {}).get(adapter_name)
     if config is not None and adapter_config is not None:
-        report.component_totals = component_totals(
-            model_signature(config),
-            adapter_config.layers_to_transform,
-            (adapter_config.rho_attn or 0) > 0,
-            (adapter_config.rho_mlp or 0) > 0,
-        )
+        report.component_totals = model_component_totals(base, adapter_config)
     for name, module in base.named_modules():
         if not isinstance(module, Steer2EditLayer) or adapter_name not in module.steer2edit_u:
             continue
         size = module.component_size[adapter_name]
+        experts = getattr(adapter_config, "fused_experts", {}).get(name)
         report.modules.append(
             _module_report(
                 name,
@@ -200,6 +214,28 @@ def edit_report(model: nn.Module, adapter_name: str = "default") -> EditReport:
                 module.in_features // size,
                 module.steer2edit_indices[adapter_name].tolist(),
                 module.steer2edit_lambda[adapter_name].detach().float().cpu().tolist(),
+                experts[1] if experts else None,
             )
         )
     return report
+
+
+def model_component_totals(base: nn.Module, config: Any) -> dict[str, int]:
+    """Heads and neurons of the modules an adapter's families cover in the layers it may edit, counted on the
+    model (hybrid layers, per-layer head sizes and fused experts included)."""
+    from .targets import base_layer_of, editable, in_out_features
+
+    layers = config.layers_to_transform
+    layers = [layers] if isinstance(layers, int) else layers
+    totals = {"attention": 0, "mlp": 0}
+    families = {"attention": config.attention_modules or [], "mlp": config.mlp_modules or []}
+    on = {"attention": (config.rho_attn or 0) > 0, "mlp": (config.rho_mlp or 0) > 0}
+    for name, module in base.named_modules():
+        if ".base_layer" in f".{name}" or not editable(base_layer_of(module)):
+            continue
+        if layers and layer_index(name) not in layers:
+            continue
+        for kind, suffixes in families.items():
+            if on[kind] and any(name == s or name.endswith("." + s) for s in suffixes):
+                totals[kind] += in_out_features(module)[0] // config.component_size(name)
+    return totals

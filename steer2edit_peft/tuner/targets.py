@@ -11,7 +11,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..core.architectures import attention_head_size, find_output_projections, model_head_dim, model_signature
 from ..core.errors import AdapterValidationError, UnknownArchitectureError
-from ..core.experts import is_fused_experts
+from ..core.experts import experts_shape, is_fused_experts
 from .checkpoint import PEFT_PREFIX
 from .config import Steer2EditConfig, was_loaded
 from .layer import weight_in_out
@@ -43,6 +43,12 @@ def resolve_config(config: Steer2EditConfig, model: nn.Module) -> None:
         config.target_modules = config.family_targets(config.attention_modules, config.mlp_modules)
     if config.attention_modules and config.head_dim is None:
         _read_head_sizes(config, model)
+    if not was_loaded(config):
+        config.fused_experts = {
+            name: list(experts_shape(module)[:2])
+            for name, module in model.named_modules()
+            if is_fused_experts(module) and check_target_module_exists(config, name)
+        }
     if model_config is None:
         return
     signature = model_signature(model_config)
@@ -124,6 +130,12 @@ def expected_tensor_shapes(config: Steer2EditConfig, model: nn.Module) -> dict[s
         if not check_target_module_exists(config, name):
             continue
         module_name = name.removeprefix(PEFT_PREFIX)
+        base = base_layer_of(module)
+        if is_fused_experts(base) and config.fused_experts.get(module_name) != list(experts_shape(base)[:2]):
+            raise AdapterValidationError(
+                f"{module_name}: fused experts of {list(experts_shape(base)[:2])} [experts, neurons] in the model, "
+                f"{config.fused_experts.get(module_name)} in the adapter"
+            )
         in_features, out_features = in_out_features(module)
         terms = config.edited_components.get(module_name, [[]])
         shapes[module_name] = module_shapes(config, module_name, in_features, out_features, terms)
