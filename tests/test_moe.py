@@ -100,8 +100,10 @@ def test_extraction_records_each_experts_mean_input_over_the_tokens_routed_to_it
         if not example.positive:
             continue
         item = encode_example(byte_tokenizer(), example, None)
-        seen = {}
-        handle = experts.register_forward_pre_hook(lambda m, args: seen.update(states=args[0], index=args[1]))
+        seen: dict[str, torch.Tensor] = {}
+        handle = experts.register_forward_pre_hook(
+            lambda m, args, seen=seen: seen.update(states=args[0], index=args[1])
+        )
         with torch.no_grad():
             model(input_ids=torch.tensor([item.input_ids]))
         handle.remove()
