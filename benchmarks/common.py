@@ -53,6 +53,22 @@ def interleaved(candidates: dict[str, Callable[[], Any]], repeats: int = 5, warm
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def overheads(seconds: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per shape, every candidate's time over the base's, minus one."""
+    return {
+        shape: {name: value / times["base"] - 1 for name, value in times.items()} for shape, times in seconds.items()
+    }
+
+
+def print_timings(seconds: dict[str, dict[str, float]], shapes: dict[str, tuple[int, int]]) -> None:
+    """One table per shape: milliseconds and the overhead over the base, candidates in their order."""
+    width = max(len(name) for times in seconds.values() for name in times) + 2
+    for shape, times in seconds.items():
+        print(f"{shape} {shapes[shape][0]} x {shapes[shape][1]}:")
+        for name, value in times.items():
+            print(f"  {name:<{width}} {value * 1000:8.2f} ms  {100 * (value / times['base'] - 1):+6.1f}% vs base")
+
+
 def save_results(name: str, payload: dict[str, Any]) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"

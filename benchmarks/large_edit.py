@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import interleaved, save_results
+from common import interleaved, overheads, print_timings, save_results
 from peft import LoraConfig, get_peft_model
 
 from steer2edit_peft import Steer2EditConfig
@@ -93,15 +93,12 @@ def main() -> None:
         "edited_heads": heads,
         "edited_neurons": neurons,
         "seconds": seconds,
-        "overhead_vs_base": {s: {n: v / t["base"] - 1 for n, v in t.items()} for s, t in seconds.items()},
+        "overhead_vs_base": overheads(seconds),
         "same_logits_before_and_after": same,
         "max_abs_logit_error_vs_float32": rounding,
     }
     print(f"{len(layers)} modules, {heads} heads and {neurons} neurons edited")
-    for shape_name, timings in seconds.items():
-        print(f"{shape_name} {shapes[shape_name][0]} x {shapes[shape_name][1]}:")
-        for name, value in timings.items():
-            print(f"  {name:<52} {value * 1000:8.2f} ms  {100 * (value / timings['base'] - 1):+6.1f}% vs base")
+    print_timings(seconds, shapes)
     print(f"bit-identical logits before and after #36: {same}; max |logit error| vs float32 {rounding:.3g}")
     save_results("large_edit", results)
 

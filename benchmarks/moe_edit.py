@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import interleaved, save_results
+from common import interleaved, overheads, print_timings, save_results
 from peft import get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -105,14 +105,11 @@ def main() -> None:
         "edited_components": counts,
         "shapes": {name: list(shape) for name, shape in shapes.items()},
         "seconds": seconds,
-        "overhead_vs_base": {s: {n: v / t["base"] - 1 for n, v in t.items()} for s, t in seconds.items()},
+        "overhead_vs_base": overheads(seconds),
         "max_abs_logit_diff_unmerged_vs_merged": agreement,
     }
     print(f"edited components: {counts}")
-    for shape_name, timings in seconds.items():
-        print(f"{shape_name} {shapes[shape_name][0]} x {shapes[shape_name][1]}:")
-        for name, value in timings.items():
-            print(f"  {name:<24} {value * 1000:8.2f} ms  {100 * (value / timings['base'] - 1):+6.1f}% vs base")
+    print_timings(seconds, shapes)
     print(f"max |logit diff| unmerged vs merged: {agreement}")
     save_results("moe_edit", results)
 

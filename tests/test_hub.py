@@ -145,3 +145,53 @@ def test_push_twice_load_each_revision_then_load_offline_from_the_cache(tmp_path
         offline = run_child(OFFLINE.format(revision=result["new"]), {**env, "HF_HUB_OFFLINE": "1"}, tmp_path)
         assert offline["loaded"] and len(hub.state.requests) == requests_before  # nothing reached the server
     assert not hub.thread.is_alive()  # the server is gone after the test
+
+
+TAMPERED = """
+import json, torch
+from huggingface_hub import HfApi
+from peft import PeftConfig, PeftMixedModel, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from tiny_models import tiny_model, sample_input
+from steer2edit_peft import AdapterValidationError, Steer2EditConfig
+
+torch.manual_seed(0)
+get_peft_model(tiny_model("llama"), Steer2EditConfig(init_weights=False)).save_pretrained("tampered")
+tensors = load_file("tampered/adapter_model.safetensors")
+name = next(k for k in tensors if k.endswith("steer2edit_lambda"))
+tensors[name] = tensors[name] * 3  # other weights beside the config's digest
+save_file(tensors, "tampered/adapter_model.safetensors")
+api = HfApi()
+api.create_repo("tester/tampered", exist_ok=True)
+commit = api.upload_folder(repo_id="tester/tampered", folder_path="tampered")
+repo = "tester/tampered"
+paths = {
+    "PeftModel.from_pretrained": lambda m: PeftModel.from_pretrained(m, repo),
+    "revision": lambda m: PeftModel.from_pretrained(m, repo, revision=commit.oid),
+    "config=": lambda m: PeftModel.from_pretrained(m, repo, config=PeftConfig.from_pretrained(repo)),
+    "PeftMixedModel": lambda m: PeftMixedModel.from_pretrained(m, repo),
+    "transformers": lambda m: m.load_adapter(repo),
+    "transformers, adapter_kwargs revision": lambda m: m.load_adapter(repo, adapter_kwargs={"revision": commit.oid}),
+}
+outcomes = {}
+for label, load in paths.items():
+    model = tiny_model("llama")
+    with torch.no_grad():
+        before = model(sample_input()).logits
+    try:
+        load(model)
+        outcomes[label] = "loaded"
+    except AdapterValidationError as error:
+        with torch.no_grad():
+            same = torch.equal(model(sample_input()).logits, before)
+        outcomes[label] = "refused, unchanged" if same and "different saves" in str(error) else str(error)
+print(json.dumps(outcomes))
+"""
+
+
+def test_a_tampered_adapter_on_the_hub_is_refused_on_every_load_path(tmp_path):
+    env = {"HF_HUB_CACHE": str(tmp_path / "cache"), "HF_TOKEN": "hf_local_test_token", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    with HubServer() as hub:
+        env["HF_ENDPOINT"] = hub.endpoint
+        outcomes = run_child(TAMPERED, env, tmp_path)
+    assert outcomes and set(outcomes.values()) == {"refused, unchanged"}, outcomes

@@ -14,36 +14,11 @@ import torch
 from torch import nn
 
 from ..core.experts import expert_input, experts_shape
-from .layer import Steer2EditLayer
+from .layer import Steer2EditModule
 
 
-class Experts(nn.Module, Steer2EditLayer):
+class Experts(Steer2EditModule):
     """Steer2Edit on a fused-experts module (its ``down_proj`` parameter); see the module docstring."""
-
-    def __init__(
-        self,
-        base_layer: nn.Module,
-        adapter_name: str,
-        component_size: int,
-        components: list[list[int]] | None,
-        strength: float = 1.0,
-        init_weights: bool = True,
-        module_name: str = "",
-        inference_mode: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__()
-        Steer2EditLayer.__init__(self, base_layer, **kwargs)
-        self._active_adapter = adapter_name
-        self.recorded_components = self.update_layer(
-            adapter_name,
-            component_size,
-            components,
-            strength,
-            init_weights,
-            module_name=module_name,
-            inference_mode=inference_mode,
-        )
 
     def _get_base_layer_device_and_dtype(self, base_layer: nn.Module) -> tuple[torch.device, torch.dtype]:
         weight: Any = base_layer.down_proj
@@ -98,22 +73,12 @@ class Experts(nn.Module, Steer2EditLayer):
             scores = scores.index_add(0, tokens, firing * top_k_weights[tokens, slots].float()[:, None])
         return self.strength[adapter_name] * (scores @ u)
 
-    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(hidden_states, *args, **kwargs)
-        result = self.base_layer(hidden_states, *args, **kwargs)
-        if self.merged:
-            return result
+    def add_edit_output(
+        self, result: torch.Tensor, x: torch.Tensor, adapter_name: str, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """The experts' output plus the edit's (a new tensor), for the tokens ``x`` and the routing the experts were
+        called with."""
         top_k_index = args[0] if args else kwargs["top_k_index"]
         top_k_weights = args[1] if len(args) > 1 else kwargs["top_k_weights"]
-        for adapter_name in self.active_adapters:
-            if adapter_name not in self.steer2edit_u or self.steer2edit_indices[adapter_name].numel() == 0:
-                continue
-            edit = self.routed_edit(hidden_states, top_k_index, top_k_weights, adapter_name)
-            result = result + edit.view(result.shape).to(result.dtype)
-        return result
-
-    def __repr__(self) -> str:
-        return "steer2edit." + super().__repr__()
+        edit = self.routed_edit(x, top_k_index, top_k_weights, adapter_name)
+        return result + edit.view(result.shape).to(result.dtype)

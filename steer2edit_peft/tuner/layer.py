@@ -209,7 +209,9 @@ class Steer2EditLayer(BaseTunerLayer):
         key = self.key_matrix(adapter_name).T.to(x.dtype)
         return (x @ key) @ (self.strength[adapter_name] * self.steer2edit_u[adapter_name]).to(x.dtype)
 
-    def add_edit_output(self, result: torch.Tensor, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
+    def add_edit_output(
+        self, result: torch.Tensor, x: torch.Tensor, adapter_name: str, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         """``result + edit_output(x)`` as a new tensor (the base layer's output, which hooks may hold, is never
         written to), computed from the adapter's tensors as they are now.
 
@@ -309,8 +311,8 @@ class Steer2EditLayer(BaseTunerLayer):
         return True
 
 
-class Linear(nn.Module, Steer2EditLayer):
-    """Steer2Edit on an ``nn.Linear`` or a transformers ``Conv1D`` (``fan_in_fan_out=True``)."""
+class Steer2EditModule(nn.Module, Steer2EditLayer):
+    """A module holding Steer2Edit adapters around one base module; the layer types below say how it computes."""
 
     def __init__(
         self,
@@ -338,6 +340,26 @@ class Linear(nn.Module, Steer2EditLayer):
             inference_mode=inference_mode,
         )
 
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        for adapter_name in self.active_adapters:
+            if adapter_name in self.steer2edit_u and self.steer2edit_indices[adapter_name].numel():
+                result = self.add_edit_output(result, x, adapter_name, *args, **kwargs)
+        return result
+
+    def __repr__(self) -> str:
+        return "steer2edit." + super().__repr__()
+
+
+class Linear(Steer2EditModule):
+    """Steer2Edit on an ``nn.Linear`` or a transformers ``Conv1D`` (``fan_in_fan_out=True``)."""
+
     def _read_columns(self, positions: torch.Tensor) -> torch.Tensor:
         weight = self.get_base_weight()
         positions = positions.to(weight.device)
@@ -350,20 +372,3 @@ class Linear(nn.Module, Steer2EditLayer):
             self.set_base_weight(weight.index_copy(0, positions, values.T))
         else:
             self.set_base_weight(weight.index_copy(1, positions, values))
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self.disable_adapters:
-            if self.merged:
-                self.unmerge()
-            return self.base_layer(x, *args, **kwargs)
-        result = self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return result
-        for adapter_name in self.active_adapters:
-            if adapter_name not in self.steer2edit_u or self.steer2edit_indices[adapter_name].numel() == 0:
-                continue
-            result = self.add_edit_output(result, x, adapter_name)
-        return result
-
-    def __repr__(self) -> str:
-        return "steer2edit." + super().__repr__()
