@@ -504,3 +504,25 @@ def test_any_weights_file_loads_correctly_or_is_refused(pristine, tmp_path_facto
         assert not any(isinstance(m, Steer2EditLayer) for m in model.modules())
         return
     assert header == original[: len(header)] and not tail  # only an unchanged file may load
+
+
+@pytest.mark.parametrize(
+    "model_dtype, adapter_dtype",
+    [(torch.bfloat16, torch.float32), (torch.float32, torch.float64), (torch.bfloat16, torch.bfloat16)],
+)
+def test_every_load_path_takes_a_valid_adapter_of_any_float_dtype_onto_any_model_dtype(
+    tmp_path, model_dtype, adapter_dtype
+):
+    torch.manual_seed(0)
+    edited = get_peft_model(tiny_model("llama"), Steer2EditConfig(init_weights=False)).to(adapter_dtype)
+    edited.save_pretrained(tmp_path / "adapter")
+    results = []
+    for name, loader in LOADERS.items():
+        model = tiny_model("llama", dtype=model_dtype)
+        results.append((name, loader(model, tmp_path / "adapter")(sample_input()).logits.float()))
+    for name, result in results[1:]:
+        if model_dtype == torch.float32:
+            torch.testing.assert_close(result, results[0][1], rtol=0, atol=0, msg=name)
+        else:  # PEFT's paths keep an adapter at float32 or at the model's bfloat16 (low_cpu_mem_usage, mixed models)
+            error = float((result - results[0][1]).abs().max())
+            assert error <= 2e-2 * float(results[0][1].abs().max()), name

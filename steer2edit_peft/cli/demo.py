@@ -25,7 +25,9 @@ def register(commands: Any) -> None:
     parser.add_argument("--behaviour", choices=["refusal", "concise"], default="refusal")
     parser.add_argument("--output", type=Path, default=Path("outputs/demo"), help="folder for adapter, plots, results")
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace the output folder if it holds files of anything but a demo"
+        "--overwrite",
+        action="store_true",
+        help="write into a folder that holds files of anything but a demo (the demo's own files are replaced)",
     )
     parser.add_argument(
         "--probe", default=None, help="probe data instead of the model's own: a .jsonl/.json/.csv file or Hub dataset"
