@@ -20,13 +20,15 @@ from torch import nn
 
 
 def is_fused_experts(module: nn.Module) -> bool:
-    """transformers' fused experts whose output is linear in their down projection (no norm after it)."""
+    """transformers' fused experts whose output is linear in their down projection: no norm after it, whether the
+    module declares one (``has_post_expert_norm``) or just holds one (a child module named like a norm)."""
     weight = getattr(module, "down_proj", None)
     return (
         isinstance(weight, nn.Parameter)
         and weight.ndim == 3
         and hasattr(module, "is_transposed")
         and not getattr(module, "has_post_expert_norm", False)
+        and not any("norm" in name.lower() for name, _ in module.named_children())
     )
 
 
