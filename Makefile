@@ -6,7 +6,7 @@ PY := .venv/bin/python
 bench: bench-speed bench-frontier bench-engines
 
 bench-speed:
-	cd benchmarks && for b in extraction inference large_edit storage solve memory generation; do ../$(PY) $$b.py || exit 1; done
+	cd benchmarks && for b in extraction inference large_edit moe_edit storage solve memory generation; do ../$(PY) $$b.py || exit 1; done
 
 bench-tradeoff:  # the earlier protocol's optuna study
 	cd benchmarks && ../$(PY) tradeoff.py --trials 16 --seed 0

@@ -52,22 +52,20 @@ def inference(data: dict[str, Any]) -> str:
     return table(["model"] + list(cases), rows) + f"\n\nPercentages: time relative to {reference}."
 
 
-def large_edit(data: dict[str, Any]) -> str:
-    errors = data["max_abs_logit_error_vs_float32_model"]
+def forward_costs(data: dict[str, Any]) -> str:
+    """large_edit and moe_edit: each candidate's time per shape, and its overhead over the base."""
+    shapes = data["shapes"]
+    names = list(next(iter(data["seconds"].values())))
     rows = [
-        [
-            name,
-            f"{seconds * 1000:.1f} ms",
-            f"{100 * data['overhead_vs_base'][name]:+.1f}%",
-            f"{errors[name]:.3g}" if name in errors else "",
+        [name]
+        + [
+            f"{data['seconds'][shape][name] * 1000:.1f} ms ({100 * data['overhead_vs_base'][shape][name]:+.1f}%)"
+            for shape in shapes
         ]
-        for name, seconds in data["seconds"].items()
+        for name in names
     ]
-    batch, tokens = data["shape"]
-    return table(["model", f"prefill {batch} x {tokens}", "vs base", "max logit error vs float32"], rows) + (
-        f"\n\n{data['wrapped_modules']} modules wrapped, {data['edited_heads']} heads and {data['edited_neurons']} neurons "
-        "edited."
-    )
+    header = ["model"] + [f"{shape} {size[0]} x {size[1]}" for shape, size in shapes.items()]
+    return table(header, rows) + "\n\nPercentages: time relative to the base."
 
 
 def storage(data: dict[str, Any]) -> str:
@@ -254,7 +252,8 @@ def main() -> None:
     for name, render in [
         ("extraction", extraction),
         ("inference", inference),
-        ("large_edit", large_edit),
+        ("large_edit", forward_costs),
+        ("moe_edit", forward_costs),
         ("storage", storage),
         ("solve", solve),
         ("memory", memory),
