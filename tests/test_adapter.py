@@ -423,3 +423,21 @@ def test_a_fresh_adapter_is_an_identity_edit_that_training_grows(tmp_path):
     reloaded = PeftModel.from_pretrained(tiny_model("llama"), tmp_path, is_trainable=True)
     torch.testing.assert_close(logits(reloaded), trained)
     assert all(p.requires_grad for n, p in reloaded.named_parameters() if "steer2edit_" in n)
+
+
+def test_a_regex_target_made_in_python_is_saved_as_the_module_names_it_matched(tmp_path):
+    import json
+
+    torch.manual_seed(0)
+    config = Steer2EditConfig(
+        target_modules=r".*layers\.1\.(self_attn\.o_proj|mlp\.down_proj)",
+        attention_modules=["self_attn.o_proj"],
+        mlp_modules=["mlp.down_proj"],
+        init_weights=False,
+    )
+    peft_model = get_peft_model(tiny_model("llama"), config)
+    peft_model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "adapter_config.json").read_text())["target_modules"]
+    assert saved == ["model.layers.1.mlp.down_proj", "model.layers.1.self_attn.o_proj"]
+    reloaded = PeftModel.from_pretrained(tiny_model("llama"), tmp_path)
+    assert torch.equal(logits(reloaded), logits(peft_model))

@@ -37,9 +37,11 @@ def model_card(
     config = read_adapter_config(folder)
     report = EditReport.from_adapter_folder(folder)
     behaviour = config.get("behaviour") or "unnamed behaviour"
-    base_model = config.get("base_model_name_or_path") or "unknown"
+    recorded = config.get("base_model_name_or_path")
+    base_model = recorded or "a model without a name (a custom module)"
     tags = ["steer2edit", "behaviour-edit", "peft", "training-free"] + ([behaviour] if config.get("behaviour") else [])
-    card_data = ModelCardData(base_model=base_model, library_name="peft", tags=tags, license=license)
+    # PEFT's convention: the card names a base model only where one is known.
+    card_data = ModelCardData(base_model=recorded, library_name="peft", tags=tags, license=license)
     rows = [
         {
             "layer": m.layer if m.layer is not None else "-",
@@ -55,8 +57,9 @@ def model_card(
     return ModelCard.from_template(
         card_data,
         template_str=template.read_text(encoding="utf-8"),
-        title=f"{behaviour} edit of {base_model.split('/')[-1]} (Steer2Edit)",
+        title=f"{behaviour} edit of {recorded.split('/')[-1] if recorded else 'a custom model'} (Steer2Edit)",
         base_model=base_model,
+        known_base=bool(recorded),
         repo_id=repo_id or "path/to/this/adapter",
         behaviour=behaviour,
         behaviour_description=BEHAVIOUR_DESCRIPTIONS.get(behaviour, ""),

@@ -24,6 +24,10 @@ class Experts(Steer2EditModule):
         weight: Any = base_layer.down_proj
         return weight.device, weight.dtype
 
+    def _weight_dtype(self) -> torch.dtype:
+        weight: Any = self.get_base_layer().down_proj
+        return weight.dtype
+
     def _expert_and_neuron(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         neurons = experts_shape(self.get_base_layer())[1]
         return positions // neurons, positions % neurons

@@ -9,8 +9,10 @@ Steer2Edit adapters:
   the user's, which is left as it is.
 - transformers' ``model.load_adapter``: the adapter is read and checked by Steer2Edit first (config, weights,
   digest, fit to the model), and transformers then loads exactly the checked tensors.
-- ``PeftConfig.from_json_file``: a STEER2EDIT adapter_config.json is read strictly, and a file that names no PEFT
-  type (or is no JSON object) is one clear error; every other PEFT type is read by PEFT as before.
+- ``PeftConfig.from_pretrained`` (any config class's): a STEER2EDIT adapter is read as
+  ``Steer2EditConfig.from_pretrained`` reads it, config and weights checked, so ``config=`` on any load path carries
+  checked weights; ``PeftConfig.from_json_file`` reads a STEER2EDIT file strictly. A file of any other type, or one
+  that names no type, is PEFT's to read, errors included, exactly as without this package.
 - transformers' adapter management (``set_adapter`` and the like): where it refuses this PEFT's version on a
   model that holds an edit, the error says what works instead.
 

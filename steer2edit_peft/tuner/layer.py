@@ -262,6 +262,10 @@ class Steer2EditLayer(BaseTunerLayer):
         delta = torch.zeros(len(positions), u.shape[1], device=u.device).index_add_(0, inverse, entries)
         return positions, delta.T
 
+    def _weight_dtype(self) -> torch.dtype:
+        """The dtype the base weight is stored in (an integer one when quantized)."""
+        return self.get_base_weight().dtype
+
     def _read_columns(self, positions: torch.Tensor) -> torch.Tensor:
         """The base weight's input columns ``positions``, [out, P], in its own dtype."""
         raise NotImplementedError
@@ -275,14 +279,14 @@ class Steer2EditLayer(BaseTunerLayer):
         for adapter_name in adapter_names:
             if adapter_name not in self.steer2edit_u:
                 continue
-            positions, delta = self.delta_columns(adapter_name)
-            before = self._read_columns(positions)
-            if not before.dtype.is_floating_point:
+            if not self._weight_dtype().is_floating_point:
                 raise TypeError(
                     f"cannot merge into a quantized {type(self.get_base_layer()).__name__} (weight dtype "
-                    f"{before.dtype}): use the edit unmerged, load the base model unquantized to merge, "
+                    f"{self._weight_dtype()}): use the edit unmerged, load the base model unquantized to merge, "
                     "or export it with to_lora"
                 )
+            positions, delta = self.delta_columns(adapter_name)
+            before = self._read_columns(positions)
             delta = delta.to(before.device)
             merged = (before.float() + delta).to(before.dtype)
             if safe_merge and not torch.isfinite(merged).all():

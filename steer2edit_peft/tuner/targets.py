@@ -34,6 +34,15 @@ def in_out_features(module: nn.Module) -> tuple[int, int]:
 def resolve_config(config: Steer2EditConfig, model: nn.Module) -> None:
     """Fill families, target modules, head_dim and the model signature from the model, in place."""
     model_config = getattr(model, "config", None)
+    if isinstance(config.target_modules, str):
+        # A regex made in Python: resolved to the module names it matches now, so a file never holds a pattern.
+        config.target_modules = sorted(
+            name
+            for name, module in model.named_modules()
+            if ".base_layer" not in f".{name}"
+            and editable(base_layer_of(module))
+            and check_target_module_exists(config, name)
+        )
     if config.target_modules is None:
         if model_config is None:
             raise ValueError("the model has no transformers config: pass target_modules (and attention_modules)")
