@@ -155,3 +155,14 @@ def test_an_adapter_records_its_experts_and_loads_only_where_they_match(tmp_path
     assert "/96" in table and "e" in table.split("mlp.experts")[1].split("\n")[0]  # expert:neuron labels
     with pytest.raises(AdapterValidationError, match=r"fused experts of \[8, 24\].*\[4, 24\] in the adapter"):
         PeftModel.from_pretrained(tiny_family_model("qwen3_moe", vocab_size=260, num_local_experts=8), tmp_path)
+
+
+def test_a_second_adapter_on_the_same_experts_records_them_by_their_own_name(tmp_path):
+    peft_model = random_moe_edit()
+    torch.manual_seed(2)
+    peft_model.add_adapter("second", Steer2EditConfig(init_weights=False))
+    assert peft_model.peft_config["second"].fused_experts == peft_model.peft_config["default"].fused_experts
+    peft_model.save_pretrained(tmp_path, selected_adapters=["second"])
+    reloaded = PeftModel.from_pretrained(model_of("qwen3_moe"), tmp_path / "second")
+    peft_model.set_adapter("second")
+    assert torch.equal(logits(reloaded), logits(peft_model))

@@ -111,9 +111,8 @@ def find_output_projections(model: nn.Module) -> OutputProjections:
             if not name or "base_layer" in parts or _inside_expert_list(parts):
                 continue
             containers = [part.lower() for part in parts[:-1]]
-            if is_fused_experts(module) and any(
-                token in c for c in containers + [parts[-1]] for token in MLP_CONTAINERS
-            ):
+            unwrapped = module.get_base_layer() if hasattr(module, "get_base_layer") else module  # an adapter's layer
+            if is_fused_experts(unwrapped) and any(t in c for c in [*containers, parts[-1]] for t in MLP_CONTAINERS):
                 mlp.add(name)
             elif not _is_linear(module):
                 continue

@@ -54,9 +54,11 @@ def resolve_config(config: Steer2EditConfig, model: nn.Module) -> None:
         _read_head_sizes(config, model)
     if not was_loaded(config):
         config.fused_experts = {
-            name: list(experts_shape(module)[:2])
+            name: list(experts_shape(base_layer_of(module))[:2])
             for name, module in model.named_modules()
-            if is_fused_experts(module) and check_target_module_exists(config, name)
+            if ".base_layer" not in f".{name}"
+            and is_fused_experts(base_layer_of(module))
+            and check_target_module_exists(config, name)
         }
     if model_config is None:
         return
