@@ -500,3 +500,9 @@ def test_merge_writes_the_dtype_models_load_in(checkpoint, tmp_path, capsys):
     assert code == 0, err
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype="auto")
     assert merged.model.layers[0].self_attn.o_proj.weight.dtype == resolve_dtype("auto")
+
+
+def test_eval_names_a_folder_without_an_adapter_before_loading_a_model(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "eval", "--model", tmp_path / "no-model", "--adapter", tmp_path / "empty")
+    assert code == 2 and "holds no adapter_config.json" in err

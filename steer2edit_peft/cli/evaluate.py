@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> None:
         check_output_folder(args.output, args.overwrite, ("results.json",))
     if args.backend == "vllm" and args.vectors:
         raise Steer2EditError("activation steering needs forward hooks, which vLLM has not: drop --vectors")
+    if args.adapter:
+        from ..tuner.report import read_adapter_config
+
+        read_adapter_config(args.adapter)  # a clear error for a folder that holds no Steer2Edit adapter, before loading
     judge = ReferenceRefusalMatcher() if args.judge == "reference" else RefusalMatcher()
     prompts = evaluation_prompts(args.behaviour, args.num_eval)
     conditions, tokenizer = _eval_conditions(args)
