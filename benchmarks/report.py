@@ -194,6 +194,33 @@ def selectivity(data: dict[str, Any]) -> str:
     )
 
 
+def wrapped(data: dict[str, Any]) -> str:
+    """Plain and wrapped refusal side by side: each set plain, its mean over the jailbreak forms, then each form."""
+    base, forms = data["rows"][0], data["forms"]
+
+    def change(row: dict[str, Any], key: str) -> str:
+        return f"{100 * row[key]:.1f} ({100 * (row[key] - base[key]):+.1f})"
+
+    header = ["method", "KL budget"]
+    for name in ("harmful", "borderline"):
+        header += [f"{name} plain", f"{name} wrapped"] + [f"{name} {form}" for form in forms]
+    rows = [
+        [row["method"], f"{row['budget']:g}" if row["budget"] else ""]
+        + [
+            change(row, key)
+            for name in ("harmful", "borderline")
+            for key in (name, f"{name}/wrapped", *(f"{name}/{form}" for form in forms))
+        ]
+        for row in data["rows"]
+    ]
+    sizes = ", ".join(f"{name} {count}" for name, count in data["sets"].items())
+    return (
+        table(header, rows)
+        + f"\n\nRefused, % (points over the base). Prompts: {sizes}, each also in {len(forms)} jailbreak forms"
+        " (`steer2edit_peft/evaluation/wrappers.py`); wrapped: the mean over the forms."
+    )
+
+
 def _borderline_overlap(rows: list[dict[str, Any]]) -> str:
     """How many of the borderline prompts each row refuses the base and the weakest steering row also refuse, and
     which neither does (rows that record them)."""
@@ -260,6 +287,7 @@ def main() -> None:
         ("tradeoff", tradeoff),
         ("frontier", frontier),
         ("selectivity", selectivity),
+        ("selectivity-wrapped", wrapped),
         ("key_threshold", key_threshold),
         ("engines_llama_cpp", engines("llama.cpp")),
         ("engines_vllm", engines("vLLM CPU build")),

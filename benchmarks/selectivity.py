@@ -3,11 +3,15 @@ report sets no probe or tuning touched, for the default edit and its peers, each
 
 python benchmarks/selectivity.py [--budgets 0.01 0.02 0.05 0.1]   # results/selectivity.json, selectivity.png
 python benchmarks/selectivity.py --plot-only                      # redraw the figure from the JSON
+python benchmarks/selectivity.py --wrapped --budgets 0.02          # results/selectivity-wrapped.json: plain and
+                                                                   # each jailbreak form side by side
 
 Report sets: HarmBench standard behaviours, report half of the fixed split (`harmbench_behaviours(..., "report")`;
 contextual ones are left out here to keep the run short), the project's borderline report half (120 prompts of
 six kinds that no edit is tuned on), Alpaca [50:80) (plain benign). KL on those Alpaca prompts, against the base
-model's own answers. Greedy, 32 new tokens, the project's refusal matcher.
+model's own answers. Greedy, 32 new tokens, the project's refusal matcher. With --wrapped, the harmful and borderline report prompts are
+also asked inside each of the project's jailbreak framings (`evaluation.wrappers.JAILBREAK_FORMS`: fiction, prefix
+injection, research pretext, format constraint, role-play), which no probe or reference prompt is wrapped in.
 
 Methods, every one at each KL budget (strength or scale found by the same bisection, `largest_within`):
   steering          activation steering of every layer's attention and MLP outputs (the paper's baseline)
@@ -42,6 +46,7 @@ from steer2edit_peft.core.likelihood import KLMeter
 from steer2edit_peft.core.settings import DEFAULTS, PAPER
 from steer2edit_peft.demo import DemoSettings, demo_probe
 from steer2edit_peft.evaluation.prompts import builtin_heldout, harmbench_behaviours
+from steer2edit_peft.evaluation.wrappers import JAILBREAK_FORMS, wrap
 from steer2edit_peft.extraction.extract import extract_steering_vectors
 from steer2edit_peft.extraction.steering import steer
 from steer2edit_peft.probes.datasets import ContrastiveDataset
@@ -51,6 +56,7 @@ from steer2edit_peft.solver.calibrate import BudgetError, largest_within
 from steer2edit_peft.solver.edit import edit_model
 
 SETS = ("harmful", "borderline", "benign")
+WRAPPED = ("harmful", "borderline")  # the sets asked inside each jailbreak form with --wrapped
 CACHE = RESULTS.parents[1] / "outputs" / "selectivity-cache"
 PUBLIC = "public"  # the reference key of the default with public tuning data
 
@@ -77,7 +83,7 @@ def public_benign_files() -> list[str]:
 class Selectivity:
     heldout_kl = True  # KL on the Alpaca report prompts; off where the sets are tuning data (key_threshold.py)
 
-    def __init__(self) -> None:
+    def __init__(self, wrapped: bool = False) -> None:
         self.bench = Bench(batch_size=64)
         model, tokenizer = self.bench.model, self.bench.tokenizer
         csv_path = SHARED / "harmbench" / "harmbench_behaviors_text_all.csv"
@@ -88,6 +94,8 @@ class Selectivity:
             "benign": self.bench.benign,
         }
         self.borderline_kinds = borderline["kinds"]
+        forms = JAILBREAK_FORMS if wrapped else {}
+        self.wrapped = {f"{name}/{form}": wrap(self.sets[name], form) for name in WRAPPED for form in forms}
         self.judge = RefusalMatcher()
         config = model.config
         self.heads = config.num_hidden_layers * config.num_attention_heads
@@ -140,14 +148,15 @@ class Selectivity:
         return self.vectors[sets]
 
     def measure(self, model: Any, context: Any = None) -> dict[str, float]:
-        prompts = [p for name in SETS for p in self.sets[name]]
-        if context is None:
+        sets = self.sets | self.wrapped
+        prompts = [p for name in sets for p in sets[name]]
+        with context() if context is not None else nullcontext():
             answers = iter(self.bench.generate(model, prompts, 32))
-        else:
-            with context():
-                answers = iter(self.bench.generate(model, prompts, 32))
-        refused = {name: [self.judge(p, next(answers)) for p in self.sets[name]] for name in SETS}
-        rates: dict[str, Any] = {name: sum(refused[name]) / len(refused[name]) for name in SETS}
+        refused = {name: [self.judge(p, next(answers)) for p in sets[name]] for name in sets}
+        rates: dict[str, Any] = {name: sum(refused[name]) / len(refused[name]) for name in sets}
+        for name in WRAPPED if self.wrapped else ():  # the mean over the forms, each form weighing the same
+            forms = [rates[key] for key in self.wrapped if key.startswith(f"{name}/")]
+            rates[f"{name}/wrapped"] = sum(forms) / len(forms)
         by_kind = Counter(kind for kind, no in zip(self.borderline_kinds, refused["borderline"]) if no)
         rates["borderline_refused_by_kind"] = {kind: by_kind[kind] for kind in dict.fromkeys(self.borderline_kinds)}
         rates["borderline_refused"] = [number for number, no in enumerate(refused["borderline"]) if no]
@@ -221,19 +230,26 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--plot-only", action="store_true")
     parser.add_argument(
+        "--wrapped",
+        action="store_true",
+        help="also ask the harmful and borderline prompts in each jailbreak form (6x the generation); results go to "
+        "selectivity-wrapped.json",
+    )
+    parser.add_argument(
         "--append",
         action="store_true",
         help="keep the saved rows of other methods and budgets (rows carry probe_prompts)",
     )
     args = parser.parse_args()
+    results = "selectivity-wrapped" if args.wrapped else "selectivity"
     if args.plot_only:
-        plot(json.loads((RESULTS / "selectivity.json").read_text())["rows"])
+        plot(json.loads((RESULTS / f"{results}.json").read_text())["rows"], results)
         return
-    run = Selectivity()
+    run = Selectivity(wrapped=args.wrapped)
     rows = [{"method": "base", "budget": 0.0} | run.measure(run.bench.model)]
     print(rows[0], flush=True)
-    if args.append and (RESULTS / "selectivity.json").is_file():
-        saved = json.loads((RESULTS / "selectivity.json").read_text())["rows"]
+    if args.append and (RESULTS / f"{results}.json").is_file():
+        saved = json.loads((RESULTS / f"{results}.json").read_text())["rows"]
         rerun = {(method, budget, threshold_of(method)) for method in args.methods for budget in args.budgets}
         rows += [row for row in saved if row["method"] in METHODS and variant(row) not in rerun]
     for method in args.methods:
@@ -251,41 +267,49 @@ def main() -> None:
                 [*rows[1:], row], key=lambda r: (METHODS.index(r["method"]), r.get("key_threshold", -1), r["budget"])
             )
             save_results(
-                "selectivity",
+                results,
                 {
-                    "command": "python benchmarks/selectivity.py",
+                    "command": "python benchmarks/selectivity.py" + (" --wrapped" if args.wrapped else ""),
                     "sets": {k: len(v) for k, v in run.sets.items()},
+                    "forms": list(JAILBREAK_FORMS) if args.wrapped else [],
                     "rows": rows,
                 },
             )
-    plot(rows)
+    plot(rows, results)
 
 
-def plot(rows: list[dict[str, Any]]) -> None:
+def plot(rows: list[dict[str, Any]], name: str) -> None:
+    """The frontier of plain prompts, and with --wrapped beside it the frontier of the same prompts wrapped."""
     from steer2edit_peft.core.figures import pyplot, save_figure
 
     plt = pyplot()
     base = rows[0]
-    figure, axis = plt.subplots(figsize=(8.6, 4.6))
-    for method, threshold in dict.fromkeys((r["method"], r.get("key_threshold")) for r in rows[1:]):
-        points = [r for r in rows[1:] if (r["method"], r.get("key_threshold")) == (method, threshold)]
-        points.sort(key=lambda r: r["budget"])
-        x = [100 * (r["borderline"] - base["borderline"]) for r in points]
-        y = [100 * (r["harmful"] - base["harmful"]) for r in points]
-        label, style = method, "-"
-        if threshold_of(method) is not None:  # selective rows from before the keys' threshold are drawn dotted
-            label = f"{method}, threshold {threshold:g}" if threshold is not None else f"{method}, before threshold"
-            style = "-" if threshold is not None else ":"
-        axis.plot(x, y, marker="o", label=label, ls=style)
-        for r, xi, yi in zip(points, x, y):
-            axis.annotate(f"{r['budget']:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    axis.axvline(5, color="grey", lw=0.8, ls="--")
-    axis.set_xlabel("borderline refusal added (points, report half)")
-    axis.set_ylabel("HarmBench refusal added (points, report half)")
-    axis.set_title("Refusal gained vs over-refusal added, per KL budget (labels)")
-    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the points fill the axes
+    panels = [("", "plain prompts")] + (
+        [("/wrapped", "in jailbreak forms (mean)")] if "harmful/wrapped" in base else []
+    )
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.3 + 4.3 * len(panels), 4.6), squeeze=False)
+    for axis, (suffix, title) in zip(axes[0], panels):
+        harmful, borderline = f"harmful{suffix}", f"borderline{suffix}"
+        for method, threshold in dict.fromkeys((r["method"], r.get("key_threshold")) for r in rows[1:]):
+            points = [r for r in rows[1:] if (r["method"], r.get("key_threshold")) == (method, threshold)]
+            points.sort(key=lambda r: r["budget"])
+            x = [100 * (r[borderline] - base[borderline]) for r in points]
+            y = [100 * (r[harmful] - base[harmful]) for r in points]
+            label, style = method, "-"
+            if threshold_of(method) is not None:  # selective rows from before the keys' threshold are drawn dotted
+                label = f"{method}, threshold {threshold:g}" if threshold is not None else f"{method}, before threshold"
+                style = "-" if threshold is not None else ":"
+            axis.plot(x, y, marker="o", label=label, ls=style)
+            for r, xi, yi in zip(points, x, y):
+                axis.annotate(f"{r['budget']:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        axis.axvline(5, color="grey", lw=0.8, ls="--")
+        axis.set_xlabel("borderline refusal added (points, report half)")
+        axis.set_ylabel("HarmBench refusal added (points, report half)")
+        axis.set_title(f"{title}: refusal gained vs over-refusal added", fontsize=9)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the points fill the axes
+    figure.suptitle("Per KL budget (labels)", fontsize=9)
     figure.tight_layout()
-    print(f"wrote {save_figure(figure, RESULTS / 'selectivity.png')}")
+    print(f"wrote {save_figure(figure, RESULTS / f'{name}.png')}")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def test_each_command_has_help(command, capsys):
 
 
 def test_extract_edit_inspect_eval_merge_chain(checkpoint, tmp_path, capsys):
-    model_args = ["--model", checkpoint, "--dtype", "float32", "--batch-size", "4"]
+    model_args = ["--model", checkpoint, "--dtype", "float32", "--batch-size", "64"]
     vectors_dir, adapter_dir, merged_dir = tmp_path / "vectors", tmp_path / "adapter", tmp_path / "merged"
 
     code, out, _ = run(capsys, "extract", *model_args, "--probe", "refusal", "--output", vectors_dir)
@@ -185,7 +185,7 @@ def test_bad_arguments_are_named(args, message, capsys):
 
 def test_sweep_saves_the_strongest_edit_within_the_budget(checkpoint, tmp_path, capsys):
     pytest.importorskip("optuna")
-    args = ["sweep", "--model", checkpoint, "--dtype", "float32", "--batch-size", "4", "--num-eval", "2"]
+    args = ["sweep", "--model", checkpoint, "--dtype", "float32", "--batch-size", "64", "--num-eval", "2"]
     args += ["--max-new-tokens", "3", "--trials", "3", "--max-kl", "1000", "--compare-steering", "--output", tmp_path]
     code, out, _ = run(capsys, *args)
     assert code == 0 and "strongest edit under KL 1000" in out, _
@@ -201,7 +201,7 @@ def test_sweep_saves_the_strongest_edit_within_the_budget(checkpoint, tmp_path, 
 
 def test_sweep_with_an_impossible_budget_is_a_clear_error(checkpoint, tmp_path, capsys):
     pytest.importorskip("optuna")
-    args = ["sweep", "--model", checkpoint, "--dtype", "float32", "--batch-size", "4", "--num-eval", "2"]
+    args = ["sweep", "--model", checkpoint, "--dtype", "float32", "--batch-size", "64", "--num-eval", "2"]
     args += ["--max-new-tokens", "3", "--trials", "2", "--max-kl", "-1", "--output", tmp_path]
     code, _, err = run(capsys, *args)
     assert code == 2 and "no edit tried stays under KL -1" in err
@@ -399,7 +399,7 @@ def test_the_python_api_and_the_cli_make_the_same_edit_from_the_defaults(
 
 
 def test_edit_from_saved_vectors_takes_the_keys_of_the_behaviour_they_were_extracted_for(checkpoint, tmp_path, capsys):
-    model_args = ["--model", checkpoint, "--dtype", "float32", "--batch-size", "4"]
+    model_args = ["--model", checkpoint, "--dtype", "float32", "--batch-size", "64"]
     code, _, err = run(capsys, "extract", *model_args, "--probe", "refusal", "--output", tmp_path / "v")
     assert code == 0, err
     assert SteeringVectors.load(tmp_path / "v").options["behaviour"] == "refusal"

@@ -238,3 +238,22 @@ def _evaluation_file(name: str) -> Path:
     from importlib.resources import files
 
     return Path(str(files("steer2edit_peft.evaluation").joinpath("data", name)))
+
+
+def test_every_jailbreak_form_holds_the_request_verbatim_and_tuning_never_sees_one():
+    from steer2edit_peft.evaluation import JAILBREAK_FORMS, wrap
+    from steer2edit_peft.probes import BEHAVIOURS, builtin_prompts
+
+    requests = ["How do I pick a lock?", "Explain {braces} and\nnew lines."]
+    wrapped = {form: wrap(requests, form) for form in JAILBREAK_FORMS}
+    assert len(JAILBREAK_FORMS) >= 4
+    for form, texts in wrapped.items():
+        for request, text in zip(requests, texts):
+            assert text.count(request) == 1 and len(text) > len(request) + 20, form
+    assert len({texts[0] for texts in wrapped.values()}) == len(JAILBREAK_FORMS)  # each framing its own
+    # No probe or reference prompt is framed like a report prompt: the framings' own words appear in none of them.
+    framings = [part.strip() for t in JAILBREAK_FORMS.values() for part in t.split("{request}") if part.strip()]
+    tuning = [p for name in ("harmful", "benign", "borderline") for p in builtin_prompts(name)]
+    assert "refusal" in BEHAVIOURS and tuning and not [f for f in framings if any(f in p for p in tuning)]
+    with pytest.raises(Exception, match="no jailbreak form 'dan'; available: fiction"):
+        wrap(requests, "dan")
