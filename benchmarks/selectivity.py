@@ -238,7 +238,7 @@ def main() -> None:
     parser.add_argument(
         "--append",
         action="store_true",
-        help="keep the saved rows of other methods and budgets (rows carry probe_prompts)",
+        help="keep the saved rows of other methods and budgets (rows carry probe_prompts), and the base row",
     )
     args = parser.parse_args()
     results = "selectivity-wrapped" if args.wrapped else "selectivity"
@@ -246,12 +246,20 @@ def main() -> None:
         plot(json.loads((RESULTS / f"{results}.json").read_text())["rows"], results)
         return
     run = Selectivity(wrapped=args.wrapped)
-    rows = [{"method": "base", "budget": 0.0} | run.measure(run.bench.model)]
+    saved = json.loads((RESULTS / f"{results}.json").read_text()) if (RESULTS / f"{results}.json").is_file() else None
+    if (
+        args.append
+        and saved is not None
+        and saved["rows"][0]["method"] == "base"
+        and saved["sets"] == {k: len(v) for k, v in run.sets.items()}
+    ):
+        rows = saved["rows"][:1]  # the base model's answers do not change between runs on the same sets
+    else:
+        rows = [{"method": "base", "budget": 0.0} | run.measure(run.bench.model)]
     print(rows[0], flush=True)
-    if args.append and (RESULTS / f"{results}.json").is_file():
-        saved = json.loads((RESULTS / f"{results}.json").read_text())["rows"]
+    if args.append and saved is not None:
         rerun = {(method, budget, threshold_of(method)) for method in args.methods for budget in args.budgets}
-        rows += [row for row in saved if row["method"] in METHODS and variant(row) not in rerun]
+        rows += [row for row in saved["rows"] if row["method"] in METHODS and variant(row) not in rerun]
     for method in args.methods:
         for budget in args.budgets:
             start = time.perf_counter()
