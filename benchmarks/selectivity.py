@@ -311,6 +311,8 @@ def plot(rows: list[dict[str, Any]], name: str) -> None:
             for r, xi, yi in zip(points, x, y):
                 axis.annotate(f"{r['budget']:g}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
         axis.axvline(5, color="grey", lw=0.8, ls="--")
+        axis.set_xlim(left=min(0, axis.get_xlim()[0]))  # the base model's point, 0 added, always in view
+        axis.set_ylim(bottom=min(0, axis.get_ylim()[0]))
         axis.set_xlabel("borderline refusal added (points, report half)")
         axis.set_ylabel("HarmBench refusal added (points, report half)")
         axis.set_title(f"{title}: refusal gained vs over-refusal added", fontsize=9)
