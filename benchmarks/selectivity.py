@@ -9,9 +9,10 @@ python benchmarks/selectivity.py --wrapped --budgets 0.02          # results/sel
 Report sets: HarmBench standard behaviours, report half of the fixed split (`harmbench_behaviours(..., "report")`;
 contextual ones are left out here to keep the run short), the project's borderline report half (120 prompts of
 six kinds that no edit is tuned on), Alpaca [50:80) (plain benign). KL on those Alpaca prompts, against the base
-model's own answers. Greedy, 32 new tokens, the project's refusal matcher. With --wrapped, the harmful and borderline report prompts are
-also asked inside each of the project's jailbreak framings (`evaluation.wrappers.JAILBREAK_FORMS`: fiction, prefix
-injection, research pretext, format constraint, role-play), which no probe or reference prompt is wrapped in.
+model's own answers. Greedy, 32 new tokens, the project's refusal matcher. With --wrapped, the harmful and
+borderline report prompts are also asked inside each of the project's jailbreak framings
+(`evaluation.wrappers.JAILBREAK_FORMS`: fiction, prefix injection, research pretext, format constraint, role-play),
+which no probe or reference prompt is wrapped in.
 
 Methods, every one at each KL budget (strength or scale found by the same bisection, `largest_within`):
   steering          activation steering of every layer's attention and MLP outputs (the paper's baseline)
@@ -94,8 +95,8 @@ class Selectivity:
             "benign": self.bench.benign,
         }
         self.borderline_kinds = borderline["kinds"]
-        forms = JAILBREAK_FORMS if wrapped else {}
-        self.wrapped = {f"{name}/{form}": wrap(self.sets[name], form) for name in WRAPPED for form in forms}
+        self.forms = list(JAILBREAK_FORMS) if wrapped else []
+        self.wrapped = {f"{name}/{form}": wrap(self.sets[name], form) for name in WRAPPED for form in self.forms}
         self.judge = RefusalMatcher()
         config = model.config
         self.heads = config.num_hidden_layers * config.num_attention_heads
@@ -154,9 +155,8 @@ class Selectivity:
             answers = iter(self.bench.generate(model, prompts, 32))
         refused = {name: [self.judge(p, next(answers)) for p in sets[name]] for name in sets}
         rates: dict[str, Any] = {name: sum(refused[name]) / len(refused[name]) for name in sets}
-        for name in WRAPPED if self.wrapped else ():  # the mean over the forms, each form weighing the same
-            forms = [rates[key] for key in self.wrapped if key.startswith(f"{name}/")]
-            rates[f"{name}/wrapped"] = sum(forms) / len(forms)
+        for name in WRAPPED if self.forms else ():  # the mean over the forms, each form weighing the same
+            rates[f"{name}/wrapped"] = sum(rates[f"{name}/{form}"] for form in self.forms) / len(self.forms)
         by_kind = Counter(kind for kind, no in zip(self.borderline_kinds, refused["borderline"]) if no)
         rates["borderline_refused_by_kind"] = {kind: by_kind[kind] for kind in dict.fromkeys(self.borderline_kinds)}
         rates["borderline_refused"] = [number for number, no in enumerate(refused["borderline"]) if no]
@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument(
         "--wrapped",
         action="store_true",
-        help="also ask the harmful and borderline prompts in each jailbreak form (6x the generation); results go to "
+        help="also ask the harmful and borderline prompts in each jailbreak form (about 5x the generation); results go to "
         "selectivity-wrapped.json",
     )
     parser.add_argument(
@@ -252,6 +252,7 @@ def main() -> None:
         and saved is not None
         and saved["rows"][0]["method"] == "base"
         and saved["sets"] == {k: len(v) for k, v in run.sets.items()}
+        and saved.get("forms", []) == run.forms
     ):
         rows = saved["rows"][:1]  # the base model's answers do not change between runs on the same sets
     else:
@@ -279,7 +280,7 @@ def main() -> None:
                 {
                     "command": "python benchmarks/selectivity.py" + (" --wrapped" if args.wrapped else ""),
                     "sets": {k: len(v) for k, v in run.sets.items()},
-                    "forms": list(JAILBREAK_FORMS) if args.wrapped else [],
+                    "forms": run.forms,
                     "rows": rows,
                 },
             )

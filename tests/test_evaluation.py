@@ -241,6 +241,7 @@ def _evaluation_file(name: str) -> Path:
 
 
 def test_every_jailbreak_form_holds_the_request_verbatim_and_tuning_never_sees_one():
+    from steer2edit_peft.core.errors import DataError
     from steer2edit_peft.evaluation import JAILBREAK_FORMS, wrap
     from steer2edit_peft.probes import BEHAVIOURS, builtin_prompts
 
@@ -255,5 +256,5 @@ def test_every_jailbreak_form_holds_the_request_verbatim_and_tuning_never_sees_o
     framings = [part.strip() for t in JAILBREAK_FORMS.values() for part in t.split("{request}") if part.strip()]
     tuning = [p for name in ("harmful", "benign", "borderline") for p in builtin_prompts(name)]
     assert "refusal" in BEHAVIOURS and tuning and not [f for f in framings if any(f in p for p in tuning)]
-    with pytest.raises(Exception, match="no jailbreak form 'dan'; available: fiction"):
+    with pytest.raises(DataError, match="no jailbreak form 'dan'; available: fiction"):
         wrap(requests, "dan")
