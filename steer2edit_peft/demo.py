@@ -163,9 +163,7 @@ class _DemoRun:
             merged = self.save_reload_merge()
         with self.stage("evaluate merged"):
             self.log("[7/7] evaluating the merged model")
-            (merged_result,) = self.evaluate(
-                [Condition("Steer2Edit merged", merged)], self.base_result.benign_responses
-            )
+            (merged_result,) = self.evaluate([Condition("Steer2Edit merged", merged)], self.base_result)
         return self.write([self.base_result, self.steering_result, self.edit_result, merged_result])
 
     def extract(self) -> None:
@@ -212,13 +210,13 @@ class _DemoRun:
         self.log(self.report.to_table(edited_only=True))
         check_sanity(self.peft_model, self.tokenizer, self.utility.prompts[:8], max_new_tokens=s.max_new_tokens)
 
-    def evaluate(self, conditions: list[Condition], reference_benign: list[str] | None = None) -> list[Any]:
+    def evaluate(self, conditions: list[Condition], reference_result: EvaluationResult | None = None) -> list[Any]:
         return evaluate_conditions(
             conditions,
             self.tokenizer,
             self.prompts,
             reference=self.base,
-            reference_benign=reference_benign,
+            reference_result=reference_result,
             max_new_tokens=self.settings.max_new_tokens,
             batch_size=self.settings.batch_size,
         )
@@ -236,9 +234,7 @@ class _DemoRun:
             self.log(f"[5/7] activation steering of every layer at strength {strength}")
         self.strength = strength
         steering = combined(model.disable_adapter, lambda: steer(model, self.vectors, strength))
-        (result,) = self.evaluate(
-            [Condition(f"steering x{strength:.2f}", model, steering)], self.base_result.benign_responses
-        )
+        (result,) = self.evaluate([Condition(f"steering x{strength:.2f}", model, steering)], self.base_result)
         return result
 
     def save_reload_merge(self) -> Any:
@@ -271,8 +267,16 @@ class _DemoRun:
 
     def columns(self) -> list[str]:
         if self.settings.behaviour == "refusal":
-            return ["refusal_rate", "over_refusal", "borderline_refusal", "kl_from_reference", "mean_length"]
-        return ["mean_length", "kl_from_reference", "over_refusal"]
+            return [
+                "refusal_rate",
+                "over_refusal",
+                "borderline_refusal",
+                "benign_changed",
+                "borderline_changed",
+                "kl_from_reference",
+                "mean_length",
+            ]
+        return ["mean_length", "kl_from_reference", "over_refusal", "benign_changed"]
 
     def write(self, results: list[EvaluationResult]) -> DemoOutcome:
         files = [self.adapter_dir] + self.figures(results)

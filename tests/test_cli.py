@@ -199,6 +199,19 @@ def test_sweep_saves_the_strongest_edit_within_the_budget(checkpoint, tmp_path, 
     assert (tmp_path / "frontier.png").is_file()
 
 
+def test_sweep_extracts_from_a_probe_file_when_given_one(checkpoint, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    probe = tmp_path / "my-probe.jsonl"
+    records = [{"prompt": "q" * (2 + i), "positive": "yes" * (1 + i % 2), "negative": "no thanks"} for i in range(4)]
+    probe.write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["sweep", "--model", checkpoint, "--dtype", "float32", "--batch-size", "64", "--num-eval", "2"]
+    args += ["--max-new-tokens", "3", "--trials", "3", "--max-kl", "1000", "--probe", probe, "--output", tmp_path / "s"]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    config = json.loads((tmp_path / "s" / "adapter" / "adapter_config.json").read_text())
+    assert "my-probe.jsonl" in config["probe_data"]
+
+
 def test_sweep_with_an_impossible_budget_is_a_clear_error(checkpoint, tmp_path, capsys):
     pytest.importorskip("optuna")
     args = ["sweep", "--model", checkpoint, "--dtype", "float32", "--batch-size", "64", "--num-eval", "2"]

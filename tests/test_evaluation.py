@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import get_peft_model
-from tiny_models import CharTokenizer, tiny_model
+from tiny_models import CharTokenizer, byte_tokenizer, tiny_model
 
 from steer2edit_peft import Steer2EditConfig
 from steer2edit_peft.evaluation import (
@@ -67,6 +67,51 @@ def test_mean_token_kl_matches_per_example_reference():
             count += 1
     assert fast == pytest.approx(total / count, rel=1e-5)
     assert mean_token_kl(peft_model, tokenizer, PROMPTS, RESPONSES) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_departure_ranks_and_the_changed_share_match_a_per_token_reference():
+    from steer2edit_peft.core.likelihood import departure_ranks
+    from steer2edit_peft.core.tokens import encode_prompt
+    from steer2edit_peft.evaluation.metrics import CHANGED_RANK, changed_share
+
+    torch.manual_seed(0)
+    peft_model = get_peft_model(tiny_model("llama", vocab_size=260), Steer2EditConfig(init_weights=False))
+    tokenizer = byte_tokenizer()  # one token per ASCII character: the departing token is at the first differing one
+    prompts = ["Name a colour.", "How tall is a giraffe?", "Say hi.", "Count to three.", "Why is the sky blue?"]
+    references = ["Blue, like the sky.", "About five metres.", "Hi there!", "One, two, three.", "Light scatters."]
+    answers = ["Blue, like the sea.", "About five metres.", "Hi", "Zero.", "Light scatters off the air."]
+    expected = []
+    for prompt, answer, reference in zip(prompts, answers, references):
+        if answer == reference:
+            expected.append(1)
+            continue
+        shared = next(
+            (i for i, (a, b) in enumerate(zip(answer, reference)) if a != b), min(len(answer), len(reference))
+        )
+        answer_ids = tokenizer(answer, add_special_tokens=False).input_ids
+        answer_ids += (
+            [tokenizer.eos_token_id] if len(answer) <= shared else []
+        )  # it stopped where the reference went on
+        ids = encode_prompt(tokenizer, prompt) + answer_ids
+        with peft_model.disable_adapter():
+            log_probs = sequence_log_probs(peft_model, ids)
+        start = len(ids) - len(answer_ids)
+        ranks = [
+            1 + int((log_probs[start + j - 1] > log_probs[start + j - 1, ids[start + j]]).sum())
+            for j in range(shared, len(answer_ids))
+            if not (j > 0 and answer[j - 1].isspace())  # after whitespace: re-encoding may have split it
+        ]
+        expected.append(max(ranks, default=1))
+    got = departure_ranks(
+        peft_model, tokenizer, prompts, answers, references, context=peft_model.disable_adapter, batch_size=2
+    )
+    assert got == expected
+    assert expected[1] == 1 and max(expected) > CHANGED_RANK  # a random model: some departures are unlikely ones
+    share = changed_share(peft_model, tokenizer, prompts, answers, references, context=peft_model.disable_adapter)
+    assert share == sum(rank > CHANGED_RANK for rank in expected) / len(expected)
+    assert changed_share(peft_model, tokenizer, prompts, references, references) == 0.0
+    with pytest.raises(ValueError, match="one answer and one reference answer per prompt"):
+        changed_share(peft_model, tokenizer, prompts, answers[:-1], references)
 
 
 def test_perplexity_matches_per_text_reference():
@@ -138,6 +183,7 @@ def test_kl_against_a_separate_reference_model_matches_the_context_form():
 
 
 def test_evaluate_conditions_lines_up_base_and_edit():
+    from steer2edit_peft.evaluation.metrics import changed_share
     from steer2edit_peft.evaluation.prompts import EvaluationPrompts
     from steer2edit_peft.evaluation.suite import Condition, evaluate_conditions, results_table
 
@@ -158,6 +204,16 @@ def test_evaluate_conditions_lines_up_base_and_edit():
         peft_model, tokenizer, prompts.benign, base_benign, reference=peft_model.disable_adapter
     )
     assert edit_result.kl_from_reference == pytest.approx(expected_kl, rel=1e-6)
+    assert base_result.benign_changed == 0.0 and base_result.borderline_changed is None  # no borderline prompts
+    expected_changed = changed_share(
+        peft_model,
+        tokenizer,
+        prompts.benign,
+        edit_result.benign_responses,
+        base_benign,
+        context=peft_model.disable_adapter,
+    )
+    assert edit_result.benign_changed == expected_changed
     assert base_result.perplexity == pytest.approx(base_ppl, rel=1e-6)
     assert edit_result.mean_length == pytest.approx(
         sum(len(CharTokenizer()(r, add_special_tokens=False).input_ids) for r in edit_result.attribute_responses) / 3

@@ -36,6 +36,11 @@ def register(commands: Any) -> None:
     )
     add_model(parser)
     parser.add_argument("--behaviour", choices=["refusal", "concise"], default="refusal")
+    parser.add_argument(
+        "--probe",
+        default=None,
+        help="probe data instead of the behaviour's own: a .jsonl/.json/.csv file or Hub dataset",
+    )
     parser.add_argument("--max-kl", type=number, default=0.05, help="KL budget in nats per token")
     parser.add_argument("--trials", type=positive_int, default=20, help="optuna trials per method")
     parser.add_argument("--compare-steering", action="store_true", help="also search activation steering")
@@ -60,7 +65,7 @@ def run(args: argparse.Namespace) -> None:
     model, tokenizer = load(args)
     settings = defaults_for(args.behaviour)
     utility = load_utility(",".join(settings.reference), model, tokenizer, args.batch_size)
-    vectors = extracted_vectors(args.behaviour, model, tokenizer, utility, args.batch_size, settings)
+    vectors = extracted_vectors(args.probe or args.behaviour, model, tokenizer, utility, args.batch_size, settings)
     trials = search_trials(args, model, tokenizer, vectors, settings)
     # A trial whose threshold kept nothing scores as the base model: it is no edit to save.
     editing = [t for t in trials["Steer2Edit"] if t.details.get("edited_heads", 0) + t.details.get("edited_neurons", 0)]

@@ -6,6 +6,7 @@ Cheap (forward passes only, no generation), so calibration and evaluation both m
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any
@@ -15,7 +16,7 @@ from torch import nn
 
 from .architectures import StopForward, decoder_model, input_device
 from .errors import Steer2EditError
-from .tokens import EncodedExample, Exchange, collate, encode_example, pad_token_id
+from .tokens import EncodedExample, Exchange, collate, encode_example, encode_prompt, pad_token_id
 
 
 def response_batches(
@@ -94,6 +95,58 @@ def mean_token_kl(
         total += float(kl.sum())
         count += kl.numel()
     return total / count
+
+
+def _departure(tokenizer: Any, prompt_ids: list[int], answer: str, reference: str) -> tuple[EncodedExample, int]:
+    """Prompt + answer tokens, and the index of the first answer token that departs from ``reference``. Found in the
+    text, not the tokens: an answer re-encoded from text can split what generation wrote as one token. An answer
+    that stops where the reference goes on departs at its end (an end-of-sequence token is added)."""
+    shared = len(os.path.commonprefix([answer, reference]))
+    ids = list(tokenizer(answer, add_special_tokens=False).input_ids)
+    if len(answer) <= shared:
+        ids.append(tokenizer.eos_token_id if tokenizer.eos_token_id is not None else pad_token_id(tokenizer))
+    first = next((end - 1 for end in range(1, len(ids)) if len(tokenizer.decode(ids[:end])) > shared), len(ids) - 1)
+    return EncodedExample(prompt_ids + ids, len(prompt_ids)), first
+
+
+@torch.no_grad()
+def departure_ranks(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    reference_answers: Sequence[str],
+    *,
+    context: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    batch_size: int = 16,
+    system_prompt: str | None = None,
+) -> list[int]:
+    """Per answer, the worst rank ``model`` (inside ``context``) gives a token of the answer from where it departs
+    from the reference answer to the same prompt on: 1 for an answer equal to it, k when one of those tokens had
+    k - 1 more likely alternatives. A token right after a whitespace-only token is not ranked: re-encoding splits
+    whitespace runs that generation wrote as one token ("\n\n" -> "\n", "\n"), which misleads the next prediction."""
+    if not (len(prompts) == len(answers) == len(reference_answers)):
+        raise ValueError("departure_ranks needs one answer and one reference answer per prompt")
+    ranks = [1] * len(answers)
+    departing = [i for i, (answer, reference) in enumerate(zip(answers, reference_answers)) if answer != reference]
+    pad_id = pad_token_id(tokenizer)
+    for start in range(0, len(departing), batch_size):
+        rows = departing[start : start + batch_size]
+        prompt_ids = [encode_prompt(tokenizer, prompts[i], system_prompt) for i in rows]
+        found = [_departure(tokenizer, ids, answers[i], reference_answers[i]) for ids, i in zip(prompt_ids, rows)]
+        batch = collate([item for item, _ in found], pad_id, "right")
+        with context():
+            log_probs, tokens, batch_rows = response_log_probs(model, batch)
+        token_ranks = 1 + (log_probs > log_probs.gather(-1, tokens[:, None])).sum(-1)
+        for row, (i, (item, first)) in enumerate(zip(rows, found)):
+            answer_ids = item.input_ids[item.response_start :]
+            ranked = [
+                int(rank)
+                for j, rank in enumerate(token_ranks[batch_rows == row].tolist())
+                if j >= first and not (j > 0 and tokenizer.decode(answer_ids[j - 1 : j]).isspace())
+            ]
+            ranks[i] = max(ranked, default=1)
+    return ranks
 
 
 def _token_kl(reference_log_probs: torch.Tensor, edited_log_probs: torch.Tensor) -> torch.Tensor:

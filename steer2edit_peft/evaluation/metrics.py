@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..core.judges import RefusalJudge, RefusalMatcher
-from ..core.likelihood import mean_token_kl, perplexity, response_batches, response_log_probs
+from ..core.likelihood import departure_ranks, mean_token_kl, perplexity, response_batches, response_log_probs
 
-__all__ = ["mean_token_kl", "perplexity", "refusal_rate", "response_lengths", "truthfulqa_mc"]
+__all__ = ["changed_share", "mean_token_kl", "perplexity", "refusal_rate", "response_lengths", "truthfulqa_mc"]
+
+# An answer's meaning changed when it departs from the base model's answer at a token the base model ranks below its
+# first CHANGED_RANK choices: a turn it would not have taken (a refusal, another topic), not a near-tie that rewords.
+# Chosen on the demo's answers (BENCHMARKS.md, "Answers whose meaning changed").
+CHANGED_RANK = 10
 
 
 def refusal_rate(prompts: Sequence[str], responses: Sequence[str], judge: RefusalJudge | None = None) -> float:
@@ -21,6 +27,36 @@ def refusal_rate(prompts: Sequence[str], responses: Sequence[str], judge: Refusa
         raise ValueError("refusal_rate needs one response per prompt, and at least one")
     judge = judge or RefusalMatcher()
     return sum(judge(p, r) for p, r in zip(prompts, responses)) / len(responses)
+
+
+def changed_share(
+    reference: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    reference_responses: Sequence[str],
+    *,
+    context: Any = None,
+    batch_size: int = 16,
+    system_prompt: str | None = None,
+) -> float:
+    """Share of ``responses`` whose meaning changed from the ``reference`` model's own ``reference_responses``:
+    the response departs from the reference's at a token the reference model (inside ``context``, e.g. its adapter
+    disabled) ranks below its first CHANGED_RANK choices. Judges no phrase, so it sees a derailed answer as well as
+    a refusal; an answer reworded at a near-tie does not count."""
+    if not responses:
+        raise ValueError("changed_share needs at least one response")
+    ranks = departure_ranks(
+        reference,
+        tokenizer,
+        prompts,
+        responses,
+        reference_responses,
+        context=context or nullcontext,
+        batch_size=batch_size,
+        system_prompt=system_prompt,
+    )
+    return sum(rank > CHANGED_RANK for rank in ranks) / len(ranks)
 
 
 def response_lengths(tokenizer: Any, responses: Sequence[str]) -> list[int]:

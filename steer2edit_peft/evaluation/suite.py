@@ -12,7 +12,7 @@ from typing import Any
 from ..core.generation import generate_responses, regrouped
 from ..core.judges import RefusalJudge, RefusalMatcher
 from ..core.likelihood import mean_token_kl, perplexity
-from .metrics import refusal_rate, response_lengths
+from .metrics import changed_share, refusal_rate, response_lengths
 from .prompts import EvaluationPrompts
 
 
@@ -49,8 +49,12 @@ class EvaluationResult:
     kl_from_reference: float | None  # on the benign prompts with the reference's own answers (None: not measured)
     perplexity: float | None  # of ``texts``
     borderline_refusal: float | None = None  # on the borderline prompts
+    # Shares of benign / borderline answers the reference would not have given (metrics.changed_share)
+    benign_changed: float | None = None
+    borderline_changed: float | None = None
     attribute_responses: list[str] = field(repr=False, default_factory=list)
     benign_responses: list[str] = field(repr=False, default_factory=list)
+    borderline_responses: list[str] = field(repr=False, default_factory=list)
 
 
 def kl_between(
@@ -115,6 +119,7 @@ def _result(
     judge: RefusalJudge,
     kl: float | None,
     text_perplexity: float | None,
+    changed: tuple[float | None, float | None] = (None, None),
 ) -> EvaluationResult:
     attribute, benign, borderline = answers
     lengths = response_lengths(tokenizer, attribute)
@@ -126,9 +131,43 @@ def _result(
         kl_from_reference=kl,
         perplexity=text_perplexity,
         borderline_refusal=refusal_rate(prompts.borderline, borderline, judge) if borderline else None,
+        benign_changed=changed[0],
+        borderline_changed=changed[1],
         attribute_responses=attribute,
         benign_responses=benign,
+        borderline_responses=borderline,
     )
+
+
+def _teacher_forced(
+    condition: Condition,
+    reference: Condition,
+    tokenizer: Any,
+    prompts: EvaluationPrompts,
+    answers: Sequence[list[str]],
+    reference_answers: Sequence[list[str]],
+    batch_size: int,
+    system_prompt: str | None,
+) -> tuple[float, tuple[float | None, float | None]]:
+    """The condition's KL from the reference on the reference's benign answers, and the shares of its benign and
+    borderline answers whose meaning changed from the reference's (None: no such prompts)."""
+    kl = kl_between(condition, reference, tokenizer, prompts.benign, reference_answers[0], batch_size, system_prompt)
+    shares = [
+        changed_share(
+            reference.model,
+            tokenizer,
+            asked,
+            answered,
+            expected,
+            context=reference.context,
+            batch_size=batch_size,
+            system_prompt=system_prompt,
+        )
+        if asked
+        else None
+        for asked, answered, expected in zip((prompts.benign, prompts.borderline), answers, reference_answers)
+    ]
+    return kl, (shares[0], shares[1])
 
 
 def evaluate_conditions(
@@ -137,7 +176,7 @@ def evaluate_conditions(
     prompts: EvaluationPrompts,
     *,
     reference: Condition | None = None,
-    reference_benign: list[str] | None = None,
+    reference_result: EvaluationResult | None = None,
     max_new_tokens: int = 48,
     batch_size: int = 16,
     judge: RefusalJudge | None = None,
@@ -148,10 +187,10 @@ def evaluate_conditions(
 ) -> list[EvaluationResult]:
     """Evaluate each condition on the same prompts; KL is measured from ``reference`` (default: the first).
 
-    The reference's greedy answers to the benign prompts (``reference_benign``, generated when not given)
-    are the text on which every KL is measured, so all conditions are compared on identical tokens.
-    ``answer`` generates (default: ``transformers_answers``; ``export.vllm.VllmTrialAnswers`` serves each edit
-    from vLLM). The KL is a teacher-forced transformers measurement; ``measure_kl=False`` leaves it out.
+    The reference's greedy benign and borderline answers (``reference_result``'s, or generated here) are what every
+    condition is measured against: the KL on the benign ones (identical tokens for all), and the shares whose meaning
+    changed (``metrics.changed_share``), both teacher-forced transformers passes (``measure_kl=False``: left out).
+    ``answer`` generates (default: ``transformers_answers``; ``export.vllm.VllmTrialAnswers`` serves from vLLM).
     """
     if not conditions:
         raise ValueError("evaluate_conditions needs at least one condition")
@@ -164,23 +203,26 @@ def evaluate_conditions(
         system_prompt=system_prompt,
         show_progress=show_progress,
     )
-    if reference_benign is None:
-        (reference_benign,) = answer(reference, [prompts.benign])
+    references = (
+        answer(reference, [prompts.benign, prompts.borderline])
+        if reference_result is None
+        else [reference_result.benign_responses, reference_result.borderline_responses]
+    )
     results = []
     for condition in conditions:
-        kinds = [prompts.attribute, [] if condition is reference else prompts.benign, prompts.borderline]
-        attribute, benign, borderline = answer(condition, kinds)
+        own = condition is reference
+        asked = [prompts.attribute] + ([[], []] if own else [prompts.benign, prompts.borderline])
+        attribute, benign, borderline = answer(condition, asked)
+        if own:
+            benign, borderline = references
         with condition.context():
             text_perplexity = (
                 perplexity(condition.model, tokenizer, prompts.texts, batch_size=batch_size) if prompts.texts else None
             )
-        kl = (
-            kl_between(condition, reference, tokenizer, prompts.benign, reference_benign, batch_size, system_prompt)
-            if measure_kl
-            else None
-        )
-        answers = (attribute, reference_benign if condition is reference else benign, borderline)
-        results.append(_result(condition.name, prompts, answers, tokenizer, judge, kl, text_perplexity))
+        measured = (condition, reference, tokenizer, prompts, [benign, borderline], references)
+        kl, changed = _teacher_forced(*measured, batch_size, system_prompt) if measure_kl else (None, (None, None))
+        answers = (attribute, benign, borderline)
+        results.append(_result(condition.name, prompts, answers, tokenizer, judge, kl, text_perplexity, changed))
     return results
 
 
@@ -189,6 +231,8 @@ _COLUMNS = {
     "over_refusal": ("over-refusal", "{:.0%}"),
     "borderline_refusal": ("borderline refusal", "{:.0%}"),
     "mean_length": ("length", "{:.1f}"),
+    "benign_changed": ("benign changed", "{:.0%}"),
+    "borderline_changed": ("borderline changed", "{:.0%}"),
     "kl_from_reference": ("KL", "{:.4f}"),
     "perplexity": ("perplexity", "{:.2f}"),
 }

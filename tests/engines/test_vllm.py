@@ -1,7 +1,8 @@
 """vLLM (its CPU build, in .venv-vllm) serves an edit of the embedded model as a LoRA; checked against PEFT.
 
-Run by `bash .ci/engines`. The edit is a real one: `steer2edit edit --probe refusal`, calibrated as the demo's but
-on the benign reference alone (what is checked here is serving, and it keeps the lane short).
+Run by `bash .ci/engines`. The edit is a real one: `steer2edit edit` on every fourth prompt of the shipped refusal
+probe (the model's own answers), calibrated as the demo's but on the benign reference alone. What is checked here is
+serving; the smaller probe and reference keep the lane short.
 """
 
 from __future__ import annotations
@@ -27,12 +28,25 @@ MAX_NEW_TOKENS = 24
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory):
+def probe(tmp_path_factory) -> Path:
+    """Every fourth prompt of the shipped refusal probe, with both of its answers."""
+    shipped = ROOT / "steer2edit_peft" / "probes" / "data" / "generated" / "smollm2-135m-instruct" / "refusal.jsonl"
+    lines = shipped.read_text().splitlines()[1:]  # after the provenance header
+    rows = [json.loads(line) for line in lines]
+    kept = list(dict.fromkeys(row["prompt"] for row in rows))[::4]
+    path = tmp_path_factory.mktemp("probe") / "refusal-quarter.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows if row["prompt"] in set(kept)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, probe):
     """A refusal edit solved on the embedded model, saved, and its exact LoRA export at a rank vLLM serves."""
     from steer2edit_peft.cli.main import main
 
     folder = tmp_path_factory.mktemp("vllm")
-    edit = ["edit", "--probe", "refusal", "--reference", "benign", "--output", str(folder / "refusal")]
+    edit = ["edit", "--probe", str(probe), "--behaviour", "refusal", "--reference", "benign"]
+    edit += ["--output", str(folder / "refusal")]
     assert main(edit) == 0
     assert main(["export-lora", str(folder / "refusal"), "--vllm", "--output", str(folder / "lora")]) == 0
     return folder
@@ -82,11 +96,12 @@ def test_a_batch_that_mixes_base_and_edited_requests_equals_separate_runs(engine
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(engine.model_path)
-    subset = prompts[:: max(1, len(prompts) // 12)]
-    mixed = engine.generate(tokenizer, [(p, "refusal" if i % 2 else None) for i, p in enumerate(subset)])
-    alone = [engine.generate(tokenizer, [(p, "refusal" if i % 2 else None)])[0] for i, p in enumerate(subset)]
+    subset = prompts[:: len(prompts) // 6]
+    requests = [(p, "refusal" if i % 2 else None) for i, p in enumerate(subset)]
+    mixed = engine.generate(tokenizer, requests, max_new_tokens=MAX_NEW_TOKENS)
+    alone = [engine.generate(tokenizer, [request], max_new_tokens=MAX_NEW_TOKENS)[0] for request in requests]
     assert mixed == alone
-    base = engine.generate(tokenizer, [(p, None) for p in subset[1::2]])
+    base = engine.generate(tokenizer, [(p, None) for p in subset[1::2]], max_new_tokens=MAX_NEW_TOKENS)
     assert base != mixed[1::2]  # the edit changes answers, so the comparison means something
 
 
@@ -94,7 +109,7 @@ def test_eval_with_the_vllm_backend_matches_the_transformers_backend(adapter, tm
     rates = {}
     for backend in ("transformers", "vllm"):
         command = [sys.executable, "-m", "steer2edit_peft.cli.main", "eval", "--adapter", str(adapter / "refusal")]
-        command += ["--backend", backend, "--num-eval", "30", "--output", str(tmp_path / backend)]
+        command += ["--backend", backend, "--num-eval", "20", "--output", str(tmp_path / backend)]
         subprocess.run(command, check=True, cwd=ROOT, timeout=900)
         rows = json.loads((tmp_path / backend / "results.json").read_text())
         rates[backend] = {r["condition"]: (r["refusal_rate"], r["over_refusal"], r["borderline_refusal"]) for r in rows}
@@ -102,14 +117,15 @@ def test_eval_with_the_vllm_backend_matches_the_transformers_backend(adapter, tm
     base_t, edit_t = rates["transformers"]["base"], rates["transformers"]["adapter refusal"]
     base_v, edit_v = rates["vllm"]["vllm base"], rates["vllm"]["vllm adapter refusal"]
     for t, v in ((base_t, base_v), (edit_t, edit_v)):
-        assert all(abs(a - b) <= 0.1 for a, b in zip(t, v)), rates  # within 3 of 30 prompts
+        assert all(abs(a - b) <= 0.1 for a, b in zip(t, v)), rates  # within 2 of 20 prompts
     assert edit_v[0] - base_v[0] >= 0.3  # and vLLM serves the edit: refusal rises
 
 
-def test_sweep_with_the_vllm_backend_scores_trials_as_the_transformers_backend(tmp_path):
+def test_sweep_with_the_vllm_backend_scores_trials_as_the_transformers_backend(tmp_path, probe):
     trials = {}
     for backend in ("transformers", "vllm"):
         command = [sys.executable, "-m", "steer2edit_peft.cli.main", "sweep", "--trials", "3", "--num-eval", "8"]
+        command += ["--probe", str(probe)]
         command += ["--dtype", "float32", "--max-kl", "10", "--backend", backend, "--output", str(tmp_path / backend)]
         subprocess.run(command, check=True, cwd=ROOT, timeout=900)
         trials[backend] = json.loads((tmp_path / backend / "trials.json").read_text())["Steer2Edit"]
