@@ -205,7 +205,8 @@ def test_sweep_extracts_from_a_probe_file_when_given_one(checkpoint, tmp_path, c
     records = [{"prompt": "q" * (2 + i), "positive": "yes" * (1 + i % 2), "negative": "no thanks"} for i in range(4)]
     probe.write_text("".join(json.dumps(r) + "\n" for r in records))
     args = ["sweep", "--model", checkpoint, "--dtype", "float32", "--batch-size", "64", "--num-eval", "2"]
-    args += ["--max-new-tokens", "3", "--trials", "3", "--max-kl", "1000", "--probe", probe, "--output", tmp_path / "s"]
+    args += ["--max-new-tokens", "3", "--trials", "3", "--max-kl", "1000", "--probe", probe, "--reference", "benign"]
+    args += ["--output", tmp_path / "s"]
     code, _, err = run(capsys, *args)
     assert code == 0, err
     config = json.loads((tmp_path / "s" / "adapter" / "adapter_config.json").read_text())

@@ -17,6 +17,7 @@ from .arguments import (
     add_eval,
     add_model,
     add_output,
+    add_reference,
     extracted_vectors,
     load,
     load_utility,
@@ -41,6 +42,7 @@ def register(commands: Any) -> None:
         default=None,
         help="probe data instead of the behaviour's own: a .jsonl/.json/.csv file or Hub dataset",
     )
+    add_reference(parser)
     parser.add_argument("--max-kl", type=number, default=0.05, help="KL budget in nats per token")
     parser.add_argument("--trials", type=positive_int, default=20, help="optuna trials per method")
     parser.add_argument("--compare-steering", action="store_true", help="also search activation steering")
@@ -64,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
     check_output_folder(args.output, args.overwrite)
     model, tokenizer = load(args)
     settings = defaults_for(args.behaviour)
-    utility = load_utility(",".join(settings.reference), model, tokenizer, args.batch_size)
+    utility = load_utility(args.reference, model, tokenizer, args.batch_size)
     vectors = extracted_vectors(args.probe or args.behaviour, model, tokenizer, utility, args.batch_size, settings)
     trials = search_trials(args, model, tokenizer, vectors, settings)
     # A trial whose threshold kept nothing scores as the base model: it is no edit to save.

@@ -109,7 +109,7 @@ def test_eval_with_the_vllm_backend_matches_the_transformers_backend(adapter, tm
     rates = {}
     for backend in ("transformers", "vllm"):
         command = [sys.executable, "-m", "steer2edit_peft.cli.main", "eval", "--adapter", str(adapter / "refusal")]
-        command += ["--backend", backend, "--num-eval", "20", "--output", str(tmp_path / backend)]
+        command += ["--backend", backend, "--num-eval", "12", "--output", str(tmp_path / backend)]
         subprocess.run(command, check=True, cwd=ROOT, timeout=900)
         rows = json.loads((tmp_path / backend / "results.json").read_text())
         rates[backend] = {r["condition"]: (r["refusal_rate"], r["over_refusal"], r["borderline_refusal"]) for r in rows}
@@ -117,7 +117,7 @@ def test_eval_with_the_vllm_backend_matches_the_transformers_backend(adapter, tm
     base_t, edit_t = rates["transformers"]["base"], rates["transformers"]["adapter refusal"]
     base_v, edit_v = rates["vllm"]["vllm base"], rates["vllm"]["vllm adapter refusal"]
     for t, v in ((base_t, base_v), (edit_t, edit_v)):
-        assert all(abs(a - b) <= 0.1 for a, b in zip(t, v)), rates  # within 2 of 20 prompts
+        assert all(abs(a - b) <= 0.1 for a, b in zip(t, v)), rates  # within 1 of 12 prompts
     assert edit_v[0] - base_v[0] >= 0.3  # and vLLM serves the edit: refusal rises
 
 
@@ -125,7 +125,7 @@ def test_sweep_with_the_vllm_backend_scores_trials_as_the_transformers_backend(t
     trials = {}
     for backend in ("transformers", "vllm"):
         command = [sys.executable, "-m", "steer2edit_peft.cli.main", "sweep", "--trials", "3", "--num-eval", "8"]
-        command += ["--probe", str(probe)]
+        command += ["--probe", str(probe), "--reference", "benign"]
         command += ["--dtype", "float32", "--max-kl", "10", "--backend", backend, "--output", str(tmp_path / backend)]
         subprocess.run(command, check=True, cwd=ROOT, timeout=900)
         trials[backend] = json.loads((tmp_path / backend / "trials.json").read_text())["Steer2Edit"]
