@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ __all__ = ["changed_share", "mean_token_kl", "perplexity", "refusal_rate", "resp
 
 # An answer's meaning changed when it departs from the base model's answer at a token the base model ranks below its
 # first CHANGED_RANK choices: a turn it would not have taken (a refusal, another topic), not a near-tie that rewords.
-# Chosen on the demo's answers (BENCHMARKS.md, "Answers whose meaning changed").
+# Chosen by reading every departure of one edit's answers (BENCHMARKS.md, "Answers whose meaning changed").
 CHANGED_RANK = 10
 
 
@@ -36,7 +36,7 @@ def changed_share(
     responses: Sequence[str],
     reference_responses: Sequence[str],
     *,
-    context: Any = None,
+    context: Callable[[], AbstractContextManager[Any]] = nullcontext,
     batch_size: int = 16,
     system_prompt: str | None = None,
 ) -> float:
@@ -52,7 +52,7 @@ def changed_share(
         prompts,
         responses,
         reference_responses,
-        context=context or nullcontext,
+        context=context,
         batch_size=batch_size,
         system_prompt=system_prompt,
     )
