@@ -8,3 +8,11 @@ import os
 if not os.environ.get("STEER2EDIT_ENGINES"):
     os.environ.setdefault("MKL_DYNAMIC", "FALSE")
     os.environ.setdefault("OMP_DYNAMIC", "FALSE")
+
+# Under pytest-xdist (pyproject.toml's addopts) the workers share the cores: each gets its share of threads, as
+# oversubscribed torch threads spin and slow every worker down.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = str(max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ.setdefault("OMP_NUM_THREADS", threads)
+    os.environ.setdefault("MKL_NUM_THREADS", threads)

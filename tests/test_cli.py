@@ -213,6 +213,24 @@ def test_sweep_extracts_from_a_probe_file_when_given_one(checkpoint, tmp_path, c
     assert "my-probe.jsonl" in config["probe_data"]
 
 
+def test_sweep_from_saved_vectors_tries_what_it_tries_from_their_probe(checkpoint, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    probe = tmp_path / "my-probe.jsonl"
+    records = [{"prompt": "q" * (2 + i), "positive": "yes" * (1 + i % 2), "negative": "no thanks"} for i in range(4)]
+    probe.write_text("".join(json.dumps(r) + "\n" for r in records))
+    common = ["--model", checkpoint, "--dtype", "float32", "--batch-size", "64", "--reference", "benign"]
+    assert run(capsys, "extract", *common, "--probe", probe, "--output", tmp_path / "v")[0] == 0
+    sweep = ["sweep", *common, "--num-eval", "2", "--max-new-tokens", "3", "--trials", "3", "--max-kl", "1000"]
+    code, _, err = run(capsys, *sweep, "--vectors", tmp_path / "v", "--output", tmp_path / "unnamed")
+    assert code == 2 and "these vectors name no behaviour" in err and "pass --behaviour" in err
+    assert not (tmp_path / "unnamed").exists()
+    for source, folder in (("--vectors", tmp_path / "v"), ("--probe", probe)):
+        code, _, err = run(capsys, *sweep, "--behaviour", "refusal", source, folder, "--output", tmp_path / source)
+        assert code == 0, err
+    saved, extracted = (json.loads((tmp_path / s / "trials.json").read_text()) for s in ("--vectors", "--probe"))
+    assert saved == extracted and len(saved["Steer2Edit"]) == 3
+
+
 def test_sweep_with_an_impossible_budget_is_a_clear_error(checkpoint, tmp_path, capsys):
     pytest.importorskip("optuna")
     args = ["sweep", "--model", checkpoint, "--dtype", "float32", "--batch-size", "64", "--num-eval", "2"]

@@ -223,6 +223,13 @@ def add_reference(parser: Any) -> None:
     )
 
 
+def add_vectors_or_probe(parser: Any, probe_help: str, required: bool) -> None:
+    """Where the steering vectors come from: a folder of `steer2edit extract`, or probe data extracted on the fly."""
+    source = parser.add_mutually_exclusive_group(required=required)
+    source.add_argument("--vectors", type=Path, help="folder written by `steer2edit extract`")
+    source.add_argument("--probe", default=None, help=probe_help)
+
+
 def add_solver(parser: argparse.ArgumentParser) -> None:
     """The solver's settings; every default is EditSettings' (``steer2edit_peft.DEFAULTS``)."""
     defaults = DEFAULTS

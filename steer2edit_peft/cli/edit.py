@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from .arguments import (
@@ -12,6 +11,7 @@ from .arguments import (
     add_output,
     add_reference,
     add_solver,
+    add_vectors_or_probe,
     behaviour_named_by,
     extracted_vectors,
     load,
@@ -29,9 +29,7 @@ def register(commands: Any) -> None:
         "reference prompts (benign and borderline), check that it is not degenerate, and save the adapter.",
     )
     add_model(parser)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--vectors", type=Path, help="folder written by `steer2edit extract`")
-    source.add_argument("--probe", help="probe data to extract from first (as for `extract`)")
+    add_vectors_or_probe(parser, "probe data to extract from first (as for `extract`)", required=True)
     add_reference(parser)
     parser.add_argument(
         "--behaviour",

@@ -18,12 +18,15 @@ from .arguments import (
     add_model,
     add_output,
     add_reference,
+    add_vectors_or_probe,
     extracted_vectors,
     load,
     load_utility,
     number,
     positive_int,
 )
+
+SWEPT_BEHAVIOURS = ("refusal", "concise")  # the built-in behaviours with held-out prompts to score trials on
 
 
 def register(commands: Any) -> None:
@@ -36,11 +39,15 @@ def register(commands: Any) -> None:
         "and draw the Pareto frontier.",
     )
     add_model(parser)
-    parser.add_argument("--behaviour", choices=["refusal", "concise"], default="refusal")
     parser.add_argument(
-        "--probe",
+        "--behaviour",
+        choices=SWEPT_BEHAVIOURS,
         default=None,
-        help="probe data instead of the behaviour's own: a .jsonl/.json/.csv file or Hub dataset",
+        help="held-out prompts the trials are scored on (default: the behaviour the --vectors were extracted for, "
+        "else refusal)",
+    )
+    add_vectors_or_probe(
+        parser, "probe data instead of the behaviour's own: a .jsonl/.json/.csv file or Hub dataset", required=False
     )
     add_reference(parser)
     parser.add_argument("--max-kl", type=number, default=0.05, help="KL budget in nats per token")
@@ -56,6 +63,7 @@ def run(args: argparse.Namespace) -> None:
     from ..core.files import check_output_folder, staged
     from ..core.settings import defaults_for
     from ..evaluation.sweep import best_under
+    from ..extraction import SteeringVectors
     from ..solver import edit_config_from, edit_model
 
     if args.backend == "vllm" and args.compare_steering:
@@ -64,10 +72,20 @@ def run(args: argparse.Namespace) -> None:
             "--backend transformers"
         )
     check_output_folder(args.output, args.overwrite)
+    saved = SteeringVectors.load(args.vectors) if args.vectors else None
+    args.behaviour = args.behaviour or (saved.behaviour if saved else "refusal")
+    if args.behaviour not in SWEPT_BEHAVIOURS:
+        named = f"were extracted for {args.behaviour!r}" if args.behaviour else "name no behaviour (a probe file)"
+        raise Steer2EditError(
+            f"{args.vectors}: these vectors {named}, and sweep scores trials on the held-out prompts of "
+            f"{' or '.join(SWEPT_BEHAVIOURS)}: pass --behaviour"
+        )
     model, tokenizer = load(args)
     settings = defaults_for(args.behaviour)
     utility = load_utility(args.reference, model, tokenizer, args.batch_size)
-    vectors = extracted_vectors(args.probe or args.behaviour, model, tokenizer, utility, args.batch_size, settings)
+    vectors = saved or extracted_vectors(
+        args.probe or args.behaviour, model, tokenizer, utility, args.batch_size, settings
+    )
     trials = search_trials(args, model, tokenizer, vectors, settings)
     # A trial whose threshold kept nothing scores as the base model: it is no edit to save.
     editing = [t for t in trials["Steer2Edit"] if t.details.get("edited_heads", 0) + t.details.get("edited_neurons", 0)]

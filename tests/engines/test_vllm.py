@@ -1,7 +1,7 @@
 """vLLM (its CPU build, in .venv-vllm) serves an edit of the embedded model as a LoRA; checked against PEFT.
 
-Run by `bash .ci/engines`. The edit is a real one: `steer2edit edit` on every fourth prompt of the shipped refusal
-probe (the model's own answers), calibrated as the demo's but on the benign reference alone. What is checked here is
+Run by `bash .ci/engines`. The edit is a real one: `steer2edit edit` on vectors extracted from every fourth prompt of
+the shipped refusal probe (the model's own answers), calibrated as the demo's but on the benign reference alone. What is checked here is
 serving; the smaller probe and reference keep the lane short.
 """
 
@@ -40,12 +40,23 @@ def probe(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def adapter(tmp_path_factory, probe):
+def vectors(tmp_path_factory, probe) -> Path:
+    """The probe's steering vectors, extracted once for the edit and both sweeps."""
+    from steer2edit_peft.cli.main import main
+
+    folder = tmp_path_factory.mktemp("vectors") / "refusal"
+    extract = ["extract", "--probe", str(probe), "--reference", "benign", "--dtype", "float32"]
+    assert main([*extract, "--output", str(folder)]) == 0
+    return folder
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory, vectors):
     """A refusal edit solved on the embedded model, saved, and its exact LoRA export at a rank vLLM serves."""
     from steer2edit_peft.cli.main import main
 
     folder = tmp_path_factory.mktemp("vllm")
-    edit = ["edit", "--probe", str(probe), "--behaviour", "refusal", "--reference", "benign"]
+    edit = ["edit", "--vectors", str(vectors), "--behaviour", "refusal", "--reference", "benign"]
     edit += ["--output", str(folder / "refusal")]
     assert main(edit) == 0
     assert main(["export-lora", str(folder / "refusal"), "--vllm", "--output", str(folder / "lora")]) == 0
@@ -121,11 +132,11 @@ def test_eval_with_the_vllm_backend_matches_the_transformers_backend(adapter, tm
     assert edit_v[0] - base_v[0] >= 0.3  # and vLLM serves the edit: refusal rises
 
 
-def test_sweep_with_the_vllm_backend_scores_trials_as_the_transformers_backend(tmp_path, probe):
+def test_sweep_with_the_vllm_backend_scores_trials_as_the_transformers_backend(tmp_path, vectors):
     trials = {}
     for backend in ("transformers", "vllm"):
         command = [sys.executable, "-m", "steer2edit_peft.cli.main", "sweep", "--trials", "3", "--num-eval", "8"]
-        command += ["--probe", str(probe), "--reference", "benign"]
+        command += ["--vectors", str(vectors), "--behaviour", "refusal", "--reference", "benign"]
         command += ["--dtype", "float32", "--max-kl", "10", "--backend", backend, "--output", str(tmp_path / backend)]
         subprocess.run(command, check=True, cwd=ROOT, timeout=900)
         trials[backend] = json.loads((tmp_path / backend / "trials.json").read_text())["Steer2Edit"]
@@ -176,8 +187,11 @@ def test_vllm_serve_answers_over_http_for_base_and_two_edits_and_loads_one_at_ru
     from steer2edit_peft.core.models import EMBEDDED_MODEL
     from steer2edit_peft.export.vllm import base_model_folder
 
-    # A second edit, by another behaviour, exported the same way.
-    concise = ["edit", "--probe", "concise", "--reference", "benign", "--output", str(tmp_path / "concise")]
+    # A second edit, by another behaviour (from the 16 hand-written pairs: serving is what this checks), exported
+    # the same way.
+    pairs = ROOT / "steer2edit_peft" / "probes" / "data" / "concise.jsonl"
+    concise = ["edit", "--probe", str(pairs), "--behaviour", "concise", "--reference", "benign"]
+    concise += ["--output", str(tmp_path / "concise")]
     assert main(concise) == 0
     assert (
         main(["export-lora", str(tmp_path / "concise"), "--vllm", "--rank", "8", "--output", str(tmp_path / "c")]) == 0
