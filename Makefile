@@ -1,15 +1,12 @@
 # Benchmarks are run by hand (never in CI): each writes benchmarks/results/<name>.json; BENCHMARKS.md quotes them.
 PY := .venv/bin/python
 
-.PHONY: bench bench-speed bench-tradeoff bench-frontier bench-engines demo test
+.PHONY: bench bench-speed bench-frontier bench-engines demo test
 
 bench: bench-speed bench-frontier bench-engines
 
 bench-speed:
 	cd benchmarks && for b in extraction inference large_edit moe_edit storage solve memory generation; do ../$(PY) $$b.py || exit 1; done
-
-bench-tradeoff:  # the earlier protocol's optuna study
-	cd benchmarks && ../$(PY) tradeoff.py --trials 16 --seed 0
 
 bench-frontier:
 	$(PY) benchmarks/frontier.py --tasks refusal truthful concise --budgets 0.01 0.02 0.05

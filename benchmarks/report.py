@@ -95,32 +95,6 @@ def memory(data: dict[str, Any]) -> str:
     return table(["probe examples", "peak rise during extraction", "peak resident"], rows)
 
 
-def tradeoff(data: dict[str, Any]) -> str:
-    parts = []
-    for task, entry in data["tasks"].items():
-        methods = [m for m in entry["matched_kl"][0] if m != "max_kl"]
-        rows = []
-        for row in entry["matched_kl"]:
-            cells = []
-            for method in methods:
-                best = row[method]
-                if best is None:
-                    cells.append("-")
-                    continue
-                extra = ", ".join(
-                    f"{k} {best[k]:.2f}" for k in ("refusal", "over_refusal", "mean_length", "mc1") if k in best
-                )
-                cells.append(f"{best['attribute']:.3f} (KL {best['kl']:.3f}{'; ' + extra if extra else ''})")
-            rows.append([f"KL <= {row['max_kl']}"] + cells)
-        base = entry["base"]
-        parts.append(
-            f"**{task}** ({entry['attribute']}; base model: {base['attribute']:.3f}; "
-            f"{entry.get('trials_per_method', '?')} trials per method; `{entry.get('command', '')}`)\n\n"
-            + table(["utility budget"] + methods, rows)
-        )
-    return "\n\n".join(parts)
-
-
 def _frontier_cell(task: str, row: dict[str, Any]) -> str:
     if "error" in row:
         return "no edit within budget"
@@ -284,7 +258,6 @@ def main() -> None:
         ("storage", storage),
         ("solve", solve),
         ("memory", memory),
-        ("tradeoff", tradeoff),
         ("frontier", frontier),
         ("selectivity", selectivity),
         ("selectivity-wrapped", wrapped),
