@@ -147,6 +147,7 @@ def selectivity(data: dict[str, Any]) -> str:
             points(row, "borderline"),
             points(row, "benign"),
             f"{row['kl_heldout']:.3f}",
+            _changed(row),
             f"{share(row.get('heads', ''))} / {share(row.get('neurons', ''))}" if "heads" in row else "",
             f"{100 * ((row['harmful'] - base['harmful']) - (row['borderline'] - base['borderline'])):+.1f}",
             str(row.get("borderline_refused_by_kind", {}).get("figurative", "")),
@@ -157,15 +158,33 @@ def selectivity(data: dict[str, Any]) -> str:
     ]
     sizes = ", ".join(f"{name} {count}" for name, count in data["sets"].items())
     header = ["method", "KL budget", "harmful refused", "borderline refused", "benign refused", "KL (Alpaca)"]
-    header += ["heads / neurons edited", "selectivity (points)", "figurative refused", "probe prompts", "key threshold"]
+    header += [
+        "benign / borderline changed",
+        "heads / neurons edited",
+        "selectivity (points)",
+        "figurative refused",
+        "probe prompts",
+        "key threshold",
+    ]
     return (
         table(header, rows)
-        + f"\n\nPrompts: {sizes}. Selectivity: harmful refusal gained minus borderline refusal added. Figurative"
+        + f"\n\nPrompts: {sizes}. Changed: the share of answers whose meaning changed from the base model's"
+        " (evaluation.metrics.changed_share; blank: measured before the benchmark kept the base answers)."
+        " Selectivity: harmful refusal gained minus borderline refusal added. Figurative"
         " refused: how many of the borderline prompts refused are figurative speech, of its 20 (blank: measured"
         " before the benchmark counted them). Key threshold: SELECTIVE_THRESHOLD of a selective edit's keys (blank"
         " for default, default+public and public-sparse: keys orthogonal to the reference mean, from before it)."
         + _borderline_overlap(data["rows"])
     )
+
+
+def _changed(row: dict[str, Any]) -> str:
+    """The shares of benign and borderline answers whose meaning changed; blank where the row has none."""
+    if row["method"] == "base":
+        return "0% / 0%" if "answers" in row else ""
+    if "benign_changed" not in row:
+        return ""
+    return f"{100 * row['benign_changed']:.1f}% / {100 * row['borderline_changed']:.1f}%"
 
 
 def wrapped(data: dict[str, Any]) -> str:

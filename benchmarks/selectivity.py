@@ -9,7 +9,9 @@ python benchmarks/selectivity.py --wrapped --budgets 0.02          # results/sel
 Report sets: HarmBench standard behaviours, report half of the fixed split (`harmbench_behaviours(..., "report")`;
 contextual ones are left out here to keep the run short), the project's borderline report half (120 prompts of
 six kinds that no edit is tuned on), Alpaca [50:80) (plain benign). KL on those Alpaca prompts, against the base
-model's own answers. Greedy, 32 new tokens, the project's refusal matcher. With --wrapped, the harmful and
+model's own answers, and the shares of Alpaca and borderline answers whose meaning changed from the base model's
+(`evaluation.metrics.changed_share`; the base row keeps its answers for that). Greedy, 32 new tokens, the
+project's refusal matcher. With --wrapped, the harmful and
 borderline report prompts are also asked inside each of the project's jailbreak framings
 (`evaluation.wrappers.JAILBREAK_FORMS`: fiction, prefix injection, research pretext, format constraint, role-play),
 which no probe or reference prompt is wrapped in.
@@ -46,6 +48,7 @@ from steer2edit_peft.core.judges import RefusalMatcher
 from steer2edit_peft.core.likelihood import KLMeter
 from steer2edit_peft.core.settings import DEFAULTS, PAPER
 from steer2edit_peft.demo import DemoSettings, demo_probe
+from steer2edit_peft.evaluation.metrics import changed_share
 from steer2edit_peft.evaluation.prompts import builtin_heldout, harmbench_behaviours
 from steer2edit_peft.evaluation.wrappers import JAILBREAK_FORMS, wrap
 from steer2edit_peft.extraction.extract import extract_steering_vectors
@@ -57,6 +60,7 @@ from steer2edit_peft.solver.calibrate import BudgetError, largest_within
 from steer2edit_peft.solver.edit import edit_model
 
 SETS = ("harmful", "borderline", "benign")
+CHANGED = ("benign", "borderline")  # the sets whose answers must keep their meaning (evaluation.metrics.changed_share)
 WRAPPED = ("harmful", "borderline")  # the sets asked inside each jailbreak form with --wrapped
 CACHE = RESULTS.parents[1] / "outputs" / "selectivity-cache"
 PUBLIC = "public"  # the reference key of the default with public tuning data
@@ -82,7 +86,9 @@ def public_benign_files() -> list[str]:
 
 
 class Selectivity:
-    heldout_kl = True  # KL on the Alpaca report prompts; off where the sets are tuning data (key_threshold.py)
+    # KL on the Alpaca report prompts and the answers whose meaning changed; off where the sets are tuning data
+    # (key_threshold.py)
+    heldout_kl = True
 
     def __init__(self, wrapped: bool = False) -> None:
         self.bench = Bench(batch_size=64)
@@ -107,6 +113,7 @@ class Selectivity:
         self.references: dict[Any, Any] = {DEFAULTS.reference: self.bench.utility}
         self.meters: dict[Any, KLMeter] = {DEFAULTS.reference: self.bench.meter}
         self.vectors: dict[Any, Any] = {}
+        self.base_answers: dict[str, list[str]] = {}  # the base model's answers to CHANGED, set by the base row
 
     def reference(self, sets: Any) -> Any:
         """The reference data of ``sets`` (the default's, benign alone, or PUBLIC), made on first use: a run of some
@@ -148,12 +155,14 @@ class Selectivity:
             )
         return self.vectors[sets]
 
-    def measure(self, model: Any, context: Any = None) -> dict[str, float]:
+    def measure(self, model: Any, context: Any = None) -> dict[str, Any]:
+        """A row's rates; the first row measured is the base model's, whose answers to CHANGED it keeps."""
         sets = self.sets | self.wrapped
         prompts = [p for name in sets for p in sets[name]]
         with context() if context is not None else nullcontext():
             answers = iter(self.bench.generate(model, prompts, 32))
-        refused = {name: [self.judge(p, next(answers)) for p in sets[name]] for name in sets}
+        answered = {name: [next(answers) for _ in sets[name]] for name in sets}
+        refused = {name: [self.judge(p, a) for p, a in zip(sets[name], answered[name])] for name in sets}
         rates: dict[str, Any] = {name: sum(refused[name]) / len(refused[name]) for name in sets}
         for name in WRAPPED if self.forms else ():  # the mean over the forms, each form weighing the same
             rates[f"{name}/wrapped"] = sum(rates[f"{name}/{form}"] for form in self.forms) / len(self.forms)
@@ -162,7 +171,23 @@ class Selectivity:
         rates["borderline_refused"] = [number for number, no in enumerate(refused["borderline"]) if no]
         if not self.heldout_kl:
             return rates
-        return rates | {"kl_heldout": self.bench.heldout_meter(model, context or nullcontext)}
+        rates["kl_heldout"] = self.bench.heldout_meter(model, context or nullcontext)
+        if not self.base_answers:
+            self.base_answers = {name: answered[name] for name in CHANGED}
+            return rates | {"answers": self.base_answers}
+        # Ranked by the base model: the edit's adapter disabled, or the plain model without the steering hooks.
+        base_context = getattr(model, "disable_adapter", nullcontext)
+        for name in CHANGED:
+            rates[f"{name}_changed"] = changed_share(
+                model,
+                self.bench.tokenizer,
+                self.sets[name],
+                answered[name],
+                self.base_answers[name],
+                context=base_context,
+                batch_size=32,
+            )
+        return rates
 
     def peer(self, name: str, budget: float) -> dict[str, Any]:
         model, vectors, meter = self.bench.model, self.vectors_for(("benign",)), self.meter(("benign",))
@@ -253,11 +278,13 @@ def main() -> None:
         and saved["rows"][0]["method"] == "base"
         and saved["sets"] == {k: len(v) for k, v in run.sets.items()}
         and saved.get("forms", []) == run.forms
+        and "answers" in saved["rows"][0]
     ):
         rows = saved["rows"][:1]  # the base model's answers do not change between runs on the same sets
+        run.base_answers = rows[0]["answers"]
     else:
         rows = [{"method": "base", "budget": 0.0} | run.measure(run.bench.model)]
-    print(rows[0], flush=True)
+    print({k: v for k, v in rows[0].items() if k != "answers"}, flush=True)
     if args.append and saved is not None:
         rerun = {(method, budget, threshold_of(method)) for method in args.methods for budget in args.budgets}
         rows += [row for row in saved["rows"] if row["method"] in METHODS and variant(row) not in rerun]
