@@ -279,6 +279,7 @@ def main() -> None:
         ("memory", memory),
         ("frontier", frontier),
         ("selectivity", selectivity),
+        ("selectivity-changed", selectivity),
         ("selectivity-wrapped", wrapped),
         ("key_threshold", key_threshold),
         ("engines_llama_cpp", engines("llama.cpp")),

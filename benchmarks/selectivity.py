@@ -265,8 +265,13 @@ def main() -> None:
         action="store_true",
         help="keep the saved rows of other methods and budgets (rows carry probe_prompts), and the base row",
     )
+    parser.add_argument(
+        "--name",
+        help="results/<name>.json and .png instead of selectivity(-wrapped): a run on another machine or dtype, whose "
+        "rows must not be compared with the saved ones",
+    )
     args = parser.parse_args()
-    results = "selectivity-wrapped" if args.wrapped else "selectivity"
+    results = args.name or ("selectivity-wrapped" if args.wrapped else "selectivity")
     if args.plot_only:
         plot(json.loads((RESULTS / f"{results}.json").read_text())["rows"], results)
         return
@@ -305,7 +310,9 @@ def main() -> None:
             save_results(
                 results,
                 {
-                    "command": "python benchmarks/selectivity.py" + (" --wrapped" if args.wrapped else ""),
+                    "command": "python benchmarks/selectivity.py"
+                    + (" --wrapped" if args.wrapped else "")
+                    + (f" --name {args.name}" if args.name else ""),
                     "sets": {k: len(v) for k, v in run.sets.items()},
                     "forms": run.forms,
                     "rows": rows,
