@@ -25,7 +25,7 @@ SHOWN = ("key_threshold", "harmful", "borderline", "benign", "scale", "kl_calibr
 
 
 class TuningSets(selectivity.Selectivity):
-    heldout_kl = False
+    heldout_measures = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -86,9 +86,7 @@ def public_benign_files() -> list[str]:
 
 
 class Selectivity:
-    # KL on the Alpaca report prompts and the answers whose meaning changed; off where the sets are tuning data
-    # (key_threshold.py)
-    heldout_kl = True
+    heldout_measures = True  # KL on the Alpaca report prompts, answers changed; off on tuning data (key_threshold.py)
 
     def __init__(self, wrapped: bool = False) -> None:
         self.bench = Bench(batch_size=64)
@@ -169,7 +167,7 @@ class Selectivity:
         by_kind = Counter(kind for kind, no in zip(self.borderline_kinds, refused["borderline"]) if no)
         rates["borderline_refused_by_kind"] = {kind: by_kind[kind] for kind in dict.fromkeys(self.borderline_kinds)}
         rates["borderline_refused"] = [number for number, no in enumerate(refused["borderline"]) if no]
-        if not self.heldout_kl:
+        if not self.heldout_measures:
             return rates
         rates["kl_heldout"] = self.bench.heldout_meter(model, context or nullcontext)
         if not self.base_answers:

@@ -22,7 +22,7 @@ from .core.files import staged
 from .core.generation import generate_responses
 from .core.likelihood import KLMeter
 from .core.models import EMBEDDED_MODEL, dtype_name, load_model, resolve_dtype
-from .core.settings import DEFAULTS, EditSettings, defaults_for
+from .core.settings import DEFAULTS, EVALUATED_BEHAVIOURS, EditSettings, defaults_for
 from .evaluation.prompts import EvaluationPrompts, evaluation_prompts
 from .evaluation.suite import Condition, EvaluationResult, combined, evaluate_conditions, results_table
 from .extraction import SteeringVectors, extract_steering_vectors, steer
@@ -30,7 +30,7 @@ from .probes import ContrastiveDataset, UtilityData, builtin_probe_data
 from .probes.generate import reference_data
 from .solver import check_sanity, edit_model, largest_within
 
-DEMO_BEHAVIOURS = ("refusal", "concise")
+DEMO_BEHAVIOURS = EVALUATED_BEHAVIOURS
 
 
 @dataclass

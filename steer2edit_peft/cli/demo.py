@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import Steer2EditError
+from ..core.settings import EVALUATED_BEHAVIOURS
 from .arguments import add_command, add_eval, add_model, add_solver, settings_from, steering_strength
 
 
@@ -22,7 +23,7 @@ def register(commands: Any) -> None:
     )
     add_model(parser)
     parser.set_defaults(batch_size=96)  # every held-out prompt of a condition in one batch (see DemoSettings)
-    parser.add_argument("--behaviour", choices=["refusal", "concise"], default="refusal")
+    parser.add_argument("--behaviour", choices=EVALUATED_BEHAVIOURS, default="refusal")
     parser.add_argument("--output", type=Path, default=Path("outputs/demo"), help="folder for adapter, plots, results")
     parser.add_argument(
         "--overwrite",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import Steer2EditError
+from ..core.settings import EVALUATED_BEHAVIOURS
 from .arguments import add_command, add_eval, add_model, add_output, load, steering_strength
 
 
@@ -27,7 +28,7 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--steering-strength", type=steering_strength, default=1.0, help="activation steering's multiplier"
     )
-    parser.add_argument("--behaviour", choices=["refusal", "concise"], default="refusal", help="held-out prompt set")
+    parser.add_argument("--behaviour", choices=EVALUATED_BEHAVIOURS, default="refusal", help="held-out prompt set")
     parser.add_argument(
         "--judge",
         choices=["project", "reference"],

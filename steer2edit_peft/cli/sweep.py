@@ -12,6 +12,7 @@ from typing import Any
 
 from ..core.architectures import model_text_config, num_layers
 from ..core.errors import Steer2EditError
+from ..core.settings import EVALUATED_BEHAVIOURS
 from .arguments import (
     add_command,
     add_eval,
@@ -26,8 +27,6 @@ from .arguments import (
     positive_int,
 )
 
-SWEPT_BEHAVIOURS = ("refusal", "concise")  # the built-in behaviours with held-out prompts to score trials on
-
 
 def register(commands: Any) -> None:
     parser = add_command(
@@ -41,7 +40,7 @@ def register(commands: Any) -> None:
     add_model(parser)
     parser.add_argument(
         "--behaviour",
-        choices=SWEPT_BEHAVIOURS,
+        choices=EVALUATED_BEHAVIOURS,
         default=None,
         help="held-out prompts the trials are scored on (default: the behaviour the --vectors were extracted for, "
         "else refusal)",
@@ -74,11 +73,11 @@ def run(args: argparse.Namespace) -> None:
     check_output_folder(args.output, args.overwrite)
     saved = SteeringVectors.load(args.vectors) if args.vectors else None
     args.behaviour = args.behaviour or (saved.behaviour if saved else "refusal")
-    if args.behaviour not in SWEPT_BEHAVIOURS:
+    if args.behaviour not in EVALUATED_BEHAVIOURS:
         named = f"were extracted for {args.behaviour!r}" if args.behaviour else "name no behaviour (a probe file)"
         raise Steer2EditError(
             f"{args.vectors}: these vectors {named}, and sweep scores trials on the held-out prompts of "
-            f"{' or '.join(SWEPT_BEHAVIOURS)}: pass --behaviour"
+            f"{' or '.join(EVALUATED_BEHAVIOURS)}: pass --behaviour"
         )
     model, tokenizer = load(args)
     settings = defaults_for(args.behaviour)

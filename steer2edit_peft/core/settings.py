@@ -24,6 +24,8 @@ SELECTIVE_THRESHOLD = 0.2
 # prompts to tell from the reference's, so their heads take contrast keys. Selective keys fire on what sets the
 # probe's questions apart and broke plain facts in a concise edit ("The capital of France is 21").
 EVERY_PROMPT_BEHAVIOURS = ("concise", "truthful")
+# The built-in behaviours with held-out prompts to score an edit on (the demo, `eval`, `sweep`).
+EVALUATED_BEHAVIOURS = ("refusal", "concise")
 DTYPE_NAMES = ("auto", "bfloat16", "float32", "float16")  # "auto": core.models.fast_dtype
 
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ..core.architectures import num_layers
 from ..core.errors import EmptyEditError, Steer2EditError
 from ..core.judges import RefusalMatcher
-from ..core.settings import DEFAULTS, EditSettings
+from ..core.settings import DEFAULTS, EVALUATED_BEHAVIOURS, EditSettings
 from ..extraction.steering import steer
 from ..extraction.vectors import SteeringVectors
 from ..solver.edit import edit_model
@@ -194,8 +194,8 @@ def generation_measure(
 
     ``answer`` generates (default: greedy transformers generation; ``export.vllm.VllmTrialAnswers`` serves
     each edit from vLLM). The KL stays a teacher-forced transformers measurement either way."""
-    if behaviour not in ("refusal", "concise"):
-        raise ValueError(f"behaviour must be 'refusal' or 'concise', got {behaviour!r}")
+    if behaviour not in EVALUATED_BEHAVIOURS:
+        raise ValueError(f"behaviour must be one of {EVALUATED_BEHAVIOURS}, got {behaviour!r}")
     judge = judge or RefusalMatcher()
     reference_length: list[float] = []
 
