@@ -21,7 +21,8 @@ Methods, every one at each KL budget (strength or scale found by the same bisect
   rank-one          W <- W + a v_hat v_hat^T W on every matrix that writes to the residual stream (peers.py)
   paper             Steer2Edit with the paper's settings (keys normalize(W^T v), every layer, heads and neurons)
   contrast          the previous default: contrast keys silent on benign + borderline (tuning half), heads by g
-  default           DEFAULTS: selective keys and heads, from the shipped (project-written) probe and reference
+  default           DEFAULTS: selective keys and heads, from the shipped (project-written) probe and reference,
+                    framed prompts among them (probes.framings: framings other than the report's)
   default+public    DEFAULTS with public tuning data added: the model's own answers to the HarmBench tune half
                     (probe) and to GSM8K train [0:200), TruthfulQA [0:200) and Alpaca [0:50)+[80:100) (reference)
   public-sparse     default+public with at most 5% of the edited layers' heads (--max-head-share 0.05)
@@ -64,6 +65,7 @@ CHANGED = ("benign", "borderline")  # the sets whose answers must keep their mea
 WRAPPED = ("harmful", "borderline")  # the sets asked inside each jailbreak form with --wrapped
 CACHE = RESULTS.parents[1] / "outputs" / "selectivity-cache"
 PUBLIC = "public"  # the reference key of the default with public tuning data
+PLAIN = ("benign", "borderline")  # the reference before it held framed prompts (the contrast row's)
 
 
 def public_benign_files() -> list[str]:
@@ -227,7 +229,7 @@ class Selectivity:
 # Each edit method: the reference sets its keys and KL budget are measured on, and its settings (max_kl set per run).
 EDITS: dict[str, tuple[Any, Any]] = {
     "paper": (("benign",), PAPER),
-    "contrast": (DEFAULTS.reference, replace(DEFAULTS, key_direction="contrast", max_head_share=0.2)),
+    "contrast": (PLAIN, replace(DEFAULTS, key_direction="contrast", max_head_share=0.2, reference=PLAIN)),
     "default": (DEFAULTS.reference, DEFAULTS),
     "default+public": (PUBLIC, DEFAULTS),
     "public-sparse": (PUBLIC, replace(DEFAULTS, max_head_share=0.05)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -300,6 +301,7 @@ def test_every_jailbreak_form_holds_the_request_verbatim_and_tuning_never_sees_o
     from steer2edit_peft.core.errors import DataError
     from steer2edit_peft.evaluation import JAILBREAK_FORMS, wrap
     from steer2edit_peft.probes import BEHAVIOURS, builtin_prompts
+    from steer2edit_peft.probes.framings import TUNING_FRAMINGS
 
     requests = ["How do I pick a lock?", "Explain {braces} and\nnew lines."]
     wrapped = {form: wrap(requests, form) for form in JAILBREAK_FORMS}
@@ -310,7 +312,15 @@ def test_every_jailbreak_form_holds_the_request_verbatim_and_tuning_never_sees_o
     assert len({texts[0] for texts in wrapped.values()}) == len(JAILBREAK_FORMS)  # each framing its own
     # No probe or reference prompt is framed like a report prompt: the framings' own words appear in none of them.
     framings = [part.strip() for t in JAILBREAK_FORMS.values() for part in t.split("{request}") if part.strip()]
-    tuning = [p for name in ("harmful", "benign", "borderline") for p in builtin_prompts(name)]
+    tuning = [p for name in ("harmful", "benign", "borderline", "framed") for p in builtin_prompts(name)]
     assert "refusal" in BEHAVIOURS and tuning and not [f for f in framings if any(f in p for p in tuning)]
+
+    # The tuning framings are worded otherwise: no run of four words in common with a report framing.
+    def runs(text: str) -> set[tuple[str, ...]]:
+        words = re.findall(r"[a-z']+", text.lower().replace("{request}", " "))
+        return {tuple(words[i : i + 4]) for i in range(len(words) - 3)}
+
+    report = set().union(*map(runs, JAILBREAK_FORMS.values()))
+    assert not [t for t in TUNING_FRAMINGS.values() if runs(t) & report]
     with pytest.raises(DataError, match="no jailbreak form 'dan'; available: fiction"):
         wrap(requests, "dan")

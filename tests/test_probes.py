@@ -343,7 +343,7 @@ def test_the_shipped_answers_of_the_embedded_model_are_those_of_the_current_prom
 
     folder = shipped("generated", "smollm2-135m-instruct")
     expected = {name: (b.prompt_set, b.samples_per_prompt) for name, b in BEHAVIOURS.items()}
-    expected |= {"utility": ("benign", None), "borderline": ("borderline", None), "tasks": ("tasks", None)}
+    expected |= {name: (name, None) for name in ("borderline", "framed", "tasks")} | {"utility": ("benign", None)}
     for name, (prompt_set, samples) in expected.items():
         header, records = read_jsonl_records(folder / f"{name}.jsonl")
         assert header is not None and records, name
@@ -353,6 +353,34 @@ def test_the_shipped_answers_of_the_embedded_model_are_those_of_the_current_prom
         if samples is not None:
             assert header["num_samples"] == samples, name
         assert {record["prompt"] for record in records} <= set(prompts), name
+
+
+def test_framed_prompts_take_the_framings_in_turn_and_hold_each_request_verbatim():
+    from steer2edit_peft.probes.framings import TUNING_FRAMINGS, frame, framed_prompts
+
+    requests = ["How do I pick a lock?", "Explain {braces} and\nnew lines.", "a", "b", "c", "d", "e"]
+    templates = list(TUNING_FRAMINGS.values())
+    for offset in (0, 2, 7):
+        expected = []
+        for number, request in enumerate(requests):
+            before, after = templates[(number + offset) % len(templates)].split("{request}")
+            expected.append(before + request + after)
+        assert framed_prompts(requests, offset) == expected
+    assert frame("<{request}>", "{request}") == "<{request}>"  # the request is not itself formatted
+    assert len(TUNING_FRAMINGS) >= 4 and all(t.count("{request}") == 1 for t in TUNING_FRAMINGS.values())
+
+
+def test_the_framed_tuning_sets_are_the_plain_ones_in_the_tuning_framings():
+    from steer2edit_peft.probes import builtin_prompts
+    from steer2edit_peft.probes.datasets import shipped
+    from steer2edit_peft.probes.framings import framed_prompts
+
+    benign, borderline = builtin_prompts("benign"), builtin_prompts("borderline")
+    assert builtin_prompts("framed") == framed_prompts(benign) + framed_prompts(borderline, 2)
+    content = json.loads(shipped("prompts", "harmful.json").read_text(encoding="utf-8"))
+    prompts, kinds = content["prompts"], content["kinds"]
+    plain = 423  # the plain requests come first, then every second one of them framed
+    assert prompts[plain:] == framed_prompts(prompts[1:plain:2], 1) and kinds[plain:] == kinds[1:plain:2]
 
 
 def test_the_everyday_task_prompts_are_many_kinds_and_no_copy_of_a_public_benchmark():

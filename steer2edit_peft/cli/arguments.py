@@ -219,7 +219,7 @@ def add_reference(parser: Any) -> None:
         default=",".join(DEFAULTS.reference),
         metavar="SETS",
         help="prompts the edit must leave alone, answered by the model itself: comma-separated built-in sets "
-        "(benign, borderline) or .json/.jsonl files (default: %(default)s)",
+        "(benign, borderline, framed) or .json/.jsonl files (default: %(default)s)",
     )
 
 

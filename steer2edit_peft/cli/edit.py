@@ -26,7 +26,7 @@ def register(commands: Any) -> None:
         "edit",
         "solve an edit from steering vectors and save it as a PEFT adapter",
         "Solve a Steer2Edit edit from saved vectors (or from probe data on the fly), calibrated to a KL budget on the "
-        "reference prompts (benign and borderline), check that it is not degenerate, and save the adapter.",
+        "reference prompts (benign, borderline and framed), check that it is not degenerate, and save the adapter.",
     )
     add_model(parser)
     add_vectors_or_probe(parser, "probe data to extract from first (as for `extract`)", required=True)

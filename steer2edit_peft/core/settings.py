@@ -52,8 +52,9 @@ class EditSettings:
       where the model decides how to answer; outputs (the steering vector) stay averaged over the response.
     - ``first_layer=None``: the upper 60% of the layers (``default_first_layer``).
     - heads only (``rho_mlp=None``), at most ``max_head_share`` of the heads and ``max_neuron_share`` of the neurons.
-    - ``reference=("benign", "borderline")``: the data the edit must leave alone holds safe requests that sound
-      risky (the tuning half of the project's borderline set) beside plainly benign ones.
+    - ``reference=("benign", "borderline", "framed")``: the data the edit must leave alone holds safe requests that
+      sound risky (the tuning half of the project's borderline set) beside plainly benign ones, and both again inside
+      the framings jailbreaks use (``probes.framings``), so that a framing alone does not set the keys off.
     - ``max_kl``: the edit's scale is calibrated so its mean per-token KL from the base model on the reference data
       (the model's own answers) is at most this; rho*alpha still chooses which components are edited.
     """
@@ -70,7 +71,7 @@ class EditSettings:
     max_neuron_share: float | None = 0.02
     # What the edit must leave alone: the model's own answers to these prompt sets (built-in names or files).
     # Contrast keys are made silent on their mean input, and the KL budget is measured on them.
-    reference: tuple[str, ...] = ("benign", "borderline")
+    reference: tuple[str, ...] = ("benign", "borderline", "framed")
 
     def __post_init__(self) -> None:
         if self.key_direction not in KEY_DIRECTIONS:

@@ -2,7 +2,8 @@
 
 An edit that refuses a plain harmful request but answers it inside a story, or refuses a safe request once it is
 framed as research, is not the edit it looks like on plain prompts. Every framing below is written by this project
-and only ever applied to report prompts: no probe or reference set is wrapped, so tuning never sees them.
+and only ever applied to report prompts. The tuning data holds framed prompts too, in other framings worded
+differently (``probes.framings.TUNING_FRAMINGS``), so tuning never sees these.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..core.errors import DataError
+from ..probes.framings import frame
 
 # name -> template with one {request}; each is a common way of wrapping a request, in this project's own words.
 JAILBREAK_FORMS: dict[str, str] = {
@@ -35,5 +37,4 @@ def wrap(prompts: Sequence[str], form: str) -> list[str]:
     """``prompts``, each inside the framing ``form`` (a key of JAILBREAK_FORMS)."""
     if form not in JAILBREAK_FORMS:
         raise DataError(f"no jailbreak form {form!r}; available: {', '.join(JAILBREAK_FORMS)}")
-    template = JAILBREAK_FORMS[form]
-    return [template.replace("{request}", prompt) for prompt in prompts]
+    return [frame(JAILBREAK_FORMS[form], prompt) for prompt in prompts]

@@ -1,6 +1,6 @@
 """vLLM (its CPU build, in .venv-vllm) serves an edit of the embedded model as a LoRA; checked against PEFT.
 
-Run by `bash .ci/engines`. The edit is a real one: `steer2edit edit` on vectors extracted from every fourth prompt of
+Run by `bash .ci/engines`. The edit is a real one: `steer2edit edit` on vectors extracted from every sixth prompt of
 the shipped refusal probe (the model's own answers), calibrated as the demo's but on the benign reference alone. What is checked here is
 serving; the smaller probe and reference keep the lane short.
 """
@@ -29,12 +29,12 @@ MAX_NEW_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory) -> Path:
-    """Every fourth prompt of the shipped refusal probe, with both of its answers."""
+    """Every sixth prompt of the shipped refusal probe (plain and framed ones), with both of its answers."""
     shipped = ROOT / "steer2edit_peft" / "probes" / "data" / "generated" / "smollm2-135m-instruct" / "refusal.jsonl"
     lines = shipped.read_text().splitlines()[1:]  # after the provenance header
     rows = [json.loads(line) for line in lines]
-    kept = list(dict.fromkeys(row["prompt"] for row in rows))[::4]
-    path = tmp_path_factory.mktemp("probe") / "refusal-quarter.jsonl"
+    kept = list(dict.fromkeys(row["prompt"] for row in rows))[::6]
+    path = tmp_path_factory.mktemp("probe") / "refusal-sixth.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows if row["prompt"] in set(kept)))
     return path
 
