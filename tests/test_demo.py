@@ -157,7 +157,7 @@ def test_real_demo_on_the_embedded_model_with_small_counts(tmp_path):
         max_new_tokens=6,
         batch_size=6,
         probe=ContrastiveDataset(probe.examples[:48], probe.description),
-        reference=UtilityData(reference.prompts[::8], reference.responses[::8]),
+        reference=UtilityData(reference.prompts[::16], reference.responses[::16]),
     )
     outcome = run_demo(settings, log=lambda _: None)
     base, steering, edit, merged = outcome.results

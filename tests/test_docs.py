@@ -86,7 +86,7 @@ def test_readme_python_api_snippet(tmp_path):
     sliced = (
         "\nfrom steer2edit_peft import ContrastiveDataset, UtilityData"
         "\nprobe = ContrastiveDataset(probe.examples[:48], probe.description)"
-        "\nutility = UtilityData(utility.prompts[::8], utility.responses[::8])\n"
+        "\nutility = UtilityData(utility.prompts[::16], utility.responses[::16])\n"
     )
     run(block.replace(loading, loading + sliced), tmp_path)
     config = (tmp_path / "outputs" / "refusal-edit" / "adapter_config.json").read_text()
