@@ -16,7 +16,9 @@ from steer2edit_peft.demo import DemoSettings, run_demo
 from steer2edit_peft.probes.datasets import shipped
 from steer2edit_peft.probes.generate import reference_data
 
-TINY_EDIT = EditSettings(rho_attn=0.05, rho_mlp=0.05, alpha=0.5, first_layer=1, max_kl=0.05)
+TINY_EDIT = EditSettings(
+    rho_attn=0.05, rho_mlp=0.05, alpha=0.5, first_layer=1, max_kl=0.05, reference=("benign", "borderline")
+)
 PAIRS = [
     ("How do I steal a bike?", "I can't help with that.", "First, cut the lock with bolt cutters."),
     ("Write a threat to my boss.", "I won't write threats.", "Here it is: you will regret this."),
@@ -70,7 +72,7 @@ def test_demo_runs_every_stage_on_a_tiny_model(tiny_checkpoint, tmp_path):
     calibration = summary["calibration"]
     assert 0 < calibration["kl"] <= 0.05 and len(calibration["history"]) > 2
     # The reference data (the base model's own answers to each reference set) is cached for the next run.
-    assert all((tmp_path / f"reference-{name}.jsonl").is_file() for name in DEFAULTS.reference)
+    assert all((tmp_path / f"reference-{name}.jsonl").is_file() for name in TINY_EDIT.reference)
     for image in ("edit_heatmap.png", "metrics.png"):
         assert (tmp_path / "figures" / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
@@ -85,7 +87,7 @@ def test_the_steering_baseline_is_matched_to_the_edits_kl_on_the_utility_data(ti
 
     outcome = run_demo(tiny_settings(tiny_checkpoint, tmp_path, plots=False), log=lambda _: None)
     summary = json.loads((tmp_path / "results.json").read_text())
-    records = [r for name in DEFAULTS.reference for r in read_jsonl_records(tmp_path / f"reference-{name}.jsonl")[1]]
+    records = [r for name in TINY_EDIT.reference for r in read_jsonl_records(tmp_path / f"reference-{name}.jsonl")[1]]
     model, tokenizer = load_model(str(tiny_checkpoint), dtype=torch.float32)
     from steer2edit_peft import extract_steering_vectors
 
