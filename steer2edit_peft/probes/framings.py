@@ -9,7 +9,7 @@ reference set and the framed half of the ``harmful`` set), in the framings below
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 # name -> template with one {request}, in this project's own words; for tuning only.
 TUNING_FRAMINGS: dict[str, str] = {
@@ -32,7 +32,7 @@ def frame(template: str, request: str) -> str:
     return template.replace("{request}", request)
 
 
-def framed_prompts(prompts: Sequence[str], offset: int = 0, framings: Mapping[str, str] = TUNING_FRAMINGS) -> list[str]:
-    """Each prompt in one framing, the framings taken in turn from the ``offset``-th: every framing on its share."""
-    templates = list(framings.values())
+def framed_prompts(prompts: Sequence[str], offset: int = 0) -> list[str]:
+    """Each prompt in one tuning framing, the framings taken in turn from the ``offset``-th: each on its share."""
+    templates = list(TUNING_FRAMINGS.values())
     return [frame(templates[(number + offset) % len(templates)], p) for number, p in enumerate(prompts)]
