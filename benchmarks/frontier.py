@@ -37,7 +37,7 @@ from steer2edit_peft.evaluation import truthfulqa_mc
 from steer2edit_peft.evaluation.suite import combined
 from steer2edit_peft.extraction.extract import extract_steering_vectors
 from steer2edit_peft.extraction.steering import steer
-from steer2edit_peft.solver.calibrate import BudgetError, largest_within
+from steer2edit_peft.solver.calibrate import BudgetError, kl_meter, largest_within
 from steer2edit_peft.solver.edit import edit_model
 from steer2edit_peft.solver.settings import default_first_layer, edit_config_from
 from steer2edit_peft.tuner.report import layer_index
@@ -72,7 +72,7 @@ class Bench:
         self.batch = batch_size
         output = DemoSettings().output
         self.utility = demo_utility(self.model, self.tokenizer, output, batch_size)
-        self.meter = KLMeter(self.model, self.tokenizer, self.utility.prompts, self.utility.responses, batch_size=32)
+        self.meter = kl_meter(self.model, self.tokenizer, self.utility, batch_size=32)
         self.benign = alpaca_instructions()[50:80]
         self.base_benign = self.generate(self.model, self.benign, 32)
         self.heldout_meter = KLMeter(self.model, self.tokenizer, self.benign, self.base_benign, batch_size=32)

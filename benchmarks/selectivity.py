@@ -57,7 +57,7 @@ from steer2edit_peft.extraction.steering import steer
 from steer2edit_peft.probes.datasets import ContrastiveDataset
 from steer2edit_peft.probes.generate import generate_probe, reference_data
 from steer2edit_peft.solver import scores
-from steer2edit_peft.solver.calibrate import BudgetError, largest_within
+from steer2edit_peft.solver.calibrate import BudgetError, kl_meter, largest_within
 from steer2edit_peft.solver.edit import edit_model
 
 SETS = ("harmful", "borderline", "benign")
@@ -128,10 +128,7 @@ class Selectivity:
     def meter(self, sets: Any) -> KLMeter:
         """The KL meter of the base model on the reference data of ``sets``."""
         if sets not in self.meters:
-            data = self.reference(sets)
-            self.meters[sets] = KLMeter(
-                self.bench.model, self.bench.tokenizer, data.prompts, data.responses, batch_size=32
-            )
+            self.meters[sets] = kl_meter(self.bench.model, self.bench.tokenizer, self.reference(sets), batch_size=32)
         return self.meters[sets]
 
     def vectors_for(self, sets: Any) -> Any:

@@ -28,7 +28,7 @@ from .evaluation.suite import Condition, EvaluationResult, combined, evaluate_co
 from .extraction import SteeringVectors, extract_steering_vectors, steer
 from .probes import ContrastiveDataset, UtilityData, builtin_probe_data
 from .probes.generate import reference_data
-from .solver import check_sanity, edit_model, largest_within
+from .solver import check_sanity, edit_model, kl_meter, largest_within
 
 DEMO_BEHAVIOURS = EVALUATED_BEHAVIOURS
 
@@ -191,10 +191,9 @@ class _DemoRun:
         s, layers = self.settings, num_layers(self.model)
         first = self.edit.first_edited_layer(layers)
         self.log(f"[3/7] solving the strongest edit within KL {self.edit.max_kl:g} (layers {first}-{layers - 1})")
-        # The base model's distributions on the utility data, computed once for calibration and the steering match.
-        self.meter = KLMeter(
-            self.model, self.tokenizer, self.utility.prompts, self.utility.responses, batch_size=min(s.batch_size, 32)
-        )
+        # The base model's distributions on the reference answers kl_meter keeps, computed once for calibration and
+        # the steering match.
+        self.meter = kl_meter(self.model, self.tokenizer, self.utility, batch_size=min(s.batch_size, 32))
         self.peft_model = edit_model(
             self.model,
             self.vectors,
@@ -225,7 +224,8 @@ class _DemoRun:
         model, strength = self.peft_model, self.settings.steering_strength
         if strength is None:
             self.log(
-                f"[5/7] activation steering of every layer at the edit's KL on the utility data ({self.calibration.kl:.4f})"
+                "[5/7] activation steering of every layer at the edit's KL on the same reference answers "
+                f"({self.calibration.kl:.4f})"
             )
             strength = match_steering_strength(
                 model, self.vectors, self.meter, self.calibration.kl, model.disable_adapter

@@ -19,7 +19,14 @@ from steer2edit_peft import (
 )
 from steer2edit_peft.core.likelihood import mean_token_kl
 from steer2edit_peft.probes.datasets import UtilityData
-from steer2edit_peft.solver.calibrate import BudgetError, calibrate, largest_within, rescaled, with_sparsity_cap
+from steer2edit_peft.solver.calibrate import (
+    BudgetError,
+    calibrate,
+    kl_meter,
+    largest_within,
+    rescaled,
+    with_sparsity_cap,
+)
 from steer2edit_peft.solver.sanity import DegenerateEditError, check_sanity, degeneracy
 from steer2edit_peft.solver.scores import contrast_keys, solve_edit
 
@@ -141,6 +148,26 @@ def test_edit_model_with_a_budget_is_calibrated(setup):
         assert edited.peft_config["default"].strength == 1.0
     finally:
         edited.unload()
+
+
+def test_calibration_measures_an_even_spread_of_the_reference_answers(setup):
+    """kl_meter keeps every k-th answer (k = len // answers); calibration's KL is the KL on exactly those."""
+    model, tokenizer, vectors = setup
+    more = UtilityData(
+        UTILITY.prompts + ["Name a colour.", "Count to three."], UTILITY.responses + ["Red.", "1, 2, 3."]
+    )
+    meter = kl_meter(model, tokenizer, more, answers=3)  # 6 // 3: every second answer
+    config, calibration = calibrate(model, tokenizer, vectors, CONFIG, more, 0.01, meter=meter)
+    assert calibration.answers == meter.answers == 3 and "on 3 reference answers" in calibration.summary()
+    edited = edit_model(model, vectors, config)
+    try:
+        kept = mean_token_kl(
+            edited, tokenizer, more.prompts[::2], more.responses[::2], reference=edited.disable_adapter
+        )
+    finally:
+        edited.unload()
+    assert calibration.kl == pytest.approx(kept, rel=1e-5) and kept <= 0.01
+    assert kl_meter(model, tokenizer, more, answers=4).answers == 6  # 6 // 4 = 1: every answer
 
 
 @pytest.mark.parametrize("budget", [1e-12, 0.0, -1.0, float("nan"), float("inf")])

@@ -13,6 +13,7 @@ from ..core.settings import (
     DTYPE_NAMES,
     EVERY_PROMPT_BEHAVIOURS,
     KEY_DIRECTIONS,
+    KL_ANSWERS,
     POSITIONS,
     EditSettings,
     defaults_for,
@@ -270,7 +271,8 @@ def add_solver(parser: argparse.ArgumentParser) -> None:
         "--max-kl",
         type=kl_budget,
         default=defaults.max_kl,
-        help="calibrate the edit to this mean per-token KL from the base model on benign prompts (default: %(default)s)",
+        help="calibrate the edit to this mean per-token KL from the base model on the model's own answers to the "
+        f"reference prompts (an even spread of about {KL_ANSWERS} of them) (default: %(default)s)",
     )
     group.add_argument("--no-calibration", action="store_true", help="use rho and alpha as given, do not calibrate")
     group.add_argument(

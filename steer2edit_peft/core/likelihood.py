@@ -231,7 +231,7 @@ class KLMeter:
         system_prompt: str | None = None,
         max_cached_bytes: int = 2**33,
     ) -> None:
-        self.model, self.reference = model, reference
+        self.model, self.reference, self.answers = model, reference, len(prompts)
         self.batches = list(response_batches(tokenizer, prompts, responses, batch_size, system_prompt, by_length=True))
         tokens = sum(int(batch[3][:, 1:].sum()) for batch in self.batches)
         vocabulary = int(model.get_output_embeddings().weight.shape[0])

@@ -1,6 +1,6 @@
 """From steering vectors to an adapter: settings, scores (the formulas), calibration, sanity check, edit."""
 
-from .calibrate import BudgetError, Calibration, calibrate, largest_within, rescaled, with_sparsity_cap
+from .calibrate import BudgetError, Calibration, calibrate, kl_meter, largest_within, rescaled, with_sparsity_cap
 from .edit import edit_model
 from .sanity import DegenerateEditError, check_sanity
 from .scores import (
@@ -25,6 +25,7 @@ __all__ = [
     "ModuleEdit",
     "adapter_config",
     "calibrate",
+    "kl_meter",
     "check_sanity",
     "contrast_keys",
     "default_first_layer",

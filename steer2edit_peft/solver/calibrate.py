@@ -21,6 +21,7 @@ from peft import PeftModel
 
 from ..core.errors import Steer2EditError
 from ..core.likelihood import KLMeter
+from ..core.settings import KL_ANSWERS
 from ..extraction.vectors import SteeringVectors
 from ..probes.datasets import UtilityData
 from ..tuner import Steer2EditConfig
@@ -39,7 +40,7 @@ class Calibration:
     """What calibration chose and measured."""
 
     max_kl: float
-    kl: float  # measured on the utility data at the chosen scale
+    kl: float  # measured on the meter's reference answers at the chosen scale
     scale: float  # the factor applied to the configured elastic-net scale
     rho_attn: float | None
     rho_mlp: float | None
@@ -49,6 +50,7 @@ class Calibration:
     edited_neurons: int = 0
     total_neurons: int = 0
     history: list[tuple[float, float]] = field(default_factory=list)  # (scale, KL) of every evaluation
+    answers: int = 0  # the reference answers the KL was measured on (see kl_meter)
 
     def summary(self) -> str:
         heads = f"{self.edited_heads}/{self.total_heads} heads ({_share(self.edited_heads, self.total_heads)})"
@@ -56,7 +58,7 @@ class Calibration:
             f"{self.edited_neurons}/{self.total_neurons} neurons ({_share(self.edited_neurons, self.total_neurons)})"
         )
         return (
-            f"calibrated to KL <= {self.max_kl:g}: KL {self.kl:.4f} at scale x{self.scale:.3g} "
+            f"calibrated to KL <= {self.max_kl:g}: KL {self.kl:.4f} on {self.answers} reference answers at scale x{self.scale:.3g} "
             f"(rho_attn={_fmt(self.rho_attn)}, rho_mlp={_fmt(self.rho_mlp)}, alpha={self.alpha:.4g}); edits "
             f"{heads}, {neurons}; {len(self.history)} KL evaluations"
         )
@@ -117,6 +119,22 @@ def with_sparsity_cap(
             continue  # already within the cap
         setattr(out, name, float(scores[allowed]) / config.alpha)
     return out
+
+
+def kl_meter(
+    model: Any, tokenizer: Any, utility: UtilityData, *, batch_size: int = 16, answers: int = KL_ANSWERS
+) -> KLMeter:
+    """The KL meter calibration measures with: every k-th answer of ``utility``, k = len // ``answers`` (at least
+    1), so about ``answers`` of them spread evenly over its prompt sets."""
+    every = max(1, len(utility.prompts) // answers)
+    return KLMeter(
+        model,
+        tokenizer,
+        utility.prompts[::every],
+        utility.responses[::every],
+        batch_size=batch_size,
+        system_prompt=utility.system_prompt,
+    )
 
 
 def first_targeted_layer(config: Steer2EditConfig) -> int:
@@ -276,9 +294,7 @@ def calibrate(
         raise BudgetError(f"the KL budget must be a positive number, got {max_kl!r}: no edit changes nothing")
     if isinstance(model, PeftModel):
         raise Steer2EditError("calibrate a plain model: merge or unload the PeftModel's adapters first")
-    meter = meter or KLMeter(
-        model, tokenizer, utility.prompts, utility.responses, batch_size=batch_size, system_prompt=utility.system_prompt
-    )
+    meter = meter or kl_meter(model, tokenizer, utility, batch_size=batch_size)
     edited = solved_adapter(model, vectors, config, adapter_name="calibrating")
     first = first_targeted_layer(config)
     try:
@@ -307,8 +323,17 @@ def calibrate(
         name: getattr(report, name) for name in ("edited_heads", "total_heads", "edited_neurons", "total_neurons")
     }
     calibration = Calibration(max_kl, measured, scale, chosen.rho_attn, chosen.rho_mlp, chosen.alpha, **counts)
-    calibration.history = history
+    calibration.history, calibration.answers = history, meter.answers
     return chosen, calibration
 
 
-__all__ = ["BudgetError", "Calibration", "UtilityData", "calibrate", "largest_within", "rescaled", "with_sparsity_cap"]
+__all__ = [
+    "BudgetError",
+    "Calibration",
+    "UtilityData",
+    "calibrate",
+    "kl_meter",
+    "largest_within",
+    "rescaled",
+    "with_sparsity_cap",
+]
