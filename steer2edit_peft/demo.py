@@ -101,8 +101,13 @@ def match_steering_strength(
 ) -> float:
     """The strength of activation steering on every layer (attention and MLP outputs) whose KL on the utility data
     (as ``meter`` measures it) matches ``target_kl``: the same search as calibration's."""
+    # The search starts where the vectors added over every steered module sum to one steering vector: at strength 1
+    # that sum is n of them and far over any budget, which costs the search one or two more measurements.
     strength, _ = largest_within(
-        lambda s: meter(model, combined(reference, lambda: steer(model, vectors, s))), target_kl, max_scale=256.0
+        lambda s: meter(model, combined(reference, lambda: steer(model, vectors, s))),
+        target_kl,
+        start=1.0 / len(vectors.modules),
+        max_scale=256.0,
     )
     return strength
 
