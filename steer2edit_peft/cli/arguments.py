@@ -272,7 +272,7 @@ def add_solver(parser: argparse.ArgumentParser) -> None:
         type=kl_budget,
         default=defaults.max_kl,
         help="calibrate the edit to this mean per-token KL from the base model on the model's own answers to the "
-        f"reference prompts (an even spread of about {KL_ANSWERS} of them) (default: %(default)s)",
+        f"reference prompts (every k-th of them, {KL_ANSWERS} or more where there are that many) (default: %(default)s)",
     )
     group.add_argument("--no-calibration", action="store_true", help="use rho and alpha as given, do not calibrate")
     group.add_argument(

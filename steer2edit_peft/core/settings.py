@@ -26,10 +26,10 @@ SELECTIVE_THRESHOLD = 0.2
 EVERY_PROMPT_BEHAVIOURS = ("concise", "truthful")
 # The built-in behaviours with held-out prompts to score an edit on (the demo, `eval`, `sweep`).
 EVALUATED_BEHAVIOURS = ("refusal", "concise")
-# Calibration and the steering match measure KL on at most about this many reference answers, an even spread over
-# them (every k-th): each measurement is a pass of the model over them, and the search takes four to six. At the
-# default refusal edit, the two halves of the 368 default reference answers read KL 1.4% above and below the whole
-# set's, under the search's own 2% tolerance (BENCHMARKS.md, "KL on an even spread").
+# Calibration and the steering match measure KL on every k-th reference answer, k = len // KL_ANSWERS (at least 1):
+# from KL_ANSWERS to twice as many, an even spread; each measurement is a pass of the model over them, and a search
+# takes four to six. At the default refusal edit, the two halves of the 368 default reference answers read KL 1.4%
+# above and below the whole set's, under the search's own 2% tolerance (BENCHMARKS.md, "KL on an even spread").
 KL_ANSWERS = 184
 DTYPE_NAMES = ("auto", "bfloat16", "float32", "float16")  # "auto": core.models.fast_dtype
 
@@ -61,8 +61,8 @@ class EditSettings:
       sound risky (the tuning half of the project's borderline set) beside plainly benign ones, and both again inside
       the framings jailbreaks use (``probes.framings``), so that a framing alone does not set the keys off.
     - ``max_kl``: the edit's scale is calibrated so its mean per-token KL from the base model on the reference data
-      (the model's own answers, an even spread of about KL_ANSWERS of them) is at most this; rho*alpha still
-      chooses which components are edited.
+      (the model's own answers, every k-th of them: see KL_ANSWERS) is at most this; rho*alpha still chooses which
+      components are edited.
     """
 
     rho_attn: float | None = 0.3

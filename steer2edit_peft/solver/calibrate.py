@@ -125,7 +125,7 @@ def kl_meter(
     model: Any, tokenizer: Any, utility: UtilityData, *, batch_size: int = 16, answers: int = KL_ANSWERS
 ) -> KLMeter:
     """The KL meter calibration measures with: every k-th answer of ``utility``, k = len // ``answers`` (at least
-    1), so about ``answers`` of them spread evenly over its prompt sets."""
+    1), spread evenly over its prompt sets: from ``answers`` to twice as many, or all where there are fewer."""
     every = max(1, len(utility.prompts) // answers)
     return KLMeter(
         model,
