@@ -32,12 +32,12 @@ from steer2edit_peft.core.generation import generate_responses
 from steer2edit_peft.core.judges import ReferenceRefusalMatcher, RefusalMatcher
 from steer2edit_peft.core.likelihood import KLMeter
 from steer2edit_peft.core.models import load_model
-from steer2edit_peft.demo import DemoSettings, demo_probe, demo_utility
+from steer2edit_peft.demo import DemoSettings, demo_probe, demo_utility, match_steering_strength
 from steer2edit_peft.evaluation import truthfulqa_mc
 from steer2edit_peft.evaluation.suite import combined
 from steer2edit_peft.extraction.extract import extract_steering_vectors
 from steer2edit_peft.extraction.steering import steer
-from steer2edit_peft.solver.calibrate import BudgetError, kl_meter, largest_within
+from steer2edit_peft.solver.calibrate import BudgetError, kl_meter
 from steer2edit_peft.solver.edit import edit_model
 from steer2edit_peft.solver.settings import default_first_layer, edit_config_from
 from steer2edit_peft.tuner.report import layer_index
@@ -107,12 +107,6 @@ class Bench:
             scores[f"{name}accuracy"] = sum(correct) / len(correct)
         return scores
 
-    def steering_strength(self, vectors: Any, modules: list[str] | None, budget: float) -> float:
-        strength, _ = largest_within(
-            lambda s: self.meter(self.model, lambda: steer(self.model, vectors, s, modules)), budget, max_scale=256.0
-        )
-        return strength
-
     def run(self, task: str, budgets: list[float]) -> dict[str, Any]:
         probe = demo_probe(self.model, self.tokenizer, task, DemoSettings().output, self.batch)
         vectors = extract_steering_vectors(
@@ -163,7 +157,7 @@ class Bench:
             edited.unload()
             upper = [m for m in vectors.modules if (layer_index(m) or 0) >= first]
             for name, modules in (("steering, all layers", None), (f"steering, layers {first}+", upper)):
-                strength = self.steering_strength(vectors, modules, budget)
+                strength = match_steering_strength(self.model, vectors, self.meter, budget, modules=modules)
                 steered = combined(lambda s=strength, m=modules: steer(self.model, vectors, s, m))
                 with steered():
                     row = {"method": name, "budget": budget, "strength": strength, **self.measure(task, self.model)}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from .core.settings import DEFAULTS, EVALUATED_BEHAVIOURS, EditSettings, default
 from .evaluation.prompts import EvaluationPrompts, evaluation_prompts
 from .evaluation.suite import Condition, EvaluationResult, combined, evaluate_conditions, results_table
 from .extraction import SteeringVectors, extract_steering_vectors, steer
+from .extraction.steering import steered_modules
 from .probes import ContrastiveDataset, UtilityData, builtin_probe_data
 from .probes.generate import reference_data
 from .solver import check_sanity, edit_model, kl_meter, largest_within
@@ -97,16 +98,22 @@ def demo_utility(
 
 
 def match_steering_strength(
-    model: Any, vectors: SteeringVectors, meter: KLMeter, target_kl: float, reference: Callable[[], Any]
+    model: Any,
+    vectors: SteeringVectors,
+    meter: KLMeter,
+    target_kl: float,
+    reference: Callable[[], Any] = nullcontext,
+    modules: str | Sequence[str] | None = None,
 ) -> float:
-    """The strength of activation steering on every layer (attention and MLP outputs) whose KL on the utility data
-    (as ``meter`` measures it) matches ``target_kl``: the same search as calibration's."""
+    """The strength of activation steering (of every layer's attention and MLP outputs, or of ``modules`` as
+    ``steer`` takes them) whose KL on the utility data (as ``meter`` measures it) matches ``target_kl``: the same
+    search as calibration's; ``reference``: the context in which ``model`` is the base model."""
     # The search starts where the vectors added over every steered module sum to one steering vector: at strength 1
     # that sum is n of them and far over any budget, which costs the search one or two more measurements.
     strength, _ = largest_within(
-        lambda s: meter(model, combined(reference, lambda: steer(model, vectors, s))),
+        lambda s: meter(model, combined(reference, lambda: steer(model, vectors, s, modules))),
         target_kl,
-        start=1.0 / len(vectors.modules),
+        start=1.0 / len(steered_modules(vectors, modules)),
         max_scale=256.0,
     )
     return strength

@@ -243,3 +243,28 @@ def test_sanity_refuses_an_edit_that_empties_or_loops_answers(monkeypatch):
     # Answers the base model already gets wrong do not count against the edit.
     assert check_sanity(_FakePeftModel(["", "4.", "Hi.", "ok"], ["", "4", "Hi", "ok"]), tokenizer, list("abcd"))
     assert degeneracy(tokenizer, "ha " * 20) == "looping" and degeneracy(tokenizer, " ") == "empty"
+
+
+@pytest.mark.parametrize("modules", [None, "mlp"])
+def test_the_steering_match_brackets_the_target_kl(setup, modules):
+    """The strength found is within the target, and 2% more is over it (the search's tolerance), on the modules
+    asked for."""
+    from steer2edit_peft.core.likelihood import KLMeter
+    from steer2edit_peft.demo import match_steering_strength
+    from steer2edit_peft.extraction.steering import steer
+
+    model, tokenizer, vectors = setup
+    meter = KLMeter(model, tokenizer, UTILITY.prompts, UTILITY.responses)
+
+    def kl(strength: float) -> float:
+        return mean_token_kl(
+            model,
+            tokenizer,
+            UTILITY.prompts,
+            UTILITY.responses,
+            edited=lambda: steer(model, vectors, strength, modules),
+        )
+
+    target = 0.5 * kl(64.0)  # a KL these modules reach, where it grows with the strength
+    strength = match_steering_strength(model, vectors, meter, target, modules=modules)
+    assert 1.0 < strength < 64.0 and kl(strength) <= target < kl(1.02 * strength)

@@ -14,7 +14,8 @@ from ..core.errors import Steer2EditError
 from .vectors import SteeringVectors
 
 
-def _chosen_modules(vectors: SteeringVectors, modules: str | Sequence[str] | None) -> list[str]:
+def steered_modules(vectors: SteeringVectors, modules: str | Sequence[str] | None = None) -> list[str]:
+    """The names of the modules ``steer`` adds to, for its ``modules`` argument."""
     if modules is None or modules == "all":
         return vectors.modules
     if isinstance(modules, str):
@@ -45,7 +46,7 @@ def steer(
     ``modules``: None/"all" for every module the vectors cover, a suffix such as "mlp" or "o_proj", or a
     list of full module names. The hooks are removed on exit, also after an exception.
     """
-    names = _chosen_modules(vectors, modules)
+    names = steered_modules(vectors, modules)
     base = decoder_model(model)
     handles = []
 
