@@ -256,6 +256,28 @@ def key_threshold(data: dict[str, Any]) -> str:
     return table(header, rows) + f"\n\nPrompts: {sizes}; KL budget {data['budget']:g}. Chosen: t = {data['chosen']:g}."
 
 
+def gates(data: dict[str, Any]) -> str:
+    """The gate candidates against the default edit on tuning data (gates.py), the base model's row first."""
+    base = data["rows"][0]
+    rows = [
+        [
+            row["method"],
+            f"{row['amount']:.3g}" if "amount" in row else "",
+            f"{row['kl_calibration']:.4f}" if "kl_calibration" in row else "",
+            *(
+                f"{100 * row[name]:.1f}% ({100 * (row[name] - base[name]):+.1f})"
+                if name in row
+                else row.get("note", "")
+                for name in ("harmful", "borderline", "benign")
+            ),
+        ]
+        for row in data["rows"]
+    ]
+    sizes = ", ".join(f"{name} {count}" for name, count in data["sets"].items())
+    header = ["method", "scale / lambda", "KL (reference)", "AdvBench refused", "borderline (tuning half)", "Alpaca"]
+    return table(header, rows) + f"\n\nPrompts: {sizes}; KL budget {data['budget']:g} on the default reference answers."
+
+
 def engines(name: str) -> Any:
     def render(data: dict[str, Any]) -> str:
         rows = [
@@ -282,6 +304,7 @@ def main() -> None:
         ("selectivity-changed", selectivity),
         ("selectivity-wrapped", wrapped),
         ("key_threshold", key_threshold),
+        ("gates", gates),
         ("engines_llama_cpp", engines("llama.cpp")),
         ("engines_vllm", engines("vLLM CPU build")),
     ]:

@@ -1,0 +1,230 @@
+"""Gates, not slopes (a candidate, measured before it is built): the refusal edit written by MLP neurons, whose own
+nonlinearity keeps them near silent below a threshold, instead of rank-one edits that fire in proportion to k . x.
+
+python benchmarks/gates.py [--variants 14:24:0.4:30 ...] [--budget 0.02]   # results/gates.json
+
+Two candidates, each calibrated to the same KL budget on the default reference answers as the default edit, and
+measured on the tuning sets of key_threshold.py (AdvBench [0:100) harmful, the borderline tuning half, Alpaca
+[0:30)), never on the report sets:
+  neurons   existing neurons as gates: each down_proj input n scored by |p_n| / sqrt(p_n^2 + A_nn + w D_nn) (p its
+            mean at the decision token of the probe's prompts, A and D its second moments along the reference
+            answers and at the reference prompts' decision token, w = SELECTIVE_DECISION_WEIGHT); the top 32 get
+            lambda sign(p_n) v_hat / |p_n| added to their down column.
+  gates     one neuron per layer repurposed (the least used on the reference answers): gate row a k, up row
+            r / |r|^2, down column lambda v_hat, so it writes lambda v_hat silu(a k . x) (r_hat . x |r|^-1). k is the
+            selective key (solver.scores) over that layer's MLP input, x, with its threshold t: k . x < 0 until a
+            prompt has moved a share t of the way from the reference towards the probe; a = sharpness / (k . d), d the
+            probe's mean input less the reference's, makes silu close to relu there. A variant is first:last:t:sharpness.
+v_hat is each layer's attention steering direction (the default edit's vectors); lambda is found by the same
+search as the default's scale (largest_within).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from common import save_results
+from key_threshold import TuningSets
+
+import steer2edit_peft.solver.scores as scores
+from steer2edit_peft.core.likelihood import response_batches
+from steer2edit_peft.core.settings import DEFAULTS, SELECTIVE_DECISION_WEIGHT
+from steer2edit_peft.evaluation.selectivity import last_token_inputs
+from steer2edit_peft.solver.calibrate import largest_within
+
+SETS = ("harmful", "borderline", "benign")
+NEURONS = 32
+
+
+def mlp_statistics(run: TuningSets) -> dict[str, list[torch.Tensor]]:
+    """Per layer (float64): the MLP input's mean at the probe prompts' decision token (probe), the reference prompts'
+    (reference) and its second moments there (decision) and along the reference answers (answers); the same for the
+    down_proj input, its neurons (neuron_probe, neuron_decision, neuron_answers)."""
+    model, tokenizer, data = run.bench.model, run.bench.tokenizer, run.reference(DEFAULTS.reference)
+    layers = model.model.layers  # the Llama layout of the embedded model
+    names = {
+        f"model.layers.{i}.mlp.{part}": (i, part) for i in range(len(layers)) for part in ("gate_proj", "down_proj")
+    }
+    probe_prompts = list(dict.fromkeys(example.prompt for example in run.probe))
+    stats: dict[str, list[Any]] = {}
+    with torch.no_grad():
+        for prompts, mean, moment in ((probe_prompts, "probe", None), (data.prompts, "reference", "decision")):
+            inputs = last_token_inputs(model, tokenizer, prompts, list(names), batch_size=32)
+            for name, x in inputs.items():
+                prefix = "" if names[name][1] == "gate_proj" else "neuron_"
+                x = x.double()
+                stats.setdefault(prefix + mean, []).append(x.mean(0))
+                if moment:
+                    stats.setdefault(prefix + moment, []).append(x.T @ x / len(x) if not prefix else (x * x).mean(0))
+        stats |= answer_moments(model, tokenizer, data, names)
+    return stats
+
+
+def answer_moments(model: Any, tokenizer: Any, data: Any, names: dict[str, tuple[int, str]]) -> dict[str, list[Any]]:
+    """Second moments of the MLP input (full) and the down_proj input (per neuron) along the reference answers."""
+    modules = dict(model.named_modules())
+    layers = len(model.model.layers)
+    full: list[Any] = [0.0] * layers
+    diagonal: list[Any] = [0.0] * layers
+    mask: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        layer, part = names[name]
+
+        def record(module: Any, args: tuple[Any, ...]) -> None:
+            x = args[0].double()[mask["answer"]]
+            if part == "gate_proj":
+                full[layer] = full[layer] + x.T @ x
+            else:
+                diagonal[layer] = diagonal[layer] + (x * x).sum(0)
+
+        return record
+
+    handles = [modules[name].register_forward_pre_hook(hook(name)) for name in names]
+    tokens = 0
+    try:
+        for input_ids, attention_mask, position_ids, answer in response_batches(
+            tokenizer, data.prompts, data.responses, 16, data.system_prompt
+        ):
+            mask["answer"], tokens = answer, tokens + int(answer.sum())
+            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {"answers": [m / tokens for m in full], "neuron_answers": [m / tokens for m in diagonal]}
+
+
+def direction(vectors: Any, layer: int) -> torch.Tensor:
+    steering = vectors.direction(f"model.layers.{layer}.self_attn.o_proj")
+    return steering / steering.norm()
+
+
+def neuron_plan(stats: dict[str, list[torch.Tensor]], vectors: Any, first: int) -> list[tuple[int, int, Any]]:
+    """The NEURONS existing neurons of layers >= first that best tell probe prompts from the reference."""
+    probe = torch.stack(stats["neuron_probe"])
+    cost = torch.stack(stats["neuron_answers"]) + SELECTIVE_DECISION_WEIGHT * torch.stack(stats["neuron_decision"])
+    score = probe.abs() / (probe * probe + cost).sqrt()
+    score[:first] = 0
+    chosen = [divmod(int(i), score.shape[1]) for i in score.flatten().topk(NEURONS).indices]
+    return [
+        (layer, n, torch.sign(probe[layer, n]) / probe[layer, n].abs() * direction(vectors, layer))
+        for layer, n in chosen
+    ]
+
+
+@contextmanager
+def with_neurons(model: Any, plan: list[tuple[int, int, Any]], amount: float) -> Iterator[None]:
+    columns = [model.model.layers[layer].mlp.down_proj.weight[:, n] for layer, n, _ in plan]
+    saved = [column.clone() for column in columns]
+    with torch.no_grad():
+        for column, (_, _, added) in zip(columns, plan):
+            column += amount * added.to(column)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for column, old in zip(columns, saved):
+                column.copy_(old)
+
+
+def gate_plan(
+    model: Any, stats: dict[str, list[torch.Tensor]], vectors: Any, layers: range, threshold: float, sharpness: float
+) -> list[tuple[int, int, Any, Any, Any]]:
+    """(layer, neuron, gate row, up row, down column per unit lambda) of one repurposed neuron per layer."""
+    scores.SELECTIVE_THRESHOLD = threshold  # the solver reads it at each call
+    plan = []
+    for layer in layers:
+        probe, reference = stats["probe"][layer], stats["reference"][layer]
+        keys, _ = scores._selective(
+            (probe - reference)[None], reference[None], stats["decision"][layer][None], stats["answers"][layer][None]
+        )
+        key = keys[0]
+        down = model.model.layers[layer].mlp.down_proj.weight.double()
+        least_used = int((stats["neuron_answers"][layer] * down.norm(dim=0) ** 2).argmin())
+        gate_row = sharpness / float(key @ (probe - reference)) * key
+        plan.append((layer, least_used, gate_row, reference / reference.norm() ** 2, direction(vectors, layer)))
+    return plan
+
+
+@contextmanager
+def with_gates(model: Any, plan: list[tuple[int, int, Any, Any, Any]], amount: float) -> Iterator[None]:
+    rows = []
+    for layer, n, gate_row, up_row, down_column in plan:
+        mlp = model.model.layers[layer].mlp
+        rows += [(mlp.gate_proj.weight[n], gate_row), (mlp.up_proj.weight[n], up_row)]
+        rows.append((mlp.down_proj.weight[:, n], amount * down_column))
+    saved = [row.clone() for row, _ in rows]
+    with torch.no_grad():
+        for row, new in rows:
+            row.copy_(new.to(row))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for (row, _), old in zip(rows, saved):
+                row.copy_(old)
+
+
+def calibrated_row(run: TuningSets, edit: Any, budget: float) -> dict[str, Any]:
+    """Search the amount to the budget on the default reference, then measure the tuning sets at it."""
+    model, meter = run.bench.model, run.meter(DEFAULTS.reference)
+    amount, history = largest_within(lambda s: meter(model, lambda: edit(s)), budget, max_scale=256.0)
+    if amount == 0:
+        return {"amount": 0.0, "note": "over the budget at the smallest amount"}
+    kl = next(value for scale, value in history if scale == amount)
+    with edit(amount):
+        rates = run.measure(model)
+    return {"amount": amount, "kl_calibration": kl} | {name: rates[name] for name in SETS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["12:24:0.2:10", "12:24:0.4:10", "14:24:0.4:30", "14:24:0.6:30", "14:24:0.8:30", "15:17:0.6:30"],
+    )
+    parser.add_argument("--budget", type=float, default=0.02)
+    args = parser.parse_args()
+    run = TuningSets()
+    model = run.bench.model
+    base = run.measure(model)
+    rows: list[dict[str, Any]] = [{"method": "base"} | {name: base[name] for name in SETS}]
+    stats = mlp_statistics(run)
+    vectors = run.vectors_for(DEFAULTS.reference)
+    start = time.perf_counter()
+    default = run.edit("default", args.budget)
+    rows.append({"method": "default", "amount": default["scale"], "kl_calibration": default["kl_calibration"]})
+    rows[-1] |= {name: default[name] for name in SETS} | {"seconds": round(time.perf_counter() - start)}
+    print(rows, flush=True)
+    start = time.perf_counter()
+    plan = neuron_plan(stats, vectors, DEFAULTS.first_edited_layer(model.config.num_hidden_layers))
+    row = calibrated_row(run, lambda s: with_neurons(model, plan, s), args.budget)
+    rows.append({"method": f"neurons (top {NEURONS})", **row, "seconds": round(time.perf_counter() - start)})
+    print(rows[-1], flush=True)
+    for variant in args.variants:
+        first, last, threshold, sharpness = variant.split(":")
+        start = time.perf_counter()
+        gates = gate_plan(model, stats, vectors, range(int(first), int(last) + 1), float(threshold), float(sharpness))
+        row = calibrated_row(run, lambda s, gates=gates: with_gates(model, gates, s), args.budget)
+        rows.append({"method": f"gates {variant}", **row, "seconds": round(time.perf_counter() - start)})
+        print(rows[-1], flush=True)
+    save_results(
+        "gates",
+        {
+            "command": " ".join(["python", *sys.argv]),
+            "budget": args.budget,
+            "sets": {k: len(v) for k, v in run.sets.items()},
+            "rows": rows,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
