@@ -7,7 +7,8 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,22 @@ def print_timings(seconds: dict[str, dict[str, float]], shapes: dict[str, tuple[
         print(f"{shape} {shapes[shape][0]} x {shapes[shape][1]}:")
         for name, value in times.items():
             print(f"  {name:<{width}} {value * 1000:8.2f} ms  {100 * (value / times['base'] - 1):+6.1f}% vs base")
+
+
+@contextmanager
+def written(values: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+    """Each (weight or a view of it, new value) written in place, the old values put back on exit: a peer or a
+    candidate edit applied to a plain model for the length of a measurement."""
+    saved = [tensor.detach().clone() for tensor, _ in values]
+    with torch.no_grad():
+        for tensor, value in values:
+            tensor.copy_(value.to(tensor))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for (tensor, _), old in zip(values, saved):
+                tensor.copy_(old)
 
 
 def save_results(name: str, payload: dict[str, Any]) -> Path:

@@ -24,12 +24,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
-from common import save_results
+from common import save_results, written
 from key_threshold import TuningSets
 
 import steer2edit_peft.solver.scores as scores
@@ -118,32 +116,28 @@ def neuron_plan(stats: dict[str, list[torch.Tensor]], vectors: Any, first: int) 
     ]
 
 
-@contextmanager
-def with_neurons(model: Any, plan: list[tuple[int, int, Any]], amount: float) -> Iterator[None]:
-    columns = [model.model.layers[layer].mlp.down_proj.weight[:, n] for layer, n, _ in plan]
-    saved = [column.clone() for column in columns]
-    with torch.no_grad():
-        for column, (_, _, added) in zip(columns, plan):
-            column += amount * added.to(column)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for column, old in zip(columns, saved):
-                column.copy_(old)
+def with_neurons(model: Any, plan: list[tuple[int, int, Any]], amount: float) -> Any:
+    columns = [(model.model.layers[layer].mlp.down_proj.weight[:, n], added) for layer, n, added in plan]
+    return written([(column, column + amount * added.to(column)) for column, added in columns])
 
 
 def gate_plan(
     model: Any, stats: dict[str, list[torch.Tensor]], vectors: Any, layers: range, threshold: float, sharpness: float
 ) -> list[tuple[int, int, Any, Any, Any]]:
     """(layer, neuron, gate row, up row, down column per unit lambda) of one repurposed neuron per layer."""
-    scores.SELECTIVE_THRESHOLD = threshold  # the solver reads it at each call
     plan = []
     for layer in layers:
         probe, reference = stats["probe"][layer], stats["reference"][layer]
-        keys, _ = scores._selective(
-            (probe - reference)[None], reference[None], stats["decision"][layer][None], stats["answers"][layer][None]
-        )
+        default, scores.SELECTIVE_THRESHOLD = scores.SELECTIVE_THRESHOLD, threshold  # read at each call
+        try:
+            keys, _ = scores._selective(
+                (probe - reference)[None],
+                reference[None],
+                stats["decision"][layer][None],
+                stats["answers"][layer][None],
+            )
+        finally:
+            scores.SELECTIVE_THRESHOLD = default
         key = keys[0]
         down = model.model.layers[layer].mlp.down_proj.weight.double()
         least_used = int((stats["neuron_answers"][layer] * down.norm(dim=0) ** 2).argmin())
@@ -152,23 +146,13 @@ def gate_plan(
     return plan
 
 
-@contextmanager
-def with_gates(model: Any, plan: list[tuple[int, int, Any, Any, Any]], amount: float) -> Iterator[None]:
-    rows = []
+def with_gates(model: Any, plan: list[tuple[int, int, Any, Any, Any]], amount: float) -> Any:
+    values = []
     for layer, n, gate_row, up_row, down_column in plan:
         mlp = model.model.layers[layer].mlp
-        rows += [(mlp.gate_proj.weight[n], gate_row), (mlp.up_proj.weight[n], up_row)]
-        rows.append((mlp.down_proj.weight[:, n], amount * down_column))
-    saved = [row.clone() for row, _ in rows]
-    with torch.no_grad():
-        for row, new in rows:
-            row.copy_(new.to(row))
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for (row, _), old in zip(rows, saved):
-                row.copy_(old)
+        values += [(mlp.gate_proj.weight[n], gate_row), (mlp.up_proj.weight[n], up_row)]
+        values.append((mlp.down_proj.weight[:, n], amount * down_column))
+    return written(values)
 
 
 def calibrated_row(run: TuningSets, edit: Any, budget: float) -> dict[str, Any]:

@@ -8,20 +8,18 @@ component along v_hat is amplified by (1 + a) on every input, the weight-edit an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
+from common import written
 
 from steer2edit_peft.extraction.extract import edited_modules
 from steer2edit_peft.solver.scores import effective_weight
 
 
-@contextmanager
-def rank_one_injection(model: Any, vectors: Any, amount: float) -> Iterator[None]:
+def rank_one_injection(model: Any, vectors: Any, amount: float) -> Any:
     modules = edited_modules(model)
-    saved = {}
+    values = []
     with torch.no_grad():
         for name, module in modules.items():
             if name not in vectors.post_pos:
@@ -32,12 +30,6 @@ def rank_one_injection(model: Any, vectors: Any, amount: float) -> Iterator[None
             v_hat = (direction / direction.norm()).to(module.weight.device)
             weight = effective_weight(module)  # [out, in], float32
             delta = amount * torch.outer(v_hat, v_hat @ weight)
-            saved[name] = module.weight.detach().clone()
             layout = delta if module.weight.shape == delta.shape else delta.T  # Conv1D stores [in, out]
-            module.weight.add_(layout.to(module.weight.dtype))
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for name, weight in saved.items():
-                modules[name].weight.copy_(weight)
+            values.append((module.weight, module.weight + layout.to(module.weight.dtype)))
+    return written(values)
