@@ -15,6 +15,10 @@ measured on the tuning sets of key_threshold.py (AdvBench [0:100) harmful, the b
             selective key (solver.scores) over that layer's MLP input, x, with its threshold t: k . x < 0 until a
             prompt has moved a share t of the way from the reference towards the probe; a = sharpness / (k . d), d the
             probe's mean input less the reference's, makes silu close to relu there. A variant is first:last:t:sharpness.
+  quantile  the same neurons, the threshold set where the gate is silent on the reference instead: the gate row is
+            a (k0 - b r / |r|^2), k0 the key of t = 0, b the smallest shift that puts a share q of the readings of
+            every reference answer token and decision token below zero, a = sharpness / (gate row . probe mean);
+            a variant is first:last:qQ:sharpness (a layer whose probe mean reads below the shift is left out).
 v_hat is each layer's attention steering direction (the default edit's vectors); lambda is found by the same
 search as the default's scale (largest_within).
 """
@@ -24,6 +28,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -42,8 +48,8 @@ NEURONS = 32
 
 def mlp_statistics(run: TuningSets) -> dict[str, list[torch.Tensor]]:
     """Per layer (float64): the MLP input's mean at the probe prompts' decision token (probe), the reference prompts'
-    (reference) and its second moments there (decision) and along the reference answers (answers); the same for the
-    down_proj input, its neurons (neuron_probe, neuron_decision, neuron_answers)."""
+    (reference), its second moments there (probe_moment, decision) and along the reference answers (answers); the
+    same for the down_proj input, its neurons (neuron_probe, neuron_decision, neuron_answers)."""
     model, tokenizer, data = run.bench.model, run.bench.tokenizer, run.reference(DEFAULTS.reference)
     layers = model.model.layers  # the Llama layout of the embedded model
     names = {
@@ -52,7 +58,10 @@ def mlp_statistics(run: TuningSets) -> dict[str, list[torch.Tensor]]:
     probe_prompts = list(dict.fromkeys(example.prompt for example in run.probe))
     stats: dict[str, list[Any]] = {}
     with torch.no_grad():
-        for prompts, mean, moment in ((probe_prompts, "probe", None), (data.prompts, "reference", "decision")):
+        for prompts, mean, moment in (
+            (probe_prompts, "probe", "probe_moment"),
+            (data.prompts, "reference", "decision"),
+        ):
             inputs = last_token_inputs(model, tokenizer, prompts, list(names), batch_size=32)
             for name, x in inputs.items():
                 prefix = "" if names[name][1] == "gate_proj" else "neuron_"
@@ -146,6 +155,55 @@ def gate_plan(
     return plan
 
 
+def reference_readings(run: TuningSets, rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Per layer, rows [2, n] read at the MLP input of every reference token that predicts an answer token."""
+    model, tokenizer, data = run.bench.model, run.bench.tokenizer, run.reference(DEFAULTS.reference)
+    readings: dict[int, list[torch.Tensor]] = {layer: [] for layer in rows}
+    mask: dict[str, torch.Tensor] = {}
+
+    def hook(layer: int):
+        def record(module: Any, args: tuple[Any, ...]) -> None:
+            readings[layer].append(args[0].double()[mask["predicting"]] @ rows[layer].T)
+
+        return record
+
+    layers = model.model.layers
+    handles = [layers[layer].mlp.gate_proj.register_forward_pre_hook(hook(layer)) for layer in rows]
+    try:
+        with torch.no_grad():
+            for input_ids, attention_mask, position_ids, answer in response_batches(
+                tokenizer, data.prompts, data.responses, 16, data.system_prompt
+            ):
+                mask["predicting"] = torch.cat([answer[:, 1:], torch.zeros_like(answer[:, :1])], 1)
+                model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {layer: torch.cat(values) for layer, values in readings.items()}
+
+
+def quantile_plan(
+    run: TuningSets, stats: dict[str, list[torch.Tensor]], vectors: Any, layers: range, share: float, sharpness: float
+) -> list[tuple[int, int, Any, Any, Any]]:
+    """The plan of gate_plan with t = 0, each gate row shifted by b r / |r|^2 until a share of the reference's
+    readings is below zero (bisection: the readings fall as b grows wherever r . x > 0)."""
+    plan = gate_plan(run.bench.model, stats, vectors, layers, 0.0, 1.0)
+    rows = {layer: torch.stack([gate, up]) for layer, _, gate, up, _ in plan}
+    readings = reference_readings(run, rows)
+    shifted = []
+    for layer, neuron, gate, up, down in plan:
+        key, along_reference = readings[layer].T
+        low, high = -1e3, 1e3
+        for _ in range(100):
+            shift = (low + high) / 2
+            low, high = (shift, high) if torch.quantile(key - shift * along_reference, share) > 0 else (low, shift)
+        row = gate - high * up
+        push = float(row @ stats["probe"][layer])
+        if push > 0:
+            shifted.append((layer, neuron, sharpness / push * row, up, down))
+    return shifted
+
+
 def with_gates(model: Any, plan: list[tuple[int, int, Any, Any, Any]], amount: float) -> Any:
     values = []
     for layer, n, gate_row, up_row, down_column in plan:
@@ -153,6 +211,43 @@ def with_gates(model: Any, plan: list[tuple[int, int, Any, Any, Any]], amount: f
         values += [(mlp.gate_proj.weight[n], gate_row), (mlp.up_proj.weight[n], up_row)]
         values.append((mlp.down_proj.weight[:, n], amount * down_column))
     return written(values)
+
+
+def alphasteer_plan(
+    stats: dict[str, list[torch.Tensor]], vectors: Any, layers: range, share: float
+) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(layer, key, direction): per layer the key regressed to read 1 on each probe prompt's MLP input (ridge 1e-3 of
+    its mean eigenvalue) within the null space of the reference's (the eigenvectors of its second moment, decision
+    tokens and answers together, whose eigenvalue is below `share` of the largest)."""
+    plan = []
+    for layer in layers:
+        values, vectors_ = torch.linalg.eigh(stats["decision"][layer] + stats["answers"][layer])
+        null = vectors_[:, values < share * values.max()]
+        moment = null.T @ stats["probe_moment"][layer] @ null
+        ridge = 1e-3 * moment.diagonal().mean() * torch.eye(len(moment), dtype=moment.dtype)
+        key = null @ torch.linalg.solve(moment + ridge, null.T @ stats["probe"][layer])
+        plan.append((layer, key, direction(vectors, layer).double()))
+    return plan
+
+
+@contextmanager
+def with_alphasteer(model: Any, plan: list[tuple[int, torch.Tensor, torch.Tensor]], amount: float) -> Iterator[None]:
+    """Each planned layer's MLP output gets amount * direction (key . its input) added (AlphaSteer's form, rank one)."""
+
+    def hook(key: torch.Tensor, steering: torch.Tensor):
+        def add(module: Any, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+            reading = args[0] @ key.to(args[0])
+            return output + amount * reading[..., None] * steering.to(output)
+
+        return add
+
+    layers = model.model.layers
+    handles = [layers[layer].mlp.register_forward_hook(hook(key, steering)) for layer, key, steering in plan]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def calibrated_row(run: TuningSets, edit: Any, budget: float) -> dict[str, Any]:
@@ -172,7 +267,9 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=["12:24:0.2:10", "12:24:0.4:10", "14:24:0.4:30", "14:24:0.6:30", "14:24:0.8:30", "15:17:0.6:30"],
+        default=["neurons", "12:24:0.2:10", "12:24:0.4:10", "14:24:0.4:30", "14:24:0.6:30", "14:24:0.8:30"]
+        + ["15:17:0.6:30", "14:24:q0.99:30", "14:24:q0.999:30", "14:24:q1:30", "12:24:q1:10"]
+        + ["alphasteer:12:24:0.001", "alphasteer:12:24:0.01"],
     )
     parser.add_argument("--budget", type=float, default=0.02)
     args = parser.parse_args()
@@ -187,17 +284,27 @@ def main() -> None:
     rows.append({"method": "default", "amount": default["scale"], "kl_calibration": default["kl_calibration"]})
     rows[-1] |= {name: default[name] for name in SETS} | {"seconds": round(time.perf_counter() - start)}
     print(rows, flush=True)
-    start = time.perf_counter()
-    plan = neuron_plan(stats, vectors, DEFAULTS.first_edited_layer(model.config.num_hidden_layers))
-    row = calibrated_row(run, lambda s: with_neurons(model, plan, s), args.budget)
-    rows.append({"method": f"neurons (top {NEURONS})", **row, "seconds": round(time.perf_counter() - start)})
-    print(rows[-1], flush=True)
     for variant in args.variants:
-        first, last, threshold, sharpness = variant.split(":")
         start = time.perf_counter()
-        gates = gate_plan(model, stats, vectors, range(int(first), int(last) + 1), float(threshold), float(sharpness))
-        row = calibrated_row(run, lambda s, gates=gates: with_gates(model, gates, s), args.budget)
-        rows.append({"method": f"gates {variant}", **row, "seconds": round(time.perf_counter() - start)})
+        if variant == "neurons":
+            plan = neuron_plan(stats, vectors, DEFAULTS.first_edited_layer(model.config.num_hidden_layers))
+            row = calibrated_row(run, lambda s, plan=plan: with_neurons(model, plan, s), args.budget)
+            rows.append({"method": f"neurons (top {NEURONS})", **row})
+        elif variant.startswith("alphasteer:"):
+            _, first, last, share = variant.split(":")
+            steer = alphasteer_plan(stats, vectors, range(int(first), int(last) + 1), float(share))
+            row = calibrated_row(run, lambda s, steer=steer: with_alphasteer(model, steer, s), args.budget)
+            rows.append({"method": f"AlphaSteer rank one {variant[11:]}", **row})
+        else:
+            first, last, threshold, sharpness = variant.split(":")
+            layers = range(int(first), int(last) + 1)
+            if threshold.startswith("q"):
+                gates = quantile_plan(run, stats, vectors, layers, float(threshold[1:]), float(sharpness))
+            else:
+                gates = gate_plan(model, stats, vectors, layers, float(threshold), float(sharpness))
+            row = calibrated_row(run, lambda s, gates=gates: with_gates(model, gates, s), args.budget)
+            rows.append({"method": f"gates {variant}", **row, "layers": [layer for layer, *_ in gates]})
+        rows[-1]["seconds"] = round(time.perf_counter() - start)
         print(rows[-1], flush=True)
     save_results(
         "gates",

@@ -160,6 +160,7 @@ class _DemoRun:
         with self.stage("load"):
             self.log(f"[1/7] loading {self.settings.model} ({dtype_name(self.dtype)})")
             self.model, self.tokenizer = self.settings.loader(self.settings.model, self.dtype)
+            self.edit.first_edited_layer(num_layers(self.model))  # a bad first layer is named before any data is read
         with self.stage("probe and extract"):
             self.extract()
         with self.stage("calibrate and solve"):

@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,6 +43,21 @@ def run(capsys, *args) -> tuple[int, str, str]:
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def four_pair_probe(folder) -> Path:
+    """A probe file of four made-up pairs, for tests whose subject is not the extraction."""
+    probe = folder / "my-probe.jsonl"
+    records = [{"prompt": "q" * (2 + i), "positive": "yes" * (1 + i % 2), "negative": "no thanks"} for i in range(4)]
+    probe.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return probe
+
+
+def four_prompt_reference(folder) -> Path:
+    """A reference of four benign prompts (the tiny model answers them itself), for the same tests."""
+    reference = folder / "my-reference.json"
+    reference.write_text(json.dumps(builtin_prompts("benign")[:4]))
+    return reference
 
 
 def test_help_lists_every_command():
@@ -201,9 +217,7 @@ def test_sweep_saves_the_strongest_edit_within_the_budget(checkpoint, tmp_path, 
 
 def test_sweep_extracts_from_a_probe_file_when_given_one(checkpoint, tmp_path, capsys):
     pytest.importorskip("optuna")
-    probe = tmp_path / "my-probe.jsonl"
-    records = [{"prompt": "q" * (2 + i), "positive": "yes" * (1 + i % 2), "negative": "no thanks"} for i in range(4)]
-    probe.write_text("".join(json.dumps(r) + "\n" for r in records))
+    probe = four_pair_probe(tmp_path)
     args = ["sweep", "--model", checkpoint, "--dtype", "float32", "--batch-size", "64", "--num-eval", "2"]
     args += ["--max-new-tokens", "3", "--trials", "3", "--max-kl", "1000", "--probe", probe, "--reference", "benign"]
     args += ["--output", tmp_path / "s"]
@@ -215,9 +229,7 @@ def test_sweep_extracts_from_a_probe_file_when_given_one(checkpoint, tmp_path, c
 
 def test_sweep_from_saved_vectors_tries_what_it_tries_from_their_probe(checkpoint, tmp_path, capsys):
     pytest.importorskip("optuna")
-    probe = tmp_path / "my-probe.jsonl"
-    records = [{"prompt": "q" * (2 + i), "positive": "yes" * (1 + i % 2), "negative": "no thanks"} for i in range(4)]
-    probe.write_text("".join(json.dumps(r) + "\n" for r in records))
+    probe = four_pair_probe(tmp_path)
     common = ["--model", checkpoint, "--dtype", "float32", "--batch-size", "64", "--reference", "benign"]
     assert run(capsys, "extract", *common, "--probe", probe, "--output", tmp_path / "v")[0] == 0
     sweep = ["sweep", *common, "--num-eval", "2", "--max-new-tokens", "3", "--trials", "3", "--max-kl", "1000"]
@@ -234,7 +246,9 @@ def test_sweep_from_saved_vectors_tries_what_it_tries_from_their_probe(checkpoin
 def test_sweep_with_an_impossible_budget_is_a_clear_error(checkpoint, tmp_path, capsys):
     pytest.importorskip("optuna")
     args = ["sweep", "--model", checkpoint, "--dtype", "float32", "--batch-size", "64", "--num-eval", "2"]
-    args += ["--max-new-tokens", "3", "--trials", "2", "--max-kl", "-1", "--output", tmp_path]
+    args += ["--probe", four_pair_probe(tmp_path), "--behaviour", "refusal"]
+    args += ["--reference", four_prompt_reference(tmp_path)]
+    args += ["--max-new-tokens", "3", "--trials", "2", "--max-kl", "-1", "--output", tmp_path / "out"]
     code, _, err = run(capsys, *args)
     assert code == 2 and "no edit tried stays under KL -1" in err
 
@@ -262,9 +276,11 @@ def test_edit_and_extract_refuse_a_folder_that_holds_their_files(command, owned,
     assert (taken / owned).read_text() == "{}" and len(list(taken.iterdir())) == 1
 
 
-def test_first_layer_past_the_last_layer_is_named(checkpoint, tmp_path, capsys):
+def test_first_layer_past_the_last_layer_is_named_before_any_data_is_read(checkpoint, tmp_path, capsys, monkeypatch):
     vectors_dir = tmp_path / "vectors"
-    assert run(capsys, "extract", "--model", checkpoint, "--dtype", "float32", "--output", vectors_dir)[0] == 0
+    extract = ["extract", "--model", checkpoint, "--dtype", "float32", "--probe", four_pair_probe(tmp_path)]
+    assert run(capsys, *extract, "--reference", four_prompt_reference(tmp_path), "--output", vectors_dir)[0] == 0
+    monkeypatch.setattr("steer2edit_peft.cli.edit.load_utility", None)  # reading the reference would fail otherwise
     code, _, err = run(
         capsys,
         "edit",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -108,6 +109,11 @@ def test_demo_with_a_fixed_steering_strength_uses_it(tiny_checkpoint, tmp_path):
 
 
 def test_demo_command_prints_the_table(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    # Four reference answers instead of the tiny model's own to 368 prompts: the table and the folder are the subject.
+    reference = UtilityData(
+        ["Name a colour.", "What is 2 + 2?", "Say hello.", "Name a fruit."], ["Blue.", "4.", "Hello!", "A pear."]
+    )
+    monkeypatch.setattr("steer2edit_peft.demo.demo_utility", lambda *args: reference)
     output = tmp_path / "out"
     args = ["demo", "--model", str(tiny_checkpoint), "--output", str(output), "--dtype", "float32"]
     args += ["--num-eval", "3", "--max-new-tokens", "3", "--batch-size", "3", "--no-plots", "--behaviour", "concise"]
@@ -129,6 +135,14 @@ def test_demo_command_prints_the_table(tiny_checkpoint, tmp_path, capsys, monkey
     assert (output / "mine.txt").read_text() == "old"
     assert main([str(a) for a in args] + ["--overwrite"]) == 0  # replaces the demo's own files, and no other
     assert (output / "mine.txt").read_text() == "old" and (output / "adapter" / "adapter_config.json").is_file()
+
+
+def test_a_first_layer_past_the_last_is_named_before_any_data_is_read(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr("steer2edit_peft.demo.demo_utility", None)  # generating the reference would fail otherwise
+    settings = tiny_settings(tiny_checkpoint, tmp_path / "out", edit=replace(TINY_EDIT, first_layer=3))
+    with pytest.raises(ValueError, match=r"first layer 3 \(--first-layer\) is out of range: the model has layers 0-2"):
+        run_demo(settings, log=lambda _: None)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_failed_demo_leaves_the_earlier_output_folder_as_it_was(tiny_checkpoint, tmp_path, monkeypatch):

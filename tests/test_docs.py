@@ -85,8 +85,8 @@ def test_readme_python_api_snippet(tmp_path):
     assert loading in block
     sliced = (
         "\nfrom steer2edit_peft import ContrastiveDataset, UtilityData"
-        "\nprobe = ContrastiveDataset(probe.examples[:48], probe.description)"
-        "\nutility = UtilityData(utility.prompts[::16], utility.responses[::16])\n"
+        "\nprobe = ContrastiveDataset(probe.examples[:24], probe.description)"
+        "\nutility = UtilityData(utility.prompts[::32], utility.responses[::32])\n"
     )
     run(block.replace(loading, loading + sliced), tmp_path)
     config = (tmp_path / "outputs" / "refusal-edit" / "adapter_config.json").read_text()

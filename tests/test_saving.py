@@ -130,6 +130,19 @@ def test_a_save_interrupted_between_its_files_never_loads_as_another_edit(tmp_pa
     torch.testing.assert_close(logits(model), before, rtol=0, atol=0)
 
 
+def test_a_failed_save_into_a_new_folder_leaves_no_folder_behind(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "mine.txt").write_text("mine")
+
+    def failing(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("steer2edit_peft.core.files.publish", failing)
+    with pytest.raises(OSError, match="disk full"):
+        adapter(0).save_pretrained(tmp_path / "a" / "b" / "c")
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["mine.txt"]  # b and c were made by the save, and went
+
+
 def test_saving_keeps_the_other_files_of_the_folder(tmp_path):
     folder = tmp_path / "adapter"
     folder.mkdir()

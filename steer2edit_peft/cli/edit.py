@@ -44,6 +44,7 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from ..core.architectures import num_layers
     from ..core.files import check_output_folder
     from ..extraction import SteeringVectors
     from ..solver import check_sanity, edit_model
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> None:
     behaviour = args.behaviour or (saved.behaviour if saved else behaviour_named_by(args.probe))
     settings = settings_from(args, behaviour)
     model, tokenizer = load(args)
+    settings.first_edited_layer(num_layers(model))  # a bad --first-layer is named before any data is read
     utility = load_utility(args.reference, model, tokenizer, args.batch_size)
     vectors = saved or extracted_vectors(args.probe, model, tokenizer, utility, args.batch_size, settings)
     peft_model = edit_model(model, vectors, settings, behaviour=behaviour, utility=utility, tokenizer=tokenizer)

@@ -165,17 +165,25 @@ def publish(staging: Path, folder: Path, overwrite: bool) -> list[Path]:
 @contextlib.contextmanager
 def staged(folder: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
     """Yield a private staging folder inside ``folder``; when the block ends without error, each file written there
-    is moved into ``folder`` (see :func:`publish`). On an error ``folder`` is as it was."""
+    is moved into ``folder`` (see :func:`publish`). On an error ``folder`` is as it was: where it did not exist, the
+    folders made for it are removed again."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise Steer2EditError(f"{folder} exists and is not a folder; choose another path")
+    made = [path for path in (folder, *folder.absolute().parents) if not path.exists()]  # deepest first
     folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder, prefix=TEMPORARY_PREFIX))
     try:
-        yield staging
-        publish(staging, folder, overwrite)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(dir=folder, prefix=TEMPORARY_PREFIX))
+        try:
+            yield staging
+            publish(staging, folder, overwrite)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        for path in made:
+            with contextlib.suppress(OSError):  # left in place if something else wrote into it meanwhile
+                path.rmdir()
+        raise
 
 
 def read_jsonl(path: Path) -> list[Any]:
