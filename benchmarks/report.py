@@ -262,7 +262,7 @@ def gates(data: dict[str, Any]) -> str:
     rows = [
         [
             row["method"],
-            f"{row['amount']:.3g}" if "amount" in row else "",
+            "no layer gated" if row.get("layers") == [] else f"{row['amount']:.3g}" if "amount" in row else "",
             f"{row['kl_calibration']:.4f}" if "kl_calibration" in row else "",
             *(
                 f"{100 * row[name]:.1f}% ({100 * (row[name] - base[name]):+.1f})"
