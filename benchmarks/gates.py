@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -69,41 +69,59 @@ def mlp_statistics(run: TuningSets) -> dict[str, list[torch.Tensor]]:
                 stats.setdefault(prefix + mean, []).append(x.mean(0))
                 if moment:
                     stats.setdefault(prefix + moment, []).append(x.T @ x / len(x) if not prefix else (x * x).mean(0))
-        stats |= answer_moments(model, tokenizer, data, names)
+        stats |= answer_moments(run)
     return stats
 
 
-def answer_moments(model: Any, tokenizer: Any, data: Any, names: dict[str, tuple[int, str]]) -> dict[str, list[Any]]:
-    """Second moments of the MLP input (full) and the down_proj input (per neuron) along the reference answers."""
-    modules = dict(model.named_modules())
-    layers = len(model.model.layers)
-    full: list[Any] = [0.0] * layers
-    diagonal: list[Any] = [0.0] * layers
+def over_reference_answers(
+    run: TuningSets, record: dict[Any, Callable[[torch.Tensor], None]], predicting: bool = False
+) -> int:
+    """One pass over the default reference answers: each module's input at the answer tokens (``predicting``: at the
+    positions that predict them, from the decision token on) goes to record[module] as [tokens, in] in float64.
+    Returns the number of tokens."""
+    model, tokenizer, data = run.bench.model, run.bench.tokenizer, run.reference(DEFAULTS.reference)
     mask: dict[str, torch.Tensor] = {}
 
-    def hook(name: str):
-        layer, part = names[name]
+    def hook(callback: Callable[[torch.Tensor], None]):
+        def pre(module: Any, args: tuple[Any, ...]) -> None:
+            callback(args[0].double()[mask["tokens"]])
 
-        def record(module: Any, args: tuple[Any, ...]) -> None:
-            x = args[0].double()[mask["answer"]]
-            if part == "gate_proj":
-                full[layer] = full[layer] + x.T @ x
-            else:
-                diagonal[layer] = diagonal[layer] + (x * x).sum(0)
+        return pre
 
-        return record
-
-    handles = [modules[name].register_forward_pre_hook(hook(name)) for name in names]
+    handles = [module.register_forward_pre_hook(hook(callback)) for module, callback in record.items()]
     tokens = 0
     try:
-        for input_ids, attention_mask, position_ids, answer in response_batches(
-            tokenizer, data.prompts, data.responses, 16, data.system_prompt
-        ):
-            mask["answer"], tokens = answer, tokens + int(answer.sum())
-            model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        with torch.no_grad():
+            for input_ids, attention_mask, position_ids, answer in response_batches(
+                tokenizer, data.prompts, data.responses, 16, data.system_prompt
+            ):
+                if predicting:
+                    answer = torch.cat([answer[:, 1:], torch.zeros_like(answer[:, :1])], 1)
+                mask["tokens"], tokens = answer, tokens + int(answer.sum())
+                model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
     finally:
         for handle in handles:
             handle.remove()
+    return tokens
+
+
+def answer_moments(run: TuningSets) -> dict[str, list[Any]]:
+    """Second moments of the MLP input (full) and the down_proj input (per neuron) along the reference answers."""
+    layers = run.bench.model.model.layers
+    full: list[Any] = [0.0] * len(layers)
+    diagonal: list[Any] = [0.0] * len(layers)
+
+    def add(sums: list[Any], layer: int, square: Callable[[torch.Tensor], torch.Tensor]):
+        def record(x: torch.Tensor) -> None:
+            sums[layer] = sums[layer] + square(x)
+
+        return record
+
+    record = {}
+    for i, layer in enumerate(layers):
+        record[layer.mlp.gate_proj] = add(full, i, lambda x: x.T @ x)
+        record[layer.mlp.down_proj] = add(diagonal, i, lambda x: (x * x).sum(0))
+    tokens = over_reference_answers(run, record)
     return {"answers": [m / tokens for m in full], "neuron_answers": [m / tokens for m in diagonal]}
 
 
@@ -137,16 +155,13 @@ def gate_plan(
     plan = []
     for layer in layers:
         probe, reference = stats["probe"][layer], stats["reference"][layer]
-        default, scores.SELECTIVE_THRESHOLD = scores.SELECTIVE_THRESHOLD, threshold  # read at each call
-        try:
-            keys, _ = scores._selective(
-                (probe - reference)[None],
-                reference[None],
-                stats["decision"][layer][None],
-                stats["answers"][layer][None],
-            )
-        finally:
-            scores.SELECTIVE_THRESHOLD = default
+        keys, _ = scores._selective(
+            (probe - reference)[None],
+            reference[None],
+            stats["decision"][layer][None],
+            stats["answers"][layer][None],
+            threshold,
+        )
         key = keys[0]
         down = model.model.layers[layer].mlp.down_proj.weight.double()
         least_used = int((stats["neuron_answers"][layer] * down.norm(dim=0) ** 2).argmin())
@@ -157,28 +172,10 @@ def gate_plan(
 
 def reference_readings(run: TuningSets, rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     """Per layer, rows [2, n] read at the MLP input of every reference token that predicts an answer token."""
-    model, tokenizer, data = run.bench.model, run.bench.tokenizer, run.reference(DEFAULTS.reference)
     readings: dict[int, list[torch.Tensor]] = {layer: [] for layer in rows}
-    mask: dict[str, torch.Tensor] = {}
-
-    def hook(layer: int):
-        def record(module: Any, args: tuple[Any, ...]) -> None:
-            readings[layer].append(args[0].double()[mask["predicting"]] @ rows[layer].T)
-
-        return record
-
-    layers = model.model.layers
-    handles = [layers[layer].mlp.gate_proj.register_forward_pre_hook(hook(layer)) for layer in rows]
-    try:
-        with torch.no_grad():
-            for input_ids, attention_mask, position_ids, answer in response_batches(
-                tokenizer, data.prompts, data.responses, 16, data.system_prompt
-            ):
-                mask["predicting"] = torch.cat([answer[:, 1:], torch.zeros_like(answer[:, :1])], 1)
-                model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-    finally:
-        for handle in handles:
-            handle.remove()
+    layers = run.bench.model.model.layers
+    record = {layers[i].mlp.gate_proj: (lambda x, i=i: readings[i].append(x @ rows[i].T)) for i in rows}
+    over_reference_answers(run, record, predicting=True)
     return {layer: torch.cat(values) for layer, values in readings.items()}
 
 

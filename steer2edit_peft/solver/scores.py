@@ -89,13 +89,17 @@ def _head_blocks(moment: torch.Tensor, head_dim: int) -> torch.Tensor:
 
 
 def _selective(
-    difference: torch.Tensor, reference: torch.Tensor, decision_moment: torch.Tensor, answer_moment: torch.Tensor
+    difference: torch.Tensor,
+    reference: torch.Tensor,
+    decision_moment: torch.Tensor,
+    answer_moment: torch.Tensor,
+    threshold: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each row b: k_b = S_b^-1 (d_b + mu_b r_b), signed so k_b . d_b >= 0, and its score (float64).
 
     S_b = A_b + w (D_b - r_b r_b^T) + ridge, the ridge SELECTIVE_RIDGE times its mean eigenvalue; shapes [b, n] and
-    [b, n, n]. mu_b sets k_b . r_b = -t (k_b . d_b), t = SELECTIVE_THRESHOLD; so k_b is, up to scale, the key of
-    least cost k^T S_b k for its push k . d_b under that constraint. The score (k . d) / sqrt((k . d)^2 + k^T S k)
+    [b, n, n]. mu_b sets k_b . r_b = -t (k_b . d_b), t = ``threshold`` (None: SELECTIVE_THRESHOLD, read at each
+    call); so k_b is, up to scale, the key of least cost k^T S_b k for its push k . d_b under that constraint. The score (k . d) / sqrt((k . d)^2 + k^T S k)
     lies in [0, 1); NaN where the inputs are all zero.
     """
     covariance = decision_moment - torch.einsum("bi,bj->bij", reference, reference)
@@ -108,9 +112,10 @@ def _selective(
     dd = (difference * along_difference).sum(-1)
     rr = (reference * along_reference).sum(-1)
     # (k . r) + t (k . d) = 0 for k = S^-1 (d + mu r); no constraint where r is zero (rr = 0)
-    denominator = rr + SELECTIVE_THRESHOLD * rd
+    t = SELECTIVE_THRESHOLD if threshold is None else threshold
+    denominator = rr + t * rd
     defined = denominator != 0
-    mu = torch.where(defined, -(rd + SELECTIVE_THRESHOLD * dd) / denominator.where(defined, 1.0), 0.0)
+    mu = torch.where(defined, -(rd + t * dd) / denominator.where(defined, 1.0), 0.0)
     keys = along_difference + mu[:, None] * along_reference
     push = (keys * difference).sum(-1)
     keys = torch.where(push[:, None] < 0, -keys, keys)
