@@ -19,6 +19,12 @@ measured on the tuning sets of key_threshold.py (AdvBench [0:100) harmful, the b
             a (k0 - b r / |r|^2), k0 the key of t = 0, b the smallest shift that puts a share q of the readings of
             every reference answer token and decision token below zero, a = sharpness / (gate row . probe mean);
             a variant is first:last:qQ:sharpness (a layer whose probe mean reads below the shift is left out).
+  fit       the same neurons, the gate row a detector fitted on single tokens instead (a logistic regression
+            without intercept: the probe prompts' decision tokens against every reference token that predicts an
+            answer token), shifted along the reference's constant direction c (c . x = 1 by least squares) until a
+            share q of the reference tokens reads below zero; the up row is c, the down column the layer's steering
+            vector; not searched to the budget (silent below threshold, the KL barely moves with the amount): a
+            variant is fit:first:last:sharpness:amount,amount,...:q. CHOSEN is the one selectivity.py measures.
 v_hat is each layer's attention steering direction (the default edit's vectors); lambda is found by the same
 search as the default's scale (largest_within).
 """
@@ -44,6 +50,10 @@ from steer2edit_peft.solver.calibrate import largest_within
 
 SETS = ("harmful", "borderline", "benign")
 NEURONS = 32
+# The fitted gates selectivity.py measures on the report sets (first, last layer, sharpness, q, amount): on these
+# tuning sets, the most harmful refusal with borderline refusal at most one prompt over the default edit's and Alpaca
+# refusal at most the default's (BENCHMARKS.md, "Gates instead of slopes").
+CHOSEN = (14, 24, 30.0, 0.999, 2.0)
 
 
 def mlp_statistics(run: TuningSets) -> dict[str, list[torch.Tensor]]:
@@ -201,6 +211,82 @@ def quantile_plan(
     return shifted
 
 
+def detector_inputs(run: TuningSets, layers: range) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
+    """Per layer, the MLP inputs [n, in] (float32) at each probe prompt's decision token, and at every reference
+    token that predicts an answer token (its decision token and the answer)."""
+    model, tokenizer = run.bench.model, run.bench.tokenizer
+    names = {layer: f"model.layers.{layer}.mlp.gate_proj" for layer in layers}
+    prompts = list(dict.fromkeys(example.prompt for example in run.probe))
+    read = last_token_inputs(model, tokenizer, prompts, list(names.values()), batch_size=32)
+    reference: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    modules = model.model.layers
+    record = {modules[i].mlp.gate_proj: (lambda x, i=i: reference[i].append(x.float())) for i in layers}
+    over_reference_answers(run, record, predicting=True)
+    return {i: read[names[i]] for i in layers}, {i: torch.cat(values) for i, values in reference.items()}
+
+
+def fitted_detector(probe: torch.Tensor, reference: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
+    """w of a logistic regression without intercept (probe tokens 1, reference tokens 0, each class weighing the
+    same; L2 ``ridge`` on the features scaled by the reference's spread), fitted with L-BFGS."""
+    spread = reference.std(0) + 1e-6
+    positive, negative = probe / spread, reference / spread
+    weights = torch.zeros(probe.shape[1], requires_grad=True)
+    optimizer = torch.optim.LBFGS([weights], max_iter=300, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        optimizer.zero_grad()
+        value = torch.nn.functional.softplus(-(positive @ weights)).mean()
+        value = value + torch.nn.functional.softplus(negative @ weights).mean() + ridge * weights.square().sum()
+        value.backward()
+        return value
+
+    optimizer.step(loss)
+    return weights.detach() / spread
+
+
+def fitted_plan(
+    run: TuningSets,
+    stats: dict[str, list[torch.Tensor]],
+    vectors: Any,
+    layers: range,
+    sharpness: float,
+    share: float = 1.0,
+) -> list[tuple[int, int, Any, Any, Any]]:
+    """gate_plan's repurposed neurons with a fitted detector: the gate row is a fitted_detector shifted along the
+    reference's constant direction c (least squares c . x = 1 on its tokens) until a ``share`` of the reference's
+    tokens read below zero, scaled so the probe's median reading is ``sharpness``; the up row is c (a bias of one);
+    the down column writes the layer's steering vector (not normalized) / sharpness, so a prompt at the probe's
+    median gets the steering vector times the amount. A layer whose probe median reads below zero gets no gate."""
+    probe, reference = detector_inputs(run, layers)
+    model, plan = run.bench.model, []
+    for layer in layers:
+        constant = torch.linalg.lstsq(reference[layer], torch.ones(len(reference[layer]), 1)).solution[:, 0]
+        detector = fitted_detector(probe[layer], reference[layer])
+        detector = (
+            detector - float((reference[layer] @ detector / (reference[layer] @ constant)).quantile(share)) * constant
+        )
+        median = float((probe[layer] @ detector).median())
+        if median <= 0:
+            continue
+        down = model.model.layers[layer].mlp.down_proj.weight.double()
+        least_used = int((stats["neuron_answers"][layer] * down.norm(dim=0) ** 2).argmin())
+        steering = vectors.direction(f"model.layers.{layer}.self_attn.o_proj").double()
+        plan.append(
+            (layer, least_used, sharpness / median * detector.double(), constant.double(), steering / sharpness)
+        )
+    return plan
+
+
+def fixed_row(run: TuningSets, edit: Any, amount: float) -> dict[str, Any]:
+    """The tuning sets measured at a given amount (a gate silent on the reference gives the KL search nothing to
+    stop at), with the KL on the default reference there."""
+    model, meter = run.bench.model, run.meter(DEFAULTS.reference)
+    kl = meter(model, lambda: edit(amount))
+    with edit(amount):
+        rates = run.measure(model)
+    return {"amount": amount, "kl_calibration": kl} | {name: rates[name] for name in SETS}
+
+
 def with_gates(model: Any, plan: list[tuple[int, int, Any, Any, Any]], amount: float) -> Any:
     values = []
     for layer, n, gate_row, up_row, down_column in plan:
@@ -264,11 +350,12 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=["neurons", "12:24:0.2:10", "12:24:0.4:10", "14:24:0.4:30", "14:24:0.6:30", "14:24:0.8:30"]
+        default=["default", "neurons", "12:24:0.2:10", "12:24:0.4:10", "14:24:0.4:30", "14:24:0.6:30", "14:24:0.8:30"]
         + ["15:17:0.6:30", "14:24:q0.99:30", "14:24:q0.999:30", "14:24:q1:30", "12:24:q1:10"]
         + ["alphasteer:12:24:0.001", "alphasteer:12:24:0.01"],
     )
     parser.add_argument("--budget", type=float, default=0.02)
+    parser.add_argument("--name", default="gates", help="results/<name>.json (default: gates)")
     args = parser.parse_args()
     run = TuningSets()
     model = run.bench.model
@@ -276,14 +363,23 @@ def main() -> None:
     rows: list[dict[str, Any]] = [{"method": "base"} | {name: base[name] for name in SETS}]
     stats = mlp_statistics(run)
     vectors = run.vectors_for(DEFAULTS.reference)
-    start = time.perf_counter()
-    default = run.edit("default", args.budget)
-    rows.append({"method": "default", "amount": default["scale"], "kl_calibration": default["kl_calibration"]})
-    rows[-1] |= {name: default[name] for name in SETS} | {"seconds": round(time.perf_counter() - start)}
-    print(rows, flush=True)
     for variant in args.variants:
         start = time.perf_counter()
-        if variant == "neurons":
+        if variant == "default":
+            default = run.edit("default", args.budget)
+            rows.append({"method": "default", "amount": default["scale"], "kl_calibration": default["kl_calibration"]})
+            rows[-1] |= {name: default[name] for name in SETS}
+        elif variant.startswith("fit:"):
+            _, first, last, sharpness, amounts, share = (variant + ":1").split(":")[:6]  # q is 1 unless given
+            layers = range(int(first), int(last) + 1)
+            gates = fitted_plan(run, stats, vectors, layers, float(sharpness), float(share))
+            for amount in map(float, amounts.split(",")):
+                row = fixed_row(run, lambda s, gates=gates: with_gates(model, gates, s), amount)
+                rows.append({"method": f"fitted gates {first}:{last}:{sharpness}:q{share}", **row})
+                rows[-1] |= {"layers": [layer for layer, *_ in gates]}
+                if amount != float(amounts.split(",")[-1]):  # the last is printed below, with the time taken
+                    print(rows[-1], flush=True)
+        elif variant == "neurons":
             plan = neuron_plan(stats, vectors, DEFAULTS.first_edited_layer(model.config.num_hidden_layers))
             row = calibrated_row(run, lambda s, plan=plan: with_neurons(model, plan, s), args.budget)
             rows.append({"method": f"neurons (top {NEURONS})", **row})
@@ -304,7 +400,7 @@ def main() -> None:
         rows[-1]["seconds"] = round(time.perf_counter() - start)
         print(rows[-1], flush=True)
     save_results(
-        "gates",
+        args.name,
         {
             "command": " ".join(["python", *sys.argv]),
             "budget": args.budget,

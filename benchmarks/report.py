@@ -275,7 +275,9 @@ def gates(data: dict[str, Any]) -> str:
     ]
     sizes = ", ".join(f"{name} {count}" for name, count in data["sets"].items())
     header = ["method", "scale / lambda", "KL (reference)", "AdvBench refused", "borderline (tuning half)", "Alpaca"]
-    return table(header, rows) + f"\n\nPrompts: {sizes}; KL budget {data['budget']:g} on the default reference answers."
+    budget = data["budget"]
+    kl = "amounts fixed, KL measured at them" if budget is None else f"KL budget {budget:g}"
+    return table(header, rows) + f"\n\nPrompts: {sizes}; {kl} on the default reference answers."
 
 
 def engines(name: str) -> Any:
@@ -303,8 +305,10 @@ def main() -> None:
         ("selectivity", selectivity),
         ("selectivity-changed", selectivity),
         ("selectivity-wrapped", wrapped),
+        ("selectivity-wrapped-gates", wrapped),
         ("key_threshold", key_threshold),
         ("gates", gates),
+        ("gates-fitted", gates),
         ("engines_llama_cpp", engines("llama.cpp")),
         ("engines_vllm", engines("vLLM CPU build")),
     ]:

@@ -26,6 +26,8 @@ Methods, every one at each KL budget (strength or scale found by the same bisect
   default+public    DEFAULTS with public tuning data added: the model's own answers to the HarmBench tune half
                     (probe) and to GSM8K train [0:200), TruthfulQA [0:200) and Alpaca [0:50)+[80:100) (reference)
   public-sparse     default+public with at most 5% of the edited layers' heads (--max-head-share 0.05)
+  gates             one repurposed MLP neuron per layer, gated by a detector fitted on the shipped probe and reference
+                    (gates.py, its variant and amount chosen there on tuning data); not searched to the budget
 Steering, rank-one and paper are matched on the benign utility data; the others on their own reference.
 The public tuning data's sampled answers are cached in outputs/selectivity-cache (not shipped).
 """
@@ -198,6 +200,29 @@ class Selectivity:
             model, make(amount)
         )
 
+    def gates(self, budget: float) -> dict[str, Any]:
+        """The fitted gates of gates.py at the variant and amount chosen there on tuning data (CHOSEN), if their KL on
+        the default reference is within the budget (their amount is not searched: below threshold they are silent)."""
+        import gates  # gates.py imports this module
+
+        first, last, sharpness, share, amount = gates.CHOSEN
+        stats, vectors = gates.mlp_statistics(self), self.vectors_for(DEFAULTS.reference)
+        plan = gates.fitted_plan(self, stats, vectors, range(first, last + 1), sharpness, share)
+        model = self.bench.model
+        edit = lambda: gates.with_gates(model, plan, amount)  # noqa: E731
+        kl = self.meter(DEFAULTS.reference)(model, edit)
+        if kl > budget:
+            raise BudgetError(f"the gates cost KL {kl:.4f} on the reference, over {budget:g}")
+        gated = [layer for layer, *_ in plan]
+        row = {
+            "amount": amount,
+            "kl_calibration": kl,
+            "layers": gated,
+            "heads": 0.0,
+            "neurons": len(gated) / self.neurons,
+        }
+        return row | self.measure(model, edit)
+
     def edit(self, name: str, budget: float) -> dict[str, Any]:
         sets, settings = EDITS[name]
         settings = replace(settings, max_kl=budget)
@@ -231,7 +256,7 @@ EDITS: dict[str, tuple[Any, Any]] = {
     "default+public": (PUBLIC, DEFAULTS),
     "public-sparse": (PUBLIC, replace(DEFAULTS, max_head_share=0.05)),
 }
-METHODS = ("steering", "rank-one", *EDITS)
+METHODS = ("steering", "rank-one", *EDITS, "gates")
 
 
 def threshold_of(method: str) -> float | None:
@@ -294,7 +319,10 @@ def main() -> None:
         for budget in args.budgets:
             start = time.perf_counter()
             try:
-                row = run.peer(method, budget) if method in ("steering", "rank-one") else run.edit(method, budget)
+                if method == "gates":
+                    row = run.gates(budget)
+                else:
+                    row = run.peer(method, budget) if method in ("steering", "rank-one") else run.edit(method, budget)
             except BudgetError as error:
                 print(f"{method} at KL {budget}: {error}", flush=True)
                 continue
