@@ -122,7 +122,9 @@ def test_extract_edit_inspect_eval_merge_chain(checkpoint, tmp_path, capsys):
     rows = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert [r["condition"] for r in rows] == ["base", "steering x1", "adapter adapter"]
 
-    code, out, _ = run(capsys, "merge", adapter_dir, "--model", checkpoint, "--output", merged_dir)
+    code, out, _ = run(
+        capsys, "merge", adapter_dir, "--model", checkpoint, "--dtype", "float32", "--output", merged_dir
+    )
     assert code == 0
     merged = AutoModelForCausalLM.from_pretrained(merged_dir)  # plain transformers, no steer2edit needed
     base, _ = load_model(str(checkpoint), dtype=torch.float32)
