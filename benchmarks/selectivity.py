@@ -200,12 +200,14 @@ class Selectivity:
             model, make(amount)
         )
 
-    def gates(self, budget: float) -> dict[str, Any]:
-        """The fitted gates of gates.py at the variant and amount chosen there on tuning data (CHOSEN), if their KL on
-        the default reference is within the budget (their amount is not searched: below threshold they are silent)."""
+    def gates(self, budget: float, amount: float | None = None) -> dict[str, Any]:
+        """The fitted gates of gates.py at the variant and amount chosen there on tuning data (CHOSEN; ``amount``
+        instead of its amount), if their KL on the default reference is within the budget (the amount is not searched:
+        below threshold the gates are silent)."""
         import gates  # gates.py imports this module
 
-        first, last, sharpness, share, amount = gates.CHOSEN
+        first, last, sharpness, share, chosen = gates.CHOSEN
+        amount = chosen if amount is None else amount
         stats, vectors = gates.mlp_statistics(self), self.vectors_for(DEFAULTS.reference)
         plan = gates.fitted_plan(self, stats, vectors, range(first, last + 1), sharpness, share)
         model = self.bench.model
@@ -283,6 +285,9 @@ def main() -> None:
         "selectivity-wrapped.json",
     )
     parser.add_argument(
+        "--gate-amount", type=float, help="the gates' amount instead of the one chosen in gates.py (gates.CHOSEN)"
+    )
+    parser.add_argument(
         "--append",
         action="store_true",
         help="keep the saved rows of other methods and budgets (rows carry probe_prompts), and the base row",
@@ -320,7 +325,7 @@ def main() -> None:
             start = time.perf_counter()
             try:
                 if method == "gates":
-                    row = run.gates(budget)
+                    row = run.gates(budget, args.gate_amount)
                 else:
                     row = run.peer(method, budget) if method in ("steering", "rank-one") else run.edit(method, budget)
             except BudgetError as error:
