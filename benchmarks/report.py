@@ -306,6 +306,7 @@ def main() -> None:
         ("selectivity-changed", selectivity),
         ("selectivity-wrapped", wrapped),
         ("selectivity-wrapped-gates", wrapped),
+        ("selectivity-wrapped-gates-3", wrapped),
         ("key_threshold", key_threshold),
         ("gates", gates),
         ("gates-fitted", gates),
