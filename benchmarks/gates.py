@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -158,6 +158,12 @@ def with_neurons(model: Any, plan: list[tuple[int, int, Any]], amount: float) ->
     return written([(column, column + amount * added.to(column)) for column, added in columns])
 
 
+def least_used_neuron(model: Any, stats: dict[str, list[torch.Tensor]], layer: int) -> int:
+    """The layer's MLP neuron that writes least along the reference answers (mean square input x |down column|^2)."""
+    down = model.model.layers[layer].mlp.down_proj.weight.double()
+    return int((stats["neuron_answers"][layer] * down.norm(dim=0) ** 2).argmin())
+
+
 def gate_plan(
     model: Any, stats: dict[str, list[torch.Tensor]], vectors: Any, layers: range, threshold: float, sharpness: float
 ) -> list[tuple[int, int, Any, Any, Any]]:
@@ -173,20 +179,24 @@ def gate_plan(
             threshold,
         )
         key = keys[0]
-        down = model.model.layers[layer].mlp.down_proj.weight.double()
-        least_used = int((stats["neuron_answers"][layer] * down.norm(dim=0) ** 2).argmin())
         gate_row = sharpness / float(key @ (probe - reference)) * key
-        plan.append((layer, least_used, gate_row, reference / reference.norm() ** 2, direction(vectors, layer)))
+        neuron, up_row = least_used_neuron(model, stats, layer), reference / reference.norm() ** 2
+        plan.append((layer, neuron, gate_row, up_row, direction(vectors, layer)))
     return plan
+
+
+def reference_inputs(run: TuningSets, layers: Iterable[int]) -> dict[int, torch.Tensor]:
+    """Per layer, the MLP input [tokens, in] (float64) at every reference token that predicts an answer token (its
+    decision token and the answer)."""
+    inputs: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    modules = run.bench.model.model.layers
+    over_reference_answers(run, {modules[i].mlp.gate_proj: inputs[i].append for i in inputs}, predicting=True)
+    return {layer: torch.cat(values) for layer, values in inputs.items()}
 
 
 def reference_readings(run: TuningSets, rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
     """Per layer, rows [2, n] read at the MLP input of every reference token that predicts an answer token."""
-    readings: dict[int, list[torch.Tensor]] = {layer: [] for layer in rows}
-    layers = run.bench.model.model.layers
-    record = {layers[i].mlp.gate_proj: (lambda x, i=i: readings[i].append(x @ rows[i].T)) for i in rows}
-    over_reference_answers(run, record, predicting=True)
-    return {layer: torch.cat(values) for layer, values in readings.items()}
+    return {layer: x @ rows[layer].T for layer, x in reference_inputs(run, rows).items()}
 
 
 def quantile_plan(
@@ -212,17 +222,13 @@ def quantile_plan(
 
 
 def detector_inputs(run: TuningSets, layers: range) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-    """Per layer, the MLP inputs [n, in] (float32) at each probe prompt's decision token, and at every reference
-    token that predicts an answer token (its decision token and the answer)."""
-    model, tokenizer = run.bench.model, run.bench.tokenizer
+    """Per layer, the MLP inputs [n, in] (float32) at each probe prompt's decision token, and those of
+    reference_inputs."""
     names = {layer: f"model.layers.{layer}.mlp.gate_proj" for layer in layers}
     prompts = list(dict.fromkeys(example.prompt for example in run.probe))
-    read = last_token_inputs(model, tokenizer, prompts, list(names.values()), batch_size=32)
-    reference: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    modules = model.model.layers
-    record = {modules[i].mlp.gate_proj: (lambda x, i=i: reference[i].append(x.float())) for i in layers}
-    over_reference_answers(run, record, predicting=True)
-    return {i: read[names[i]] for i in layers}, {i: torch.cat(values) for i, values in reference.items()}
+    read = last_token_inputs(run.bench.model, run.bench.tokenizer, prompts, list(names.values()), batch_size=32)
+    reference = reference_inputs(run, layers)
+    return {i: read[names[i]] for i in layers}, {i: x.float() for i, x in reference.items()}
 
 
 def fitted_detector(probe: torch.Tensor, reference: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
@@ -268,12 +274,9 @@ def fitted_plan(
         median = float((probe[layer] @ detector).median())
         if median <= 0:
             continue
-        down = model.model.layers[layer].mlp.down_proj.weight.double()
-        least_used = int((stats["neuron_answers"][layer] * down.norm(dim=0) ** 2).argmin())
         steering = vectors.direction(f"model.layers.{layer}.self_attn.o_proj").double()
-        plan.append(
-            (layer, least_used, sharpness / median * detector.double(), constant.double(), steering / sharpness)
-        )
+        gate_row, up_row = sharpness / median * detector.double(), constant.double()
+        plan.append((layer, least_used_neuron(model, stats, layer), gate_row, up_row, steering / sharpness))
     return plan
 
 
@@ -376,9 +379,10 @@ def main() -> None:
             for amount in map(float, amounts.split(",")):
                 row = fixed_row(run, lambda s, gates=gates: with_gates(model, gates, s), amount)
                 rows.append({"method": f"fitted gates {first}:{last}:{sharpness}:q{share}", **row})
-                rows[-1] |= {"layers": [layer for layer, *_ in gates]}
-                if amount != float(amounts.split(",")[-1]):  # the last is printed below, with the time taken
-                    print(rows[-1], flush=True)
+                rows[-1] |= {"layers": [layer for layer, *_ in gates], "seconds": round(time.perf_counter() - start)}
+                print(rows[-1], flush=True)
+                start = time.perf_counter()
+            continue  # each amount's row is printed with its own time
         elif variant == "neurons":
             plan = neuron_plan(stats, vectors, DEFAULTS.first_edited_layer(model.config.num_hidden_layers))
             row = calibrated_row(run, lambda s, plan=plan: with_neurons(model, plan, s), args.budget)

@@ -208,7 +208,7 @@ class Selectivity:
 
         first, last, sharpness, share, chosen = gates.CHOSEN
         amount = chosen if amount is None else amount
-        stats, vectors = gates.mlp_statistics(self), self.vectors_for(DEFAULTS.reference)
+        stats, vectors = gates.answer_moments(self), self.vectors_for(DEFAULTS.reference)  # what fitted_plan reads
         plan = gates.fitted_plan(self, stats, vectors, range(first, last + 1), sharpness, share)
         model = self.bench.model
         edit = lambda: gates.with_gates(model, plan, amount)  # noqa: E731
@@ -326,8 +326,10 @@ def main() -> None:
             try:
                 if method == "gates":
                     row = run.gates(budget, args.gate_amount)
+                elif method in ("steering", "rank-one"):
+                    row = run.peer(method, budget)
                 else:
-                    row = run.peer(method, budget) if method in ("steering", "rank-one") else run.edit(method, budget)
+                    row = run.edit(method, budget)
             except BudgetError as error:
                 print(f"{method} at KL {budget}: {error}", flush=True)
                 continue

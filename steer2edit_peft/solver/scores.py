@@ -99,8 +99,8 @@ def _selective(
 
     S_b = A_b + w (D_b - r_b r_b^T) + ridge, the ridge SELECTIVE_RIDGE times its mean eigenvalue; shapes [b, n] and
     [b, n, n]. mu_b sets k_b . r_b = -t (k_b . d_b), t = ``threshold`` (None: SELECTIVE_THRESHOLD, read at each
-    call); so k_b is, up to scale, the key of least cost k^T S_b k for its push k . d_b under that constraint. The score (k . d) / sqrt((k . d)^2 + k^T S k)
-    lies in [0, 1); NaN where the inputs are all zero.
+    call); so k_b is, up to scale, the key of least cost k^T S_b k for its push k . d_b under that constraint. The
+    score (k . d) / sqrt((k . d)^2 + k^T S k) lies in [0, 1); NaN where the inputs are all zero.
     """
     covariance = decision_moment - torch.einsum("bi,bj->bij", reference, reference)
     costs = answer_moment + SELECTIVE_DECISION_WEIGHT * covariance
