@@ -19,12 +19,13 @@ measured on the tuning sets of key_threshold.py (AdvBench [0:100) harmful, the b
             a (k0 - b r / |r|^2), k0 the key of t = 0, b the smallest shift that puts a share q of the readings of
             every reference answer token and decision token below zero, a = sharpness / (gate row . probe mean);
             a variant is first:last:qQ:sharpness (a layer whose probe mean reads below the shift is left out).
-  fit       the same neurons, the gate row a detector fitted on single tokens instead (a logistic regression
-            without intercept: the probe prompts' decision tokens against every reference token that predicts an
-            answer token), shifted along the reference's constant direction c (c . x = 1 by least squares) until a
-            share q of the reference tokens reads below zero; the up row is c, the down column the layer's steering
-            vector; not searched to the budget (silent below threshold, the KL barely moves with the amount): a
-            variant is fit:first:last:sharpness:amount,amount,...:q. CHOSEN is the one selectivity.py measures.
+  fit       the package's gates (solver/gates.py, EditSettings.gate_amount): one neuron per layer whose gate row is a
+            detector fitted on single tokens (a logistic regression without intercept: the probe prompts' decision
+            tokens against every reference token that predicts an answer token), shifted along the reference's
+            constant direction c (c . x = 1 by least squares) until a share q of the reference tokens reads below
+            zero; the up row is c, the down column the layer's steering vector; not searched to the budget (silent
+            below threshold, the KL barely moves with the amount): a variant is fit:first:last:sharpness:amounts:q.
+            CHOSEN is the one selectivity.py measures.
 v_hat is each layer's attention steering direction (the default edit's vectors); lambda is found by the same
 search as the default's scale (largest_within).
 """
@@ -36,6 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -44,16 +46,17 @@ from key_threshold import TuningSets
 
 import steer2edit_peft.solver.scores as scores
 from steer2edit_peft.core.likelihood import response_batches
-from steer2edit_peft.core.settings import DEFAULTS, SELECTIVE_DECISION_WEIGHT
-from steer2edit_peft.evaluation.selectivity import last_token_inputs
+from steer2edit_peft.core.readings import answer_inputs, last_token_inputs
+from steer2edit_peft.core.settings import DEFAULTS, GATES, SELECTIVE_DECISION_WEIGHT
 from steer2edit_peft.solver.calibrate import largest_within
+from steer2edit_peft.solver.gates import fit_gates
 
 SETS = ("harmful", "borderline", "benign")
 NEURONS = 32
-# The fitted gates selectivity.py measures on the report sets (first, last layer, sharpness, q, amount): on these
+# The fitted gates selectivity.py measures on the report sets (a fit: variant, its first amount): on these
 # tuning sets, the most harmful refusal with borderline refusal at most one prompt over the default edit's and Alpaca
 # refusal at most the default's (BENCHMARKS.md, "Gates instead of slopes").
-CHOSEN = (14, 24, 30.0, 0.999, 2.0)
+CHOSEN = "fitorder:14:24:30:2:0.999"
 
 
 def mlp_statistics(run: TuningSets) -> dict[str, list[torch.Tensor]]:
@@ -83,12 +86,10 @@ def mlp_statistics(run: TuningSets) -> dict[str, list[torch.Tensor]]:
     return stats
 
 
-def over_reference_answers(
-    run: TuningSets, record: dict[Any, Callable[[torch.Tensor], None]], predicting: bool = False
-) -> int:
-    """One pass over the default reference answers: each module's input at the answer tokens (``predicting``: at the
-    positions that predict them, from the decision token on) goes to record[module] as [tokens, in] in float64.
-    Returns the number of tokens."""
+def over_reference_answers(run: TuningSets, record: dict[Any, Callable[[torch.Tensor], None]]) -> int:
+    """One pass over the default reference answers: each module's input at the answer tokens goes to record[module]
+    as [tokens, in] in float64 (for sums that the tokens themselves would not fit in memory for). Returns the number
+    of tokens."""
     model, tokenizer, data = run.bench.model, run.bench.tokenizer, run.reference(DEFAULTS.reference)
     mask: dict[str, torch.Tensor] = {}
 
@@ -105,8 +106,6 @@ def over_reference_answers(
             for input_ids, attention_mask, position_ids, answer in response_batches(
                 tokenizer, data.prompts, data.responses, 16, data.system_prompt
             ):
-                if predicting:
-                    answer = torch.cat([answer[:, 1:], torch.zeros_like(answer[:, :1])], 1)
                 mask["tokens"], tokens = answer, tokens + int(answer.sum())
                 model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
     finally:
@@ -188,10 +187,10 @@ def gate_plan(
 def reference_inputs(run: TuningSets, layers: Iterable[int]) -> dict[int, torch.Tensor]:
     """Per layer, the MLP input [tokens, in] (float64) at every reference token that predicts an answer token (its
     decision token and the answer)."""
-    inputs: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    modules = run.bench.model.model.layers
-    over_reference_answers(run, {modules[i].mlp.gate_proj: inputs[i].append for i in inputs}, predicting=True)
-    return {layer: torch.cat(values) for layer, values in inputs.items()}
+    data, names = run.reference(DEFAULTS.reference), {layer: f"model.layers.{layer}.mlp.gate_proj" for layer in layers}
+    model, tokenizer = run.bench.model, run.bench.tokenizer
+    read = answer_inputs(model, tokenizer, data.prompts, data.responses, list(names.values()), data.system_prompt)
+    return {layer: read[name].double() for layer, name in names.items()}
 
 
 def reference_readings(run: TuningSets, rows: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
@@ -221,63 +220,32 @@ def quantile_plan(
     return shifted
 
 
-def detector_inputs(run: TuningSets, layers: range) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
-    """Per layer, the MLP inputs [n, in] (float32) at each probe prompt's decision token, and those of
-    reference_inputs."""
-    names = {layer: f"model.layers.{layer}.mlp.gate_proj" for layer in layers}
-    prompts = list(dict.fromkeys(example.prompt for example in run.probe))
-    read = last_token_inputs(run.bench.model, run.bench.tokenizer, prompts, list(names.values()), batch_size=32)
-    reference = reference_inputs(run, layers)
-    return {i: read[names[i]] for i in layers}, {i: x.float() for i, x in reference.items()}
+def fitted_settings(variant: str, num_layers: int) -> tuple[Any, list[float], str]:
+    """(EditSettings, amounts, label) of a variant fit:first:last:sharpness:amounts:q[:qd] or fitorder:... (fitted
+    in order at the first amount)."""
+    kind, first, last, sharpness, amounts, *shares = variant.split(":")
+    values = [float(amount) for amount in amounts.split(",")]
+    share, decision = float((shares or ["1"])[0]), float(shares[1]) if len(shares) > 1 else None
+    settings = replace(
+        GATES,
+        gate_layers=(int(first) / num_layers, int(last) / num_layers),
+        gate_quantile=share,
+        gate_sharpness=float(sharpness),
+        gate_amount=values[0],
+        gate_in_order=kind == "fitorder",
+        gate_decision_quantile=decision,
+    )
+    label = f"{'in order, ' * (kind == 'fitorder')}fitted gates {first}:{last}:{sharpness}:q{share}"
+    return settings, values, label + (f":decisions q{decision}" if decision is not None else "")
 
 
-def fitted_detector(probe: torch.Tensor, reference: torch.Tensor, ridge: float = 1e-3) -> torch.Tensor:
-    """w of a logistic regression without intercept (probe tokens 1, reference tokens 0, each class weighing the
-    same; L2 ``ridge`` on the features scaled by the reference's spread), fitted with L-BFGS."""
-    spread = reference.std(0) + 1e-6
-    positive, negative = probe / spread, reference / spread
-    weights = torch.zeros(probe.shape[1], requires_grad=True)
-    optimizer = torch.optim.LBFGS([weights], max_iter=300, line_search_fn="strong_wolfe")
-
-    def loss() -> torch.Tensor:
-        optimizer.zero_grad()
-        value = torch.nn.functional.softplus(-(positive @ weights)).mean()
-        value = value + torch.nn.functional.softplus(negative @ weights).mean() + ridge * weights.square().sum()
-        value.backward()
-        return value
-
-    optimizer.step(loss)
-    return weights.detach() / spread
-
-
-def fitted_plan(
-    run: TuningSets,
-    stats: dict[str, list[torch.Tensor]],
-    vectors: Any,
-    layers: range,
-    sharpness: float,
-    share: float = 1.0,
-) -> list[tuple[int, int, Any, Any, Any]]:
-    """gate_plan's repurposed neurons with a fitted detector: the gate row is a fitted_detector shifted along the
-    reference's constant direction c (least squares c . x = 1 on its tokens) until a ``share`` of the reference's
-    tokens read below zero, scaled so the probe's median reading is ``sharpness``; the up row is c (a bias of one);
-    the down column writes the layer's steering vector (not normalized) / sharpness, so a prompt at the probe's
-    median gets the steering vector times the amount. A layer whose probe median reads below zero gets no gate."""
-    probe, reference = detector_inputs(run, layers)
-    model, plan = run.bench.model, []
-    for layer in layers:
-        constant = torch.linalg.lstsq(reference[layer], torch.ones(len(reference[layer]), 1)).solution[:, 0]
-        detector = fitted_detector(probe[layer], reference[layer])
-        detector = (
-            detector - float((reference[layer] @ detector / (reference[layer] @ constant)).quantile(share)) * constant
-        )
-        median = float((probe[layer] @ detector).median())
-        if median <= 0:
-            continue
-        steering = vectors.direction(f"model.layers.{layer}.self_attn.o_proj").double()
-        gate_row, up_row = sharpness / median * detector.double(), constant.double()
-        plan.append((layer, least_used_neuron(model, stats, layer), gate_row, up_row, steering / sharpness))
-    return plan
+def fitted_plan(run: TuningSets, vectors: Any, settings: Any) -> list[Any]:
+    """The package's gates (solver.gates.fit_gates) of these settings, as with_gates plans: (layer, neuron, gate row,
+    up row, down column per unit amount)."""
+    prompts = [example.prompt for example in run.probe if example.positive]
+    reference = run.reference(DEFAULTS.reference)
+    fitted = fit_gates(run.bench.model, run.bench.tokenizer, prompts, reference, vectors, settings, batch_size=32)
+    return [(gate.mlp.layer, gate.neuron, gate.gate_row, gate.up_row, gate.down_column) for gate in fitted]
 
 
 def fixed_row(run: TuningSets, edit: Any, amount: float) -> dict[str, Any]:
@@ -364,22 +332,22 @@ def main() -> None:
     model = run.bench.model
     base = run.measure(model)
     rows: list[dict[str, Any]] = [{"method": "base"} | {name: base[name] for name in SETS}]
-    stats = mlp_statistics(run)
     vectors = run.vectors_for(DEFAULTS.reference)
+    fitted = [v == "default" or v.startswith(("fit:", "fitorder:")) for v in args.variants]
+    stats = {} if all(fitted) else mlp_statistics(run)  # what the candidates before the fitted ones read
     for variant in args.variants:
         start = time.perf_counter()
         if variant == "default":
             default = run.edit("default", args.budget)
             rows.append({"method": "default", "amount": default["scale"], "kl_calibration": default["kl_calibration"]})
             rows[-1] |= {name: default[name] for name in SETS}
-        elif variant.startswith("fit:"):
-            _, first, last, sharpness, amounts, share = (variant + ":1").split(":")[:6]  # q is 1 unless given
-            layers = range(int(first), int(last) + 1)
-            gates = fitted_plan(run, stats, vectors, layers, float(sharpness), float(share))
-            for amount in map(float, amounts.split(",")):
+        elif variant.startswith(("fit:", "fitorder:")):
+            settings, amounts, label = fitted_settings(variant, model.config.num_hidden_layers)
+            gates = fitted_plan(run, vectors, settings)
+            for amount in amounts:
                 row = fixed_row(run, lambda s, gates=gates: with_gates(model, gates, s), amount)
-                rows.append({"method": f"fitted gates {first}:{last}:{sharpness}:q{share}", **row})
-                rows[-1] |= {"layers": [layer for layer, *_ in gates], "seconds": round(time.perf_counter() - start)}
+                rows.append({"method": label, **row, "layers": [layer for layer, *_ in gates]})
+                rows[-1]["seconds"] = round(time.perf_counter() - start)
                 print(rows[-1], flush=True)
                 start = time.perf_counter()
             continue  # each amount's row is printed with its own time

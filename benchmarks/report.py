@@ -307,9 +307,12 @@ def main() -> None:
         ("selectivity-wrapped", wrapped),
         ("selectivity-wrapped-gates", wrapped),
         ("selectivity-wrapped-gates-3", wrapped),
+        ("selectivity-wrapped-gates-in-order", wrapped),
         ("key_threshold", key_threshold),
         ("gates", gates),
         ("gates-fitted", gates),
+        ("gates-package", gates),
+        ("gates-in-order", gates),
         ("engines_llama_cpp", engines("llama.cpp")),
         ("engines_vllm", engines("vLLM CPU build")),
     ]:

@@ -206,10 +206,9 @@ class Selectivity:
         below threshold the gates are silent)."""
         import gates  # gates.py imports this module
 
-        first, last, sharpness, share, chosen = gates.CHOSEN
-        amount = chosen if amount is None else amount
-        stats, vectors = gates.answer_moments(self), self.vectors_for(DEFAULTS.reference)  # what fitted_plan reads
-        plan = gates.fitted_plan(self, stats, vectors, range(first, last + 1), sharpness, share)
+        settings, amounts, _ = gates.fitted_settings(gates.CHOSEN, self.bench.model.config.num_hidden_layers)
+        amount = amounts[0] if amount is None else amount
+        plan = gates.fitted_plan(self, self.vectors_for(DEFAULTS.reference), settings)
         model = self.bench.model
         edit = lambda: gates.with_gates(model, plan, amount)  # noqa: E731
         kl = self.meter(DEFAULTS.reference)(model, edit)

@@ -9,7 +9,7 @@ from .tuner.registration import register as _register  # noqa: E402
 _register()
 
 from .core.errors import AdapterValidationError, DataError, Steer2EditError, UnknownArchitectureError  # noqa: E402
-from .core.settings import DEFAULTS, PAPER, EditSettings, defaults_for  # noqa: E402
+from .core.settings import DEFAULTS, GATES, PAPER, EditSettings, defaults_for  # noqa: E402
 from .extraction import SteeringVectors, extract_steering_vectors, steer  # noqa: E402
 from .probes import ContrastiveDataset, ContrastiveExample, UtilityData, builtin_probe  # noqa: E402
 from .solver import edit_model, elastic_net_magnitude, solve_edit  # noqa: E402
@@ -19,6 +19,7 @@ from .version import __version__  # noqa: E402
 
 __all__ = [
     "DEFAULTS",
+    "GATES",
     "FORMAT_VERSION",
     "PAPER",
     "AdapterValidationError",

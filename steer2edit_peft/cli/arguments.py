@@ -12,6 +12,7 @@ from ..core.settings import (
     DEFAULTS,
     DTYPE_NAMES,
     EVERY_PROMPT_BEHAVIOURS,
+    GATES,
     KEY_DIRECTIONS,
     KL_ANSWERS,
     POSITIONS,
@@ -318,15 +319,20 @@ def prompt_list(spec: str) -> list[str]:
 
 
 def settings_from(args: argparse.Namespace, behaviour: str | None) -> EditSettings:
-    """The EditSettings the solver arguments describe (every one defaults to ``defaults_for(behaviour)``)."""
+    """The EditSettings the solver arguments describe (every one defaults to ``defaults_for(behaviour)``; with
+    ``--gates``, the gate fields default to ``GATES``')."""
+    gate_amount = getattr(args, "gates", None)
+    gates = {name: getattr(GATES, name) for name in GATES.__dataclass_fields__ if name.startswith("gate_")}
+    gates |= {"gate_amount": gate_amount, "gate_layers": tuple(args.gate_layers), "gate_quantile": args.gate_quantile}
     return EditSettings(
+        **(gates if gate_amount is not None else {}),
         rho_attn=args.rho_attn,
         rho_mlp=args.rho_mlp,
         alpha=args.alpha,
         key_direction=args.key_direction or defaults_for(behaviour).key_direction,
         first_layer=args.first_layer,
         input_positions=args.input_positions,
-        max_kl=None if args.no_calibration else args.max_kl,
+        max_kl=None if args.no_calibration or gate_amount is not None else args.max_kl,
         max_head_share=args.max_head_share,
         max_neuron_share=args.max_neuron_share,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..core.settings import DEFAULTS, GATES
 from .arguments import (
     add_command,
     add_model,
@@ -16,6 +17,8 @@ from .arguments import (
     extracted_vectors,
     load,
     load_utility,
+    number,
+    positive_number,
     settings_from,
 )
 
@@ -40,7 +43,45 @@ def register(commands: Any) -> None:
     parser.add_argument("--heatmap", action="store_true", help="also write edit_heatmap.png into the adapter folder")
     add_output(parser, "the adapter")
     add_solver(parser)
+    add_gates(parser)
     parser.set_defaults(run=run)
+
+
+def fraction(text: str) -> float:
+    value = number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
+def add_gates(parser: argparse.ArgumentParser) -> None:
+    """Gates instead of heads (EditSettings.gate_amount and the fields after it; ``steer2edit_peft.GATES``)."""
+    group = parser.add_argument_group(
+        "gates (instead of heads: per layer one MLP neuron fitted to tell the probe's prompts from every reference "
+        "token, silent below its threshold; not calibrated, so --max-kl and the rho's do not apply)"
+    )
+    group.add_argument(
+        "--gates",
+        type=positive_number,
+        metavar="AMOUNT",
+        default=None,
+        help=f"edit with gates, each writing AMOUNT times its layer's steering vector at the probe's median prompt "
+        f"(measured: {GATES.gate_amount:g})",
+    )
+    group.add_argument(
+        "--gate-layers",
+        type=fraction,
+        nargs=2,
+        metavar=("FIRST", "LAST"),
+        default=DEFAULTS.gate_layers,
+        help="the layers that get a gate, as shares of the depth (default: %(default)s)",
+    )
+    group.add_argument(
+        "--gate-quantile",
+        type=fraction,
+        default=DEFAULTS.gate_quantile,
+        help="share of the reference's tokens each gate stays silent on (default: %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -61,7 +102,9 @@ def run(args: argparse.Namespace) -> None:
     settings.first_edited_layer(num_layers(model))  # a bad --first-layer is named before any data is read
     utility = load_utility(args.reference, model, tokenizer, args.batch_size)
     vectors = saved or extracted_vectors(args.probe, model, tokenizer, utility, args.batch_size, settings)
-    peft_model = edit_model(model, vectors, settings, behaviour=behaviour, utility=utility, tokenizer=tokenizer)
+    peft_model = edit_model(
+        model, vectors, settings, behaviour=behaviour, utility=utility, tokenizer=tokenizer, show_progress=True
+    )
     report = peft_model.edit_reports["default"]
     calibration = getattr(peft_model, "calibrations", {}).get("default")
     if calibration is not None:

@@ -59,13 +59,17 @@ def run(args: argparse.Namespace) -> None:
         leave_alone = prompt_set(args.leave_alone or "heldout-borderline")
     print(inspect_adapter(args.adapter, args.top))
     if measure:
-        from ..evaluation.selectivity import key_selectivity
+        from ..evaluation.selectivity import edited_key_layers, gate_selectivity, gate_table, key_selectivity
 
         print(
             f"\nact on: {act_on[0]} ({len(act_on[1])} prompts); leave alone: {leave_alone[0]} ({len(leave_alone[1])})"
         )
         model, tokenizer = load_with_adapter(args)
-        print(key_selectivity(model, tokenizer, act_on[1], leave_alone[1], show_progress=True).to_table())
+        if model.peft_config["default"].gates:
+            gates = gate_selectivity(model, tokenizer, act_on[1], leave_alone[1], show_progress=True)
+            print(gate_table(gates, len(act_on[1]), len(leave_alone[1])))
+        if any(edited_key_layers(model, "default")):
+            print(key_selectivity(model, tokenizer, act_on[1], leave_alone[1], show_progress=True).to_table())
     if args.heatmap:
         from ..core.figures import save_figure
         from ..tuner.heatmap import plot_edit_heatmap
@@ -98,12 +102,16 @@ def inspect_adapter(folder: Path, top: int = 5) -> str:
 
     config = read_adapter_config(folder)
     report = EditReport.from_adapter_folder(folder)
+    solver = (
+        f"gates (repurposed MLP neurons) strength={config.get('strength')}"
+        if config.get("gates")
+        else f"rho_attn={config.get('rho_attn')} rho_mlp={config.get('rho_mlp')} alpha={config.get('alpha')} "
+        f"strength={config.get('strength')} head_dim={config.get('head_dim')} keys={config.get('key_direction')}"
+    )
     lines = [
         f"Steer2Edit adapter at {folder}",
         f"  behaviour: {config.get('behaviour')}   base model: {config.get('base_model_name_or_path')}",
-        f"  rho_attn={config.get('rho_attn')} rho_mlp={config.get('rho_mlp')} alpha={config.get('alpha')} "
-        f"strength={config.get('strength')} head_dim={config.get('head_dim')} "
-        f"keys={config.get('key_direction')} layers={config.get('layers_to_transform') or 'all'}",
+        f"  {solver} layers={config.get('layers_to_transform') or 'all'}",
         f"  probe data: {config.get('probe_data')}",
         "",
         report.to_table(top=top),

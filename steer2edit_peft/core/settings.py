@@ -31,6 +31,17 @@ EVALUATED_BEHAVIOURS = ("refusal", "concise")
 # takes four to six. At the default refusal edit, the two halves of the 368 default reference answers read KL 1.4%
 # above and below the whole set's, under the search's own 2% tolerance (BENCHMARKS.md, "KL on an even spread").
 KL_ANSWERS = 184
+# Gates (EditSettings.gate_amount): the L2 penalty of each layer's fitted detector (a logistic regression on features
+# scaled by the reference's spread), as in the measured gates of BENCHMARKS.md ("Detectors fitted on single tokens").
+GATE_RIDGE = 1e-3
+# The features are scaled by the reference's spread, floored at this share of its median: a coordinate that barely
+# moves on the reference otherwise gets a weight of up to 2e5 (layer 24 of the embedded model), over the load bound
+# and far past bfloat16's precision; floored, the largest is 80 and the detectors pass as many probe tokens.
+GATE_SPREAD_FLOOR = 0.1
+# The constant direction (c . x = 1 on the reference's tokens) is a ridge solve, its penalty this share of the mean
+# second moment: the plain least-squares solution reaches entries of 900 along directions the reference barely
+# spans, for a fit 10% closer (rms 0.016 against 0.018 at layer 24 of the embedded model).
+GATE_CONSTANT_RIDGE = 1e-4
 DTYPE_NAMES = ("auto", "bfloat16", "float32", "float16")  # "auto": core.models.fast_dtype
 
 
@@ -60,6 +71,8 @@ class EditSettings:
     - ``reference=("benign", "borderline", "framed")``: the data the edit must leave alone holds safe requests that
       sound risky (the tuning half of the project's borderline set) beside plainly benign ones, and both again inside
       the framings jailbreaks use (``probes.framings``), so that a framing alone does not set the keys off.
+    - gates (``gate_amount``, off by default; ``GATES``): per layer one MLP neuron rewritten into a detector fitted on
+      single tokens that stays silent below its threshold, instead of heads (``solver.gates``).
     - ``max_kl``: the edit's scale is calibrated so its mean per-token KL from the base model on the reference data
       (the model's own answers, every k-th of them: see KL_ANSWERS) is at most this; rho*alpha still chooses which
       components are edited.
@@ -78,6 +91,17 @@ class EditSettings:
     # What the edit must leave alone: the model's own answers to these prompt sets (built-in names or files).
     # Contrast keys are made silent on their mean input, and the KL budget is measured on them.
     reference: tuple[str, ...] = ("benign", "borderline", "framed")
+    # Gates instead of heads (``gate_amount`` set, see GATES): per layer in ``gate_layers`` (shares of the depth,
+    # both ends included) one MLP neuron repurposed as a detector fitted on single tokens, silent below a threshold
+    # that a share ``gate_quantile`` of the reference's tokens reads under, writing ``gate_amount`` times the layer's
+    # steering vector at the probe's median reading (``gate_sharpness``: that reading, in units of the activation's
+    # input). Not calibrated to a KL budget (max_kl must be None): below its threshold a gate adds nothing.
+    gate_amount: float | None = None
+    gate_layers: tuple[float, float] = (0.45, 0.8)
+    gate_quantile: float = 0.999
+    gate_sharpness: float = 30.0
+    gate_in_order: bool = False  # each layer's detector fitted with the earlier layers' gates in place
+    gate_decision_quantile: float | None = None  # and silent on this share of the reference prompts' decision tokens
 
     def __post_init__(self) -> None:
         if self.key_direction not in KEY_DIRECTIONS:
@@ -87,11 +111,34 @@ class EditSettings:
                 raise ValueError(f"{name} must be one of {POSITIONS}, got {getattr(self, name)!r}")
         if not 0.0 <= self.alpha < 1.0:
             raise ValueError(f"alpha must lie in [0, 1), got {self.alpha}")
+        if self.gate_amount is not None:
+            if not 0 < self.gate_amount < float("inf"):
+                raise ValueError(f"gate_amount must be a positive number, got {self.gate_amount}")
+            if self.max_kl is not None:
+                raise ValueError(
+                    "gates are not calibrated to a KL budget (silent below their threshold): set max_kl=None"
+                )
+        first, last = self.gate_layers
+        if not 0.0 <= first <= last <= 1.0:
+            raise ValueError(
+                f"gate_layers must be shares of the depth, 0 <= first <= last <= 1, got {self.gate_layers}"
+            )
+        for name in ("gate_quantile", "gate_decision_quantile"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must lie in (0, 1], got {value}")
+        if not self.gate_sharpness > 0:
+            raise ValueError(f"gate_sharpness must be positive, got {self.gate_sharpness}")
 
     @property
     def needs_reference(self) -> bool:
         """Whether extraction must record reference (benign) inputs for this edit."""
         return self.key_direction in ("contrast", "selective")
+
+    def gated_layers(self, num_layers: int) -> range:
+        """The layers that get a gate: ``gate_layers`` as shares of the depth, rounded half up (14-24 of 30)."""
+        first, last = (int(share * num_layers + 0.5) for share in self.gate_layers)
+        return range(first, min(last, num_layers - 1) + 1)
 
     def first_edited_layer(self, num_layers: int) -> int:
         first = default_first_layer(num_layers) if self.first_layer is None else self.first_layer
@@ -130,3 +177,8 @@ PAPER = EditSettings(
     max_neuron_share=None,
     reference=("benign",),
 )
+
+GATES = replace(DEFAULTS, max_kl=None, gate_amount=2.0, gate_in_order=True)
+"""Gates instead of heads, as chosen on tuning data in BENCHMARKS.md ("In the package, fitted in order"): layers 14-24
+of the embedded model's 30, a threshold above 99.9% of the reference's tokens, amount 2, each layer fitted with the
+earlier gates in place."""

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from ..core.architectures import decoder_model, input_device
-from ..core.tokens import EncodedExample, collate, encode_prompt, pad_token_id
+from ..core.architectures import decoder_model
+from ..core.readings import last_token_inputs
 from ..tuner import Steer2EditLayer
+from ..tuner.report import gate_modules
 
 
 def auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
@@ -87,47 +87,74 @@ class KeySelectivity:
         return "\n".join(lines)
 
 
-def _edited_layers(model: nn.Module, adapter_name: str) -> dict[str, Steer2EditLayer]:
+@dataclass
+class GateSelectivity:
+    """One gate (solver/gates.py): how its detector, read at the last prompt token, separates the two prompt sets."""
+
+    layer: int
+    neuron: int
+    auroc: float
+    above_positive: float  # share of the prompts to act on read above the threshold (the neuron writes)
+    above_negative: float  # share of the prompts to leave alone read above it
+
+
+def gate_table(gates: Sequence[GateSelectivity], num_positive: int, num_negative: int) -> str:
+    lines = [
+        f"gate selectivity: {len(gates)} gates, {num_positive} prompts to act on vs {num_negative} to leave alone "
+        "(detector read at the last prompt token; above threshold the gate writes)",
+        f"{'layer':>5} {'neuron':>6} {'AUROC':>6} {'act on above':>13} {'leave alone above':>18}",
+    ]
+    lines += [
+        f"{g.layer:>5} {g.neuron:>6} {g.auroc:>6.3f} {g.above_positive:>13.1%} {g.above_negative:>18.1%}" for g in gates
+    ]
+    return "\n".join(lines)
+
+
+def edited_key_layers(model: nn.Module, adapter_name: str) -> dict[str, Steer2EditLayer]:
+    """The adapter's edited modules whose firing is a key's (a gate's modules are read by gate_selectivity)."""
+    config = getattr(model, "peft_config", {}).get(adapter_name)
+    gated = gate_modules(getattr(config, "gates", {}))
     return {
         name: module
         for name, module in decoder_model(model).named_modules()
-        if isinstance(module, Steer2EditLayer) and adapter_name in module.steer2edit_k
+        if isinstance(module, Steer2EditLayer) and adapter_name in module.steer2edit_k and name not in gated
     }
 
 
 @torch.no_grad()
-def last_token_inputs(
+def gate_selectivity(
     model: nn.Module,
     tokenizer: Any,
-    prompts: Sequence[str],
-    modules: Sequence[str],
+    act_on: Sequence[str],
+    leave_alone: Sequence[str],
+    adapter_name: str = "default",
     system_prompt: str | None = None,
     batch_size: int = 16,
     show_progress: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Each module's input at the last prompt token (where the answer is decided), [prompts, in], float32."""
+) -> list[GateSelectivity]:
+    """Per gate of the adapter, its detector (the gate projection's output at the gate's neuron, the adapter active)
+    on both prompt sets: the AUROC and the share of each set above threshold."""
+    gates = getattr(model, "peft_config", {})[adapter_name].gates
     named = dict(decoder_model(model).named_modules())
-    captured: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
-    handles = [
-        named[name].register_forward_pre_hook(
-            lambda module, args, name=name: captured[name].append(args[0][:, -1].float().cpu())
-        )
-        for name in modules
-    ]
-    encoded = [EncodedExample(ids, len(ids)) for ids in (encode_prompt(tokenizer, p, system_prompt) for p in prompts)]
-    device = input_device(model)
-    try:
-        starts = range(0, len(encoded), batch_size)
-        for start in tqdm(starts, desc="reading keys", unit="batch", disable=not show_progress):
-            input_ids, attention_mask, position_ids, _ = collate(
-                encoded[start : start + batch_size], pad_token_id(tokenizer), "left"
+    modules = [record["gate_module"] for record in gates.values()]
+    prompts = list(act_on) + list(leave_alone)
+    inputs = last_token_inputs(model, tokenizer, prompts, modules, system_prompt, batch_size, show_progress)
+    table, split = [], len(act_on)
+    for record in sorted(gates.values(), key=lambda r: r["layer"]):
+        gate = named[record["gate_module"]]
+        weight = next(gate.parameters())
+        readings = gate(inputs[record["gate_module"]].to(weight))[:, record["neuron"]].float().cpu()
+        positive, negative = readings[:split], readings[split:]
+        table.append(
+            GateSelectivity(
+                record["layer"],
+                record["neuron"],
+                auroc(positive, negative),
+                float((positive > 0).float().mean()),
+                float((negative > 0).float().mean()),
             )
-            inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-            model(**{k: v.to(device) for k, v in inputs.items()})
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: torch.cat(values) for name, values in captured.items()}
+        )
+    return table
 
 
 def key_selectivity(
@@ -142,7 +169,7 @@ def key_selectivity(
 ) -> KeySelectivity:
     """The AUROC of every edited component's firing between ``act_on`` (e.g. harmful requests) and ``leave_alone``
     (e.g. safe requests that sound risky), read with the adapter active, as a user runs it."""
-    layers = _edited_layers(model, adapter_name)
+    layers = edited_key_layers(model, adapter_name)
     prompts = list(act_on) + list(leave_alone)
     inputs = last_token_inputs(model, tokenizer, prompts, list(layers), system_prompt, batch_size, show_progress)
     heads, modules, split = [], [], len(act_on)

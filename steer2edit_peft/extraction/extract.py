@@ -200,9 +200,8 @@ def extract_steering_vectors(
     input_positions: str | None = DEFAULTS.input_positions,
     show_progress: bool = True,
 ) -> SteeringVectors:
-    """Mean input ("pre") and output ("post") of every edited module over response tokens, per class.
-
-    Means are token-weighted, in float32 running sums; the forward pass stops after the last edited module.
+    """Mean input ("pre") and output ("post") of every edited module over response tokens, per class (token-weighted,
+    float32 running sums; the forward pass stops after the last edited module).
     ``reference``: (prompts, responses) the edit should leave alone, e.g. benign prompts with the model's own
     answers; their mean inputs are recorded too (``pre_ref``), for the solver's contrastive keys.
     ``positions``: "predicting" (the reference protocol) averages over the positions that predict the response
@@ -237,6 +236,7 @@ def extract_steering_vectors(
     base: Any = decoder_model(model)
     options = {"batch_size": batch_size, "padding_side": padding_side, "system_prompt": system_prompt}
     options |= {"positions": positions, "input_positions": input_positions, "probe_data": dataset.description}
+    options["probe_prompts"] = dataset.positive_prompts  # what gates are fitted on (solver/gates.py)
     return SteeringVectors(
         **means,
         model_name=getattr(getattr(base, "config", None), "_name_or_path", None) or None,

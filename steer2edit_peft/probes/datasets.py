@@ -76,6 +76,11 @@ class ContrastiveDataset(Sequence[ContrastiveExample]):
     def num_negative(self) -> int:
         return len(self.examples) - self.num_positive
 
+    @property
+    def positive_prompts(self) -> list[str]:
+        """The prompts of the positive examples, each once: where the wanted behaviour applies."""
+        return list(dict.fromkeys(example.prompt for example in self.examples if example.positive))
+
     @classmethod
     def from_lists(
         cls,

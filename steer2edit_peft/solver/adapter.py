@@ -13,6 +13,7 @@ from ..core.errors import EmptyEditError, Steer2EditError
 from ..core.quiet import quiet_peft_wrapping
 from ..extraction.vectors import SteeringVectors
 from ..tuner import Steer2EditConfig, Steer2EditLayer
+from ..tuner.checkpoint import MAX_EDIT_MAGNITUDE
 from ..tuner.report import edit_report
 from .scores import ModuleEdit, solve_edit
 
@@ -27,13 +28,20 @@ def refuse_other_adapter_types(model: nn.Module) -> None:
         )
 
 
-def solved_config(model: nn.Module, vectors: SteeringVectors, config: Steer2EditConfig, behaviour: str | None):
-    """(the adapter config that records the solved edit, the edit of every module); raises for an empty edit."""
+def solved_config(
+    model: nn.Module,
+    vectors: SteeringVectors,
+    config: Steer2EditConfig,
+    behaviour: str | None,
+    edits: list[ModuleEdit] | None = None,
+):
+    """(the adapter config that records the solved edit, the edit of every module); raises for an empty edit.
+    ``edits``: the edit of every module when solved otherwise (gates), else the elastic net's."""
     config = copy.deepcopy(config)
     config.init_weights = True
     config.inference_mode = True  # a solved edit is frozen; load it with is_trainable=True to fine-tune it
     config.edited_components = {}
-    edits = solve_edit(model, vectors, config)
+    edits = solve_edit(model, vectors, config) if edits is None else edits
     config.edited_components = {edit.module: [edit.indices.tolist()] for edit in edits if edit.indices.numel()}
     if not config.edited_components:
         raise EmptyEditError(
@@ -71,17 +79,31 @@ def write_factors(peft_model: nn.Module, adapter_name: str, edits: list[ModuleEd
             layer.steer2edit_lambda[adapter_name].copy_(edit.magnitudes.to(u))
 
 
+def refuse_oversized(peft_model: nn.Module, adapter_name: str) -> None:
+    """A solved edit that loading would refuse (a component moving its weights past MAX_EDIT_MAGNITUDE) is refused
+    here, before anything is saved."""
+    for name, layer in decoder_model(peft_model).named_modules():
+        if isinstance(layer, Steer2EditLayer) and adapter_name in layer.steer2edit_u:
+            largest = abs(layer.strength[adapter_name]) * layer.largest_component_magnitude(adapter_name)
+            if largest > MAX_EDIT_MAGNITUDE:
+                raise Steer2EditError(
+                    f"{name}: an edited component moves its weights by {largest:.3g}, above the bound "
+                    f"{MAX_EDIT_MAGNITUDE:g} that loading an adapter enforces; the edit would not load"
+                )
+
+
 def solved_adapter(
     model: nn.Module,
     vectors: SteeringVectors,
     config: Steer2EditConfig,
     adapter_name: str = "default",
     behaviour: str | None = None,
+    edits: list[ModuleEdit] | None = None,
 ) -> PeftModel:
-    """The edit ``config`` solves to, as adapter ``adapter_name`` of a new PeftModel (or of ``model``'s own);
-    its report is in ``edit_reports[adapter_name]``."""
+    """The edit ``config`` solves to (or ``edits``, solved otherwise), as adapter ``adapter_name`` of a new PeftModel
+    (or of ``model``'s own); its report is in ``edit_reports[adapter_name]``."""
     refuse_other_adapter_types(model)
-    config, edits = solved_config(model, vectors, config, behaviour)
+    config, edits = solved_config(model, vectors, config, behaviour, edits)
     with quiet_peft_wrapping():
         if isinstance(model, PeftModel):
             model.add_adapter(adapter_name, config)
@@ -89,6 +111,7 @@ def solved_adapter(
         else:
             peft_model = get_peft_model(model, config, adapter_name=adapter_name)
     write_factors(peft_model, adapter_name, edits)
+    refuse_oversized(peft_model, adapter_name)
     reports = getattr(peft_model, "edit_reports", {})
     reports[adapter_name] = edit_report(peft_model, adapter_name)
     setattr(peft_model, "edit_reports", reports)  # noqa: B010  (nn.Module typing rejects new attributes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -15,6 +16,7 @@ from ..extraction.vectors import SteeringVectors
 from ..tuner import Steer2EditConfig
 from .adapter import solved_adapter
 from .calibrate import calibrate, with_sparsity_cap
+from .gates import fit_gates, gate_edits
 from .settings import adapter_config
 
 
@@ -31,6 +33,8 @@ def edit_model(
     max_head_share: float | None = None,
     max_neuron_share: float | None = None,
     kl_meter: Any = None,
+    probe_prompts: Sequence[str] | None = None,
+    show_progress: bool = False,
 ) -> PeftModel:
     """Turn steering vectors into a Steer2Edit adapter on ``model`` (a new PeftModel, or a PeftModel's new adapter).
 
@@ -44,9 +48,12 @@ def edit_model(
     :class:`UtilityData`, and ``tokenizer`` needed) makes the edit the strongest one of this sparsity whose mean
     per-token KL from the base model on the utility data is at most ``max_kl``; what was chosen is in
     ``calibrations[adapter_name]``. ``kl_meter``: a :class:`~steer2edit_peft.core.likelihood.KLMeter` of the
-    plain model on ``utility``, to reuse its reference.
+    plain model on ``utility``, to reuse its reference. Gates (``EditSettings.gate_amount``, e.g. ``GATES``) replace
+    the heads (solver/gates.py), fitted on ``probe_prompts`` (default: the vectors') against ``utility``.
     """
     behaviour = behaviour or vectors.behaviour
+    if isinstance(config, EditSettings) and config.gate_amount is not None:
+        return _gated(model, vectors, config, adapter_name, behaviour, utility, tokenizer, probe_prompts, show_progress)
     if not isinstance(config, Steer2EditConfig):
         overrides: dict[str, Any] = {
             "max_kl": max_kl,
@@ -72,3 +79,29 @@ def edit_model(
         calibrations[adapter_name] = calibration
         setattr(peft_model, "calibrations", calibrations)  # noqa: B010  (nn.Module typing rejects new attributes)
     return peft_model
+
+
+def _gated(
+    model: nn.Module,
+    vectors: SteeringVectors,
+    settings: EditSettings,
+    adapter_name: str,
+    behaviour: str | None,
+    utility: Any,
+    tokenizer: Any,
+    probe_prompts: Sequence[str] | None,
+    show_progress: bool,
+) -> PeftModel:
+    prompts = probe_prompts or vectors.options.get("probe_prompts")
+    if utility is None or tokenizer is None or not prompts:
+        raise Steer2EditError(
+            "gates are fitted on the probe's prompts against the reference's answers: pass utility=UtilityData(...), "
+            "the tokenizer, and probe_prompts (vectors saved before gates existed do not record them)"
+        )
+    assert settings.gate_amount is not None
+    gates = fit_gates(model, tokenizer, prompts, utility, vectors, settings, show_progress=show_progress)
+    config = adapter_config(settings, num_layers(model))
+    config.layers_to_transform = sorted({gate.mlp.layer for gate in gates})
+    config.gates = {gate.mlp.down: gate.record(settings.gate_amount) for gate in gates}
+    edits = gate_edits(model, gates, settings.gate_amount)
+    return solved_adapter(model, vectors, config, adapter_name, behaviour, edits)

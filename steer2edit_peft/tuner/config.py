@@ -138,6 +138,15 @@ class Steer2EditConfig(PeftConfig):
             "Filled by the solver; readable without loading any model."
         },
     )
+    gates: dict[str, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Per MLP output projection holding a gate (full names): the repurposed neuron, the modules whose "
+            "row of it the edit rewrites (gate_module, up_module), the amount, and the share of the probe's decision "
+            "tokens and of the reference's tokens its detector reads above threshold (solver/gates.py). Filled by "
+            "the solver; what `steer2edit inspect` explains."
+        },
+    )
     base_model_signature: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "Shape facts of the base model (hidden size, layers, heads...); checked on load."},
@@ -181,6 +190,14 @@ class Steer2EditConfig(PeftConfig):
                 f"({__version__}) reads format_version {FORMAT_VERSION} (adapters of format 1 must be solved or "
                 "saved again)"
             )
+        unedited = [
+            name
+            for down, record in self.gates.items()
+            for name in (down, record["gate_module"], record["up_module"])
+            if name not in self.edited_components
+        ]
+        if unedited:
+            raise AdapterValidationError(f"Steer2EditConfig: gates name modules the edit does not edit: {unedited[:3]}")
         if self.target_modules is None and (self.attention_modules or self.mlp_modules):
             self.target_modules = self.family_targets(self.attention_modules or [], self.mlp_modules or [])
 

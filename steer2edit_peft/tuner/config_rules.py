@@ -75,6 +75,30 @@ def _components_problem(value: Any) -> str | None:
     return None
 
 
+# What the config records of a gate (solver/gates.py, Gate.record): key -> what it must be.
+GATE_RECORD: dict[str, Any] = {
+    "layer": lambda v: _is_int(v) and v >= 0,
+    "neuron": lambda v: _is_int(v) and v >= 0,
+    "gate_module": lambda v: isinstance(v, str) and bool(v),
+    "up_module": lambda v: isinstance(v, str) and bool(v),
+    "amount": lambda v: _is_number(v) and v > 0,
+    "probe_share": lambda v: _is_number(v) and 0 <= v <= 1,
+    "reference_share": lambda v: _is_number(v) and 0 <= v <= 1,
+}
+
+
+def _gates_problem(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "not an object"
+    for module, record in value.items():
+        if not isinstance(module, str) or not isinstance(record, dict) or set(record) != set(GATE_RECORD):
+            return f"{module!r}: needs exactly the keys {sorted(GATE_RECORD)}"
+        bad = [key for key, check in GATE_RECORD.items() if not check(record[key])]
+        if bad:
+            return f"{module!r}: bad {', '.join(bad)}"
+    return None
+
+
 def _signature_problem(value: Any) -> str | None:
     if not isinstance(value, dict):
         return "must be an object"
@@ -145,6 +169,9 @@ FIELD_RULES: dict[str, tuple[str, Any]] = {
     "edited_components": _rule(
         "module -> list of terms -> component indices", lambda v: _components_problem(v) is None
     ),
+    "gates": _rule(
+        f"an object of module names to objects with {sorted(GATE_RECORD)}", lambda v: _gates_problem(v) is None
+    ),
     "base_model_signature": _rule(
         "an object of positive integers and strings", lambda v: _signature_problem(v) is None
     ),
@@ -169,7 +196,11 @@ def field_problems(values: Mapping[str, Any]) -> list[str]:
             continue
         value = values[name]
         if not check(value):
-            detail = {"edited_components": _components_problem, "base_model_signature": _signature_problem}.get(name)
+            detail = {
+                "edited_components": _components_problem,
+                "base_model_signature": _signature_problem,
+                "gates": _gates_problem,
+            }.get(name)
             reason = detail(value) if detail else None
             problems.append(f"{name} must be {description}, got {value!r}" + (f" ({reason})" if reason else ""))
     return problems

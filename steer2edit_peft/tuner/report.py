@@ -60,6 +60,9 @@ class EditReport:
     num_layers: int | None = None
     # Components per family over the whole model, when not every module is listed (reports read from files).
     component_totals: dict[str, int] = field(default_factory=dict)
+    # Per MLP output projection holding a gate: the config's record of it (Steer2EditConfig.gates); the modules a
+    # gate rewrites are not listed among the modules above.
+    gates: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def _total(self, kind: str, count: str) -> int:
         if count == "num_components" and kind in self.component_totals:
@@ -83,6 +86,8 @@ class EditReport:
         return self._total("mlp", "num_components")
 
     def to_table(self, top: int = 3, edited_only: bool = False) -> str:
+        if self.gates and not self.modules:
+            return self.gate_table()
         header = f"{'layer':>5}  {'module':<28} {'edited':>13}  {'max |lambda|':>12}  top components (index: lambda)"
         lines = [header, "-" * len(header)]
         for m in self.modules:
@@ -97,6 +102,25 @@ class EditReport:
         lines.append("-" * len(header))
         lines.append(
             f"total: {self.edited_heads}/{self.total_heads} heads, {self.edited_neurons}/{self.total_neurons} neurons edited"
+        )
+        if self.gates:
+            lines += ["", self.gate_table()]
+        return "\n".join(lines)
+
+    def gate_table(self) -> str:
+        """Per gate: its neuron, amount, and the share of the probe's decision tokens and of the reference's tokens
+        its detector reads above the threshold (where the neuron starts to write), on the data it was fitted on."""
+        header = f"{'layer':>5}  {'neuron':>6}  {'amount':>6}  {'probe above threshold':>21}  reference above threshold"
+        lines = [header, "-" * len(header)]
+        for record in sorted(self.gates.values(), key=lambda r: r["layer"]):
+            lines.append(
+                f"{record['layer']:>5}  {record['neuron']:>6}  {record['amount']:>6g}  {record['probe_share']:>21.1%}  "
+                f"{record['reference_share']:.2%}"
+            )
+        lines.append("-" * len(header))
+        lines.append(
+            f"{len(self.gates)} gates: one MLP neuron per layer, its gate and up rows and its output column rewritten; "
+            "below its threshold a gate adds almost nothing"
         )
         return "\n".join(lines)
 
@@ -134,7 +158,10 @@ class EditReport:
         experts = config.get("fused_experts") or {}
         if experts:  # the signature's sizes describe the dense layers only
             report.component_totals = {}
+        report.gates = config.get("gates") or {}
         for module, terms in config.get("edited_components", {}).items():
+            if module in gate_modules(report.gates):
+                continue
             indices = [index for term in terms for index in term]
             is_attention = any(module == s or module.endswith("." + s) for s in attention_suffixes)
             if is_attention:
@@ -153,6 +180,11 @@ class EditReport:
             report.modules.append(_module_report(module, kind, size, indices, magnitudes, per_expert))
         report.modules.sort(key=lambda m: (m.layer if m.layer is not None else -1, m.kind))
         return report
+
+
+def gate_modules(gates: dict[str, dict[str, Any]]) -> set[str]:
+    """Every module a gate rewrites: its output projection, gate and up projections."""
+    return {name for down, record in gates.items() for name in (down, record["gate_module"], record["up_module"])}
 
 
 def read_adapter_config(folder: Path) -> dict[str, Any]:
@@ -202,8 +234,11 @@ def edit_report(model: nn.Module, adapter_name: str = "default") -> EditReport:
     adapter_config = getattr(model, "peft_config", {}).get(adapter_name)
     if config is not None and adapter_config is not None:
         report.component_totals = model_component_totals(base, adapter_config)
+    report.gates = dict(getattr(adapter_config, "gates", {}))
     for name, module in base.named_modules():
         if not isinstance(module, Steer2EditLayer) or adapter_name not in module.steer2edit_u:
+            continue
+        if name in gate_modules(report.gates):
             continue
         size = module.component_size[adapter_name]
         experts = getattr(adapter_config, "fused_experts", {}).get(name)
