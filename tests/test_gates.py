@@ -238,8 +238,8 @@ def test_the_cli_makes_the_same_gates_as_the_python_api():
 
     args = build_parser().parse_args(["edit", "--probe", "refusal", "--gates", "2", "--output", "out"])
     assert settings_from(args, "refusal") == GATES
-    args = build_parser().parse_args(["edit", "--probe", "refusal", "--output", "out"])
-    assert settings_from(args, "refusal").gate_amount is None
+    for command in (["edit", "--probe", "refusal", "--output", "out"], ["demo"]):  # demo has no gate options
+        assert settings_from(build_parser().parse_args(command), "refusal").gate_amount is None
     with pytest.raises(SystemExit):
         build_parser().parse_args(["edit", "--probe", "refusal", "--gates", "-1", "--output", "out"])
 

@@ -321,11 +321,17 @@ def prompt_list(spec: str) -> list[str]:
 def settings_from(args: argparse.Namespace, behaviour: str | None) -> EditSettings:
     """The EditSettings the solver arguments describe (every one defaults to ``defaults_for(behaviour)``; with
     ``--gates``, the gate fields default to ``GATES``')."""
-    gate_amount = getattr(args, "gates", None)
-    gates = {name: getattr(GATES, name) for name in GATES.__dataclass_fields__ if name.startswith("gate_")}
-    gates |= {"gate_amount": gate_amount, "gate_layers": tuple(args.gate_layers), "gate_quantile": args.gate_quantile}
+    gate_amount = getattr(args, "gates", None)  # only `edit` has the gate options
+    gates = {}
+    if gate_amount is not None:
+        gates = {name: getattr(GATES, name) for name in GATES.__dataclass_fields__ if name.startswith("gate_")}
+        gates |= {
+            "gate_amount": gate_amount,
+            "gate_layers": tuple(args.gate_layers),
+            "gate_quantile": args.gate_quantile,
+        }
     return EditSettings(
-        **(gates if gate_amount is not None else {}),
+        **gates,
         rho_attn=args.rho_attn,
         rho_mlp=args.rho_mlp,
         alpha=args.alpha,

@@ -5,13 +5,14 @@ A rank-one edit ``y += u (x . k)`` fires in proportion to ``k . x`` at every pos
 
 - the detector: a logistic regression without intercept on the MLP's input, the probe prompts' decision tokens
   against every reference token that predicts an answer token (``fit_detector``);
-- a bias in a layer without biases: the direction c with ``c . x = 1`` on the reference's tokens by least squares
-  (``constant_direction``) becomes the up row, so the neuron reads ``act(gate_n . x)``, and the detector is shifted
-  along c until a share ``gate_quantile`` of the reference's tokens reads below zero, then scaled so the probe's
-  median token reads ``gate_sharpness``;
+- a bias in a layer without biases: the direction c with ``c . x = 1`` on the reference's tokens by ridge least
+  squares (``constant_direction``) becomes the up row, so the neuron reads ``act(gate_n . x)``, and the detector is
+  shifted along c until a share ``gate_quantile`` of the reference's tokens reads below zero, then scaled so the
+  probe's median token reads ``gate_sharpness``;
 - the down column writes the layer's steering vector times ``gate_amount / gate_sharpness``.
 
-The neuron repurposed is the one that writes least along the reference answers. Each of the three changes (a row of
+The neuron repurposed is the one that writes least along the reference answers. With ``gate_in_order`` each layer is
+fitted on its inputs with the earlier layers' gates written in, since a gate moves what the later layers read. Each of the three changes (a row of
 the gate and up projections, a column of the output projection) is rank one, so the edit is a Steer2Edit adapter
 like any other: it merges exactly and exports exactly to LoRA.
 """
