@@ -313,6 +313,7 @@ def main() -> None:
         ("gates-fitted", gates),
         ("gates-package", gates),
         ("gates-in-order", gates),
+        ("gates-decisions", gates),
         ("engines_llama_cpp", engines("llama.cpp")),
         ("engines_vllm", engines("vLLM CPU build")),
     ]:
