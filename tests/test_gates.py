@@ -255,3 +255,14 @@ def test_an_edit_that_loading_would_refuse_is_refused_before_it_is_saved(probed)
     config = adapter_config(TINY_GATES, 4)
     with pytest.raises(Steer2EditError, match="would not load"):
         solved_adapter(copy.deepcopy(model), vectors, config, edits=edits)
+
+
+def test_a_hybrid_gets_gates_only_where_its_layers_have_a_gated_mlp_and_a_moe_is_refused():
+    from families import tiny_family_model
+
+    from steer2edit_peft.solver.gates import gated_mlps
+
+    hybrid = tiny_family_model("jamba")  # layer 0 a dense gated MLP, layer 1 mixture-of-experts
+    assert [mlp.layer for mlp in gated_mlps(hybrid, range(2))] == [0]
+    with pytest.raises(Steer2EditError, match="no layer of 0-1 can hold a gate"):
+        gated_mlps(tiny_family_model("mixtral"), range(2))

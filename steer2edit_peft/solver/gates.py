@@ -102,7 +102,7 @@ def gated_mlp(model: nn.Module, layer: int) -> GatedMLP:
     downs = [s for s in downs if s.rpartition(".")[0]]
     where = f"{prefix}.{layer}"
     if not downs:
-        raise Steer2EditError(f"{where}: no dense MLP output projection to put a gate in (gates need a gated MLP)")
+        raise Steer2EditError(f"{where}: no MLP output projection inside an MLP module (gates need a gated MLP)")
     parent_name, _, down_name = downs[0].rpartition(".")
     mlp, down = inside[parent_name], inside[downs[0]]
     hidden, width = cast(torch.Tensor, down.weight).shape
@@ -128,6 +128,20 @@ def gated_mlp(model: nn.Module, layer: int) -> GatedMLP:
     up, gate = (first, second) if torch.equal(after, -before) else (second, first)
     name = f"{where}.{parent_name}"
     return GatedMLP(layer, f"{name}.{gate}", f"{name}.{up}", f"{name}.{down_name}")
+
+
+def gated_mlps(model: nn.Module, layers: range) -> list[GatedMLP]:
+    """The gated MLPs of these layers; a layer without one (a hybrid's mixture-of-experts or recurrent layer) gets no
+    gate, and a range without any is refused with the first layer's reason."""
+    found, reasons = [], []
+    for layer in layers:
+        try:
+            found.append(gated_mlp(model, layer))
+        except Steer2EditError as error:
+            reasons.append(str(error))
+    if not found:
+        raise Steer2EditError(f"no layer of {layers.start}-{layers.stop - 1} can hold a gate: {reasons[0]}")
+    return found
 
 
 def fit_detector(probe: torch.Tensor, reference: torch.Tensor, ridge: float = GATE_RIDGE) -> torch.Tensor:
@@ -266,7 +280,7 @@ def fit_gates(
     if not probe_prompts:
         raise Steer2EditError("gates are fitted on the probe's prompts: none were given")
     layers = settings.gated_layers(len(decoder_layers(model)[1]))
-    mlps = [gated_mlp(model, layer) for layer in layers]
+    mlps = gated_mlps(model, layers)
     prompts, amount = list(dict.fromkeys(probe_prompts)), settings.gate_amount or 1.0
     system_prompt = vectors.options.get("system_prompt")
 

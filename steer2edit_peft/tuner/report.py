@@ -159,8 +159,9 @@ class EditReport:
         if experts:  # the signature's sizes describe the dense layers only
             report.component_totals = {}
         report.gates = config.get("gates") or {}
+        gated = gate_modules(report.gates)
         for module, terms in config.get("edited_components", {}).items():
-            if module in gate_modules(report.gates):
+            if module in gated:
                 continue
             indices = [index for term in terms for index in term]
             is_attention = any(module == s or module.endswith("." + s) for s in attention_suffixes)
@@ -235,10 +236,11 @@ def edit_report(model: nn.Module, adapter_name: str = "default") -> EditReport:
     if config is not None and adapter_config is not None:
         report.component_totals = model_component_totals(base, adapter_config)
     report.gates = dict(getattr(adapter_config, "gates", {}))
+    gated = gate_modules(report.gates)
     for name, module in base.named_modules():
         if not isinstance(module, Steer2EditLayer) or adapter_name not in module.steer2edit_u:
             continue
-        if name in gate_modules(report.gates):
+        if name in gated:
             continue
         size = module.component_size[adapter_name]
         experts = getattr(adapter_config, "fused_experts", {}).get(name)
