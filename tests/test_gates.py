@@ -154,6 +154,9 @@ def test_the_gated_adapter_is_the_neuron_rewritten_unmerged_merged_saved_and_as_
         edited.unmerge_adapter()
     records = edited.peft_config["default"].gates
     assert {record["layer"] for record in records.values()} == {gate.mlp.layer for gate in gates}
+    for record in records.values():  # each rewritten row is one component of the whole row
+        assert edited.peft_config["default"].edited_components[record["gate_module"]] == [[0]]
+        assert record["row_width"] == model.config.hidden_size
     edited.save_pretrained(str(tmp_path / "gated"))
     loaded = PeftModel.from_pretrained(copy.deepcopy(model), tmp_path / "gated")
     assert loaded.peft_config["default"].gates == records
@@ -183,16 +186,21 @@ def test_gate_selectivity_reads_the_rewritten_gate_rows(probed):
         assert row.above_negative == pytest.approx(float((readings[len(act_on) :] > 0).double().mean()))
 
 
-def test_a_config_whose_gates_name_an_unedited_module_is_refused_naming_the_file(probed, tmp_path):
+def test_a_bad_gate_record_is_refused_naming_the_file_or_the_module(probed, tmp_path):
     model, tokenizer, vectors = probed
     edited = edit_model(copy.deepcopy(model), vectors, TINY_GATES, utility=UTILITY, tokenizer=tokenizer)
     edited.save_pretrained(str(tmp_path))
     path = tmp_path / "adapter_config.json"
     content = json.loads(path.read_text())
     down, record = next(iter(content["gates"].items()))
-    for broken in ({down: record | {"up_module": "model.layers.0.mlp.nowhere"}}, {down: record | {"neuron": -1}}):
+    for broken in (
+        {down: record | {"up_module": "model.layers.0.mlp.nowhere"}},
+        {down: record | {"neuron": -1}},
+        {down: record | {"row_width": 0}},
+        {down: record | {"row_width": record["row_width"] - 1}},  # not the rows' width
+    ):
         path.write_text(json.dumps(content | {"gates": broken}))
-        with pytest.raises(AdapterValidationError, match="adapter_config.json|gates"):
+        with pytest.raises(AdapterValidationError, match="adapter_config.json|gates|row_width"):
             PeftModel.from_pretrained(copy.deepcopy(model), tmp_path)
 
 
@@ -253,6 +261,7 @@ def test_an_edit_that_loading_would_refuse_is_refused_before_it_is_saved(probed)
     gates = fit_gates(model, tokenizer, vectors.options["probe_prompts"], UTILITY, vectors, TINY_GATES)
     edits = gate_edits(model, gates, 1e9)  # an output column a billion times the gate's
     config = adapter_config(TINY_GATES, 4)
+    config.gates = {gate.mlp.down: gate.record(1e9) for gate in gates}
     with pytest.raises(Steer2EditError, match="would not load"):
         solved_adapter(copy.deepcopy(model), vectors, config, edits=edits)
 

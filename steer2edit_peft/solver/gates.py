@@ -65,6 +65,7 @@ class Gate:
             "neuron": self.neuron,
             "gate_module": self.mlp.gate,
             "up_module": self.mlp.up,
+            "row_width": len(self.gate_row),
             "amount": amount,
             "probe_share": round(self.probe_share, 6),
             "reference_share": round(self.reference_share, 6),
@@ -313,48 +314,36 @@ def fit_gates(
     return gates
 
 
-def _row_edit(module: str, row: int, delta: torch.Tensor, outputs: int) -> ModuleEdit:
-    """Row ``row`` of a weight [outputs, in] changed by delta: u = e_row, one component per input column."""
-    direction = torch.zeros(outputs, dtype=torch.float64)
-    direction[row] = 1.0
-    columns = len(delta)
+def _outer_edit(module: str, output: torch.Tensor, component: int, key: torch.Tensor) -> ModuleEdit:
+    """``output key^T`` added on one component's input columns, as one term: u = output / |output|, the component's
+    key = key / |key|, magnitude |output| |key|."""
+    output, key = output.double(), key.double()
     return ModuleEdit(
         module,
         False,
-        direction,
-        torch.full((columns,), float("nan")),
-        torch.arange(columns),
-        torch.ones(columns, 1, dtype=torch.float64),
-        delta,
-    )
-
-
-def _column_edit(module: str, column: int, delta: torch.Tensor) -> ModuleEdit:
-    """Column ``column`` changed by delta: u = delta / |delta|, one component (the column) of magnitude |delta|."""
-    size = delta.norm()
-    return ModuleEdit(
-        module,
-        False,
-        delta / size,
+        output / output.norm(),
         torch.full((1,), float("nan")),
-        torch.tensor([column]),
-        torch.ones(1, 1, dtype=torch.float64),
-        size[None],
+        torch.tensor([component]),
+        (key / key.norm())[None],
+        (output.norm() * key.norm())[None],
     )
 
 
 @torch.no_grad()
 def gate_edits(model: nn.Module, gates: Sequence[Gate], amount: float) -> list[ModuleEdit]:
     """The rank-one edits (as the solver's ModuleEdit) that turn each gate's neuron into the gate: new gate and up
-    rows, new output column (``amount`` times the gate's column), each the new values less the model's own."""
+    rows (u = e_n, the component the whole row: the record's row_width), new output column (``amount`` times the
+    gate's column: u along it, the component the column), each the new values less the model's own."""
     named = dict(decoder_model(model).named_modules())
     edits = []
     for gate in gates:
         n = gate.neuron
         gate_weight, up_weight = named[gate.mlp.gate].weight, named[gate.mlp.up].weight
         down_weight = named[gate.mlp.down].weight
-        edits.append(_row_edit(gate.mlp.gate, n, gate.gate_row - gate_weight[n].double().cpu(), gate_weight.shape[0]))
-        edits.append(_row_edit(gate.mlp.up, n, gate.up_row - up_weight[n].double().cpu(), up_weight.shape[0]))
+        row = torch.zeros(gate_weight.shape[0], dtype=torch.float64)
+        row[n] = 1.0
+        edits.append(_outer_edit(gate.mlp.gate, row, 0, gate.gate_row - gate_weight[n].double().cpu()))
+        edits.append(_outer_edit(gate.mlp.up, row, 0, gate.up_row - up_weight[n].double().cpu()))
         column = amount * gate.down_column - down_weight[:, n].double().cpu()
-        edits.append(_column_edit(gate.mlp.down, n, column))
+        edits.append(_outer_edit(gate.mlp.down, column, n, torch.ones(1)))
     return edits

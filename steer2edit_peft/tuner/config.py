@@ -142,7 +142,8 @@ class Steer2EditConfig(PeftConfig):
         default_factory=dict,
         metadata={
             "help": "Per MLP output projection holding a gate (full names): the repurposed neuron, the modules whose "
-            "row of it the edit rewrites (gate_module, up_module), the amount, and the share of the probe's decision "
+            "row of it the edit rewrites (gate_module, up_module; each row one component of row_width input "
+            "columns), the amount, and the share of the probe's decision "
             "tokens and of the reference's tokens its detector reads above threshold (solver/gates.py). Filled by "
             "the solver; what `steer2edit inspect` explains."
         },
@@ -214,8 +215,18 @@ class Steer2EditConfig(PeftConfig):
             module_name == suffix or module_name.endswith("." + suffix) for suffix in self.attention_modules or []
         )
 
+    def gate_row_width(self, module_name: str) -> int | None:
+        """The width of the row a gate rewrites in this module (one component), or None: no gate's gate or up module."""
+        for record in self.gates.values():
+            if module_name in (record["gate_module"], record["up_module"]):
+                return record["row_width"]
+        return None
+
     def component_size(self, module_name: str) -> int:
-        """Input columns per edited component of a module: its head size, or 1 (a neuron)."""
+        """Input columns per edited component of a module: its head size, 1 (a neuron), or a gate's whole row."""
+        row_width = self.gate_row_width(module_name)
+        if row_width is not None:
+            return row_width
         if not self.is_attention_module(module_name):
             return 1
         size = self.head_dims.get(module_name, self.head_dim)

@@ -81,6 +81,7 @@ GATE_RECORD: dict[str, Any] = {
     "neuron": lambda v: _is_int(v) and v >= 0,
     "gate_module": lambda v: isinstance(v, str) and bool(v),
     "up_module": lambda v: isinstance(v, str) and bool(v),
+    "row_width": lambda v: _is_int(v) and v > 0,
     "amount": lambda v: _is_number(v) and v > 0,
     "probe_share": lambda v: _is_number(v) and 0 <= v <= 1,
     "reference_share": lambda v: _is_number(v) and 0 <= v <= 1,

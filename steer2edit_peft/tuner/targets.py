@@ -116,8 +116,10 @@ def _read_head_sizes(config: Steer2EditConfig, model: nn.Module) -> None:
 
 def module_shapes(config: Steer2EditConfig, name: str, in_features: int, out_features: int, terms: list[list[int]]):
     size = config.component_size(name)
+    if config.gate_row_width(name) not in (None, in_features):
+        raise AdapterValidationError(f"{name}: a gate's row_width is {size}, but its rows have {in_features} columns")
     if in_features % size:
-        raise AdapterValidationError(f"{name}: {in_features} input columns do not split into heads of {size}")
+        raise AdapterValidationError(f"{name}: {in_features} input columns do not split into components of {size}")
     count = sum(len(term) for term in terms)
     num_components = in_features // size
     bad = sorted({i for term in terms for i in term if not 0 <= i < num_components})
