@@ -37,6 +37,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shlex
+import sys
 import time
 from collections import Counter
 from contextlib import nullcontext
@@ -200,13 +202,14 @@ class Selectivity:
             model, make(amount)
         )
 
-    def gates(self, budget: float, amount: float | None = None) -> dict[str, Any]:
-        """The fitted gates of gates.py at the variant and amount chosen there on tuning data (CHOSEN; ``amount``
-        instead of its amount), if their KL on the default reference is within the budget (the amount is not searched:
+    def gates(self, budget: float, amount: float | None = None, fit: str | None = None) -> dict[str, Any]:
+        """The fitted gates of gates.py at the variant and amount chosen there on tuning data (CHOSEN; ``fit`` and
+        ``amount`` instead), if their KL on the default reference is within the budget (the amount is not searched:
         below threshold the gates are silent)."""
         import gates  # gates.py imports this module
 
-        settings, amounts, _ = gates.fitted_settings(gates.CHOSEN, self.bench.model.config.num_hidden_layers)
+        fit = fit or gates.CHOSEN
+        settings, amounts, _ = gates.fitted_settings(fit, self.bench.model.config.num_hidden_layers)
         amount = amounts[0] if amount is None else amount
         plan = gates.fitted_plan(self, self.vectors_for(DEFAULTS.reference), settings)
         model = self.bench.model
@@ -216,6 +219,7 @@ class Selectivity:
             raise BudgetError(f"the gates cost KL {kl:.4f} on the reference, over {budget:g}")
         gated = [layer for layer, *_ in plan]
         row = {
+            "fit": fit,
             "amount": amount,
             "kl_calibration": kl,
             "layers": gated,
@@ -286,6 +290,7 @@ def main() -> None:
     parser.add_argument(
         "--gate-amount", type=float, help="the gates' amount instead of the one chosen in gates.py (gates.CHOSEN)"
     )
+    parser.add_argument("--gate-fit", help="the gates' variant (see gates.py) instead of gates.CHOSEN")
     parser.add_argument(
         "--append",
         action="store_true",
@@ -324,7 +329,7 @@ def main() -> None:
             start = time.perf_counter()
             try:
                 if method == "gates":
-                    row = run.gates(budget, args.gate_amount)
+                    row = run.gates(budget, args.gate_amount, args.gate_fit)
                 elif method in ("steering", "rank-one"):
                     row = run.peer(method, budget)
                 else:
@@ -341,9 +346,7 @@ def main() -> None:
             save_results(
                 results,
                 {
-                    "command": "python benchmarks/selectivity.py"
-                    + (" --wrapped" if args.wrapped else "")
-                    + (f" --name {args.name}" if args.name else ""),
+                    "command": shlex.join(["python", "benchmarks/selectivity.py", *sys.argv[1:]]),
                     "sets": {k: len(v) for k, v in run.sets.items()},
                     "forms": run.forms,
                     "rows": rows,
