@@ -221,10 +221,9 @@ def quantile_plan(
 
 
 def fitted_settings(variant: str, num_layers: int) -> tuple[Any, list[float], str]:
-    """(EditSettings, amounts, label) of a variant fit:first:last:sharpness:amounts:q[:qd], fitorder:... (fitted
-    in order at the first amount), fitcapF:... or fitordercapF:... (gate_cap F)."""
+    """(EditSettings, amounts, label) of a variant fit:first:last:sharpness:amounts:q[:qd] or fitorder:... (fitted
+    in order at the first amount)."""
     kind, first, last, sharpness, amounts, *shares = variant.split(":")
-    kind, _, cap = kind.partition("cap")
     values = [float(amount) for amount in amounts.split(",")]
     share, decision = float((shares or ["1"])[0]), float(shares[1]) if len(shares) > 1 else None
     settings = replace(
@@ -235,20 +234,18 @@ def fitted_settings(variant: str, num_layers: int) -> tuple[Any, list[float], st
         gate_amount=values[0],
         gate_in_order=kind == "fitorder",
         gate_decision_quantile=decision,
-        gate_cap=float(cap) if cap else None,
     )
     label = f"{'in order, ' * (kind == 'fitorder')}fitted gates {first}:{last}:{sharpness}:q{share}"
-    label += f", capped at {cap} of the probe median" if cap else ""
     return settings, values, label + (f":decisions q{decision}" if decision is not None else "")
 
 
 def fitted_plan(run: TuningSets, vectors: Any, settings: Any) -> list[Any]:
     """The package's gates (solver.gates.fit_gates) of these settings, as with_gates plans: (layer, neuron, gate row,
-    up row, down column per unit amount) per neuron rewritten (two per layer when capped)."""
+    up row, down column per unit amount)."""
     prompts = [example.prompt for example in run.probe if example.positive]
     reference = run.reference(DEFAULTS.reference)
     fitted = fit_gates(run.bench.model, run.bench.tokenizer, prompts, reference, vectors, settings, batch_size=32)
-    return [(gate.mlp.layer, *neuron) for gate in fitted for neuron in gate.neurons()]
+    return [(gate.mlp.layer, gate.neuron, gate.gate_row, gate.up_row, gate.down_column) for gate in fitted]
 
 
 def fixed_row(run: TuningSets, edit: Any, amount: float) -> dict[str, Any]:
@@ -336,7 +333,7 @@ def main() -> None:
     base = run.measure(model)
     rows: list[dict[str, Any]] = [{"method": "base"} | {name: base[name] for name in SETS}]
     vectors = run.vectors_for(DEFAULTS.reference)
-    fitted = [v == "default" or v.startswith("fit") for v in args.variants]
+    fitted = [v == "default" or v.startswith(("fit:", "fitorder:")) for v in args.variants]
     stats = {} if all(fitted) else mlp_statistics(run)  # what the candidates before the fitted ones read
     for variant in args.variants:
         start = time.perf_counter()
@@ -344,7 +341,7 @@ def main() -> None:
             default = run.edit("default", args.budget)
             rows.append({"method": "default", "amount": default["scale"], "kl_calibration": default["kl_calibration"]})
             rows[-1] |= {name: default[name] for name in SETS}
-        elif variant.startswith("fit"):
+        elif variant.startswith(("fit:", "fitorder:")):
             settings, amounts, label = fitted_settings(variant, model.config.num_hidden_layers)
             gates = fitted_plan(run, vectors, settings)
             for amount in amounts:

@@ -31,7 +31,6 @@ from steer2edit_peft.solver.gates import (
 
 # A quantile the four reference answers of UTILITY can resolve (a few dozen tokens), so the tiny model gets gates.
 TINY_GATES = replace(GATES, gate_layers=(0.5, 1.0), gate_quantile=0.9)
-TINY_CAPPED = replace(TINY_GATES, gate_cap=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -124,14 +123,11 @@ def test_gate_settings_are_checked():
         replace(GATES, gate_quantile=0.0)
     with pytest.raises(ValueError, match="gate_amount"):
         replace(GATES, gate_amount=-1.0)
-    with pytest.raises(ValueError, match="gate_cap"):
-        replace(GATES, gate_cap=0.0)
     assert list(GATES.gated_layers(30)) == list(range(14, 25))
 
 
 def _rewritten_by_hand(model, gates, amount):
-    """The model with each gate's neuron (and its cap's: the gate row read cap_shift lower, the column negated)
-    written into its weights directly."""
+    """The model with each gate's neuron written into its weights directly."""
     rewritten = copy.deepcopy(model)
     named = dict(rewritten.named_modules())
     with torch.no_grad():
@@ -139,24 +135,17 @@ def _rewritten_by_hand(model, gates, amount):
             named[gate.mlp.gate].weight[gate.neuron] = gate.gate_row.float()
             named[gate.mlp.up].weight[gate.neuron] = gate.up_row.float()
             named[gate.mlp.down].weight[:, gate.neuron] = amount * gate.down_column.float()
-            if gate.cap_neuron is not None:
-                named[gate.mlp.gate].weight[gate.cap_neuron] = (gate.gate_row - gate.cap_shift * gate.up_row).float()
-                named[gate.mlp.up].weight[gate.cap_neuron] = gate.up_row.float()
-                named[gate.mlp.down].weight[:, gate.cap_neuron] = -amount * gate.down_column.float()
     return rewritten
 
 
-@pytest.mark.parametrize("settings", [TINY_GATES, TINY_CAPPED], ids=["gates", "capped"])
-def test_the_gated_adapter_is_the_neuron_rewritten_unmerged_merged_saved_and_as_lora(probed, tmp_path, settings):
+def test_the_gated_adapter_is_the_neuron_rewritten_unmerged_merged_saved_and_as_lora(probed, tmp_path):
     model, tokenizer, vectors = probed
-    gates = fit_gates(model, tokenizer, vectors.options["probe_prompts"], UTILITY, vectors, settings)
-    assert all((gate.cap_neuron is None) == (settings.gate_cap is None) for gate in gates)
-    assert all(gate.cap_neuron != gate.neuron for gate in gates)
-    expected_model = _rewritten_by_hand(model, gates, settings.gate_amount)
+    gates = fit_gates(model, tokenizer, vectors.options["probe_prompts"], UTILITY, vectors, TINY_GATES)
+    expected_model = _rewritten_by_hand(model, gates, TINY_GATES.gate_amount)
     x = torch.randint(3, 260, (2, 11), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected, base = expected_model(x).logits, model(x).logits
-    edited = edit_model(copy.deepcopy(model), vectors, settings, utility=UTILITY, tokenizer=tokenizer)
+    edited = edit_model(copy.deepcopy(model), vectors, TINY_GATES, utility=UTILITY, tokenizer=tokenizer)
     assert (expected - base).abs().max() > 1e-3  # the gates change something on these tokens
     with torch.no_grad():
         assert_close_relative(edited(x).logits, expected, rtol=1e-4)
@@ -165,16 +154,8 @@ def test_the_gated_adapter_is_the_neuron_rewritten_unmerged_merged_saved_and_as_
         edited.unmerge_adapter()
     records = edited.peft_config["default"].gates
     assert {record["layer"] for record in records.values()} == {gate.mlp.layer for gate in gates}
-    terms = 1 if settings.gate_cap is None else 2  # a capped gate rewrites two neurons: two terms per module
-    for down, record in records.items():  # each rewritten row is one component of the whole row
-        assert edited.peft_config["default"].edited_components[record["gate_module"]] == [[0]] * terms
-        assert (
-            edited.peft_config["default"].edited_components[down]
-            == [
-                [record["neuron"]],
-                [record["cap_neuron"]],
-            ][:terms]
-        )
+    for record in records.values():  # each rewritten row is one component of the whole row
+        assert edited.peft_config["default"].edited_components[record["gate_module"]] == [[0]]
         assert record["row_width"] == model.config.hidden_size
     edited.save_pretrained(str(tmp_path / "gated"))
     loaded = PeftModel.from_pretrained(copy.deepcopy(model), tmp_path / "gated")
@@ -215,7 +196,6 @@ def test_a_bad_gate_record_is_refused_naming_the_file_or_the_module(probed, tmp_
     for broken in (
         {down: record | {"up_module": "model.layers.0.mlp.nowhere"}},
         {down: record | {"neuron": -1}},
-        {down: record | {"cap_neuron": -1}},
         {down: record | {"row_width": 0}},
         {down: record | {"row_width": record["row_width"] - 1}},  # not the rows' width
     ):
@@ -295,32 +275,3 @@ def test_a_hybrid_gets_gates_only_where_its_layers_have_a_gated_mlp_and_a_moe_is
     assert [mlp.layer for mlp in gated_mlps(hybrid, range(2))] == [0]
     with pytest.raises(Steer2EditError, match="no layer of 0-1 can hold a gate"):
         gated_mlps(tiny_family_model("mixtral"), range(2))
-
-
-def test_a_capped_gate_writes_the_ramp_and_stops_growing_past_its_cap(probed):
-    model, tokenizer, vectors = probed
-    (gate, *_) = fit_gates(model, tokenizer, vectors.options["probe_prompts"], UTILITY, vectors, TINY_CAPPED)
-    mlp = model.get_submodule(gate.mlp.down.rpartition(".")[0])
-    # Inputs with c . x = 1 whose gate reading runs from far below the threshold to ten times the cap's shift.
-    constant, detector = gate.up_row, gate.gate_row
-    along = detector - (detector @ constant) / (constant @ constant) * constant
-    readings = torch.linspace(-2.0, 10.0, 25, dtype=torch.float64) * gate.cap_shift
-    offset = constant / (constant @ constant)
-    x = offset + ((readings - detector @ offset) / (along @ detector))[:, None] * along
-    assert torch.allclose(x @ constant, torch.ones(len(x), dtype=torch.float64))
-    assert torch.allclose(x @ detector, readings)
-    pair = [gate.neuron, gate.cap_neuron]
-    with torch.no_grad():
-        with gates_written(model, [gate], TINY_CAPPED.gate_amount):
-            written = mlp(x.float()).double()
-        silenced = copy.deepcopy(mlp)
-        silenced.get_submodule(gate.mlp.down.rpartition(".")[2]).weight[:, pair] = 0
-        rest = silenced(x.float()).double()
-    silu = torch.nn.functional.silu
-    ramp = (silu(readings) - silu(readings - gate.cap_shift)) / gate.cap_shift
-    direction = gate.down_column * gate.cap_shift  # the layer's steering vector
-    expected = TINY_CAPPED.gate_amount * ramp[:, None] * direction
-    assert_close_relative(written - rest, expected, rtol=1e-4)
-    top = written[-1] - rest[-1]
-    assert torch.allclose(top, TINY_CAPPED.gate_amount * direction, rtol=1e-3, atol=1e-6)  # capped
-    assert (written[0] - rest[0]).norm() < 1e-2 * top.norm()  # silent below the threshold

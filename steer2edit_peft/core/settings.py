@@ -102,9 +102,6 @@ class EditSettings:
     gate_sharpness: float = 30.0
     gate_in_order: bool = False  # each layer's detector fitted with the earlier layers' gates in place
     gate_decision_quantile: float | None = None  # and silent on this share of the reference prompts' decision tokens
-    # The reading, as a share of the probe's median, past which a gate's push stops growing (a second neuron per layer
-    # reads the gate that far down and writes the column negated); None: it grows with the reading.
-    gate_cap: float | None = None
 
     def __post_init__(self) -> None:
         if self.key_direction not in KEY_DIRECTIONS:
@@ -132,8 +129,6 @@ class EditSettings:
                 raise ValueError(f"{name} must lie in (0, 1], got {value}")
         if not self.gate_sharpness > 0:
             raise ValueError(f"gate_sharpness must be positive, got {self.gate_sharpness}")
-        if self.gate_cap is not None and not 0 < self.gate_cap < float("inf"):
-            raise ValueError(f"gate_cap must be a positive number, got {self.gate_cap}")
 
     @property
     def needs_reference(self) -> bool:

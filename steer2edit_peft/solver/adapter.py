@@ -28,15 +28,6 @@ def refuse_other_adapter_types(model: nn.Module) -> None:
         )
 
 
-def module_terms(edits: list[ModuleEdit]) -> dict[str, list[ModuleEdit]]:
-    """The edits that edit something, per module: each one rank-one term (a gate and its cap edit a module twice)."""
-    terms: dict[str, list[ModuleEdit]] = {}
-    for edit in edits:
-        if edit.indices.numel():
-            terms.setdefault(edit.module, []).append(edit)
-    return terms
-
-
 def solved_config(
     model: nn.Module,
     vectors: SteeringVectors,
@@ -51,9 +42,7 @@ def solved_config(
     config.inference_mode = True  # a solved edit is frozen; load it with is_trainable=True to fine-tune it
     config.edited_components = {}
     edits = solve_edit(model, vectors, config) if edits is None else edits
-    config.edited_components = {
-        module: [edit.indices.tolist() for edit in group] for module, group in module_terms(edits).items()
-    }
+    config.edited_components = {edit.module: [edit.indices.tolist()] for edit in edits if edit.indices.numel()}
     if not config.edited_components:
         raise EmptyEditError(
             f"the elastic net kept no head or neuron (rho_attn={config.rho_attn}, rho_mlp={config.rho_mlp}, "
@@ -73,20 +62,21 @@ def solved_config(
 
 
 def write_factors(peft_model: nn.Module, adapter_name: str, edits: list[ModuleEdit]) -> None:
-    """Copy u, k and lambda of every edited module into the adapter's tensors (the edits of one module its terms, in
-    order)."""
+    """Copy u, k and lambda of every edited module into the adapter's tensors."""
     layers = {
         name: module
         for name, module in decoder_model(peft_model).named_modules()
         if isinstance(module, Steer2EditLayer)
     }
     with torch.no_grad():
-        for module, group in module_terms(edits).items():
-            layer = layers[module]
+        for edit in edits:
+            if not edit.indices.numel():
+                continue
+            layer = layers[edit.module]
             u = layer.steer2edit_u[adapter_name]
-            u.copy_(torch.stack([edit.direction for edit in group]).to(u))
-            layer.steer2edit_k[adapter_name].copy_(torch.cat([edit.input_directions for edit in group]).to(u))
-            layer.steer2edit_lambda[adapter_name].copy_(torch.cat([edit.magnitudes for edit in group]).to(u))
+            u.copy_(edit.direction.to(u)[None])
+            layer.steer2edit_k[adapter_name].copy_(edit.input_directions.to(u))
+            layer.steer2edit_lambda[adapter_name].copy_(edit.magnitudes.to(u))
 
 
 def refuse_oversized(peft_model: nn.Module, adapter_name: str) -> None:

@@ -9,15 +9,12 @@ A rank-one edit ``y += u (x . k)`` fires in proportion to ``k . x`` at every pos
   squares (``constant_direction``) becomes the up row, so the neuron reads ``act(gate_n . x)``, and the detector is
   shifted along c until a share ``gate_quantile`` of the reference's tokens reads below zero, then scaled so the
   probe's median token reads ``gate_sharpness``;
-- the down column writes the layer's steering vector times ``gate_amount / gate_sharpness``;
-- with ``gate_cap``, a second neuron reads the gate ``gate_cap x gate_sharpness`` lower and writes the column negated
-  (both columns scaled by ``1 / gate_cap``): the push grows to ``gate_amount`` times the steering vector at that
-  reading and stays there, so the prompts far past the threshold are not pushed off their answer.
+- the down column writes the layer's steering vector times ``gate_amount / gate_sharpness``.
 
-The neurons repurposed are the ones that write least along the reference answers. With ``gate_in_order`` each layer
-is fitted on its inputs with the earlier layers' gates written in, since a gate moves what the later layers read.
-Each change (a row of the gate and up projections, a column of the output projection) is rank one, one term of the
-module's edit, so the edit is a Steer2Edit adapter like any other: it merges exactly and exports exactly to LoRA.
+The neuron repurposed is the one that writes least along the reference answers. With ``gate_in_order`` each layer is
+fitted on its inputs with the earlier layers' gates written in, since a gate moves what the later layers read. Each of the three changes (a row of
+the gate and up projections, a column of the output projection) is rank one, so the edit is a Steer2Edit adapter
+like any other: it merges exactly and exports exactly to LoRA.
 """
 
 from __future__ import annotations
@@ -60,25 +57,12 @@ class Gate:
     down_column: torch.Tensor  # [hidden] float64, written per unit of gate_amount
     probe_share: float  # share of the probe's decision tokens the gate reads above zero
     reference_share: float  # share of the reference's tokens it reads above zero
-    cap_neuron: int | None = None  # the neuron that caps the push (EditSettings.gate_cap), or None
-    cap_shift: float = 0.0  # how far below the gate's reading the cap reads
-
-    def neurons(self) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """(neuron, gate row, up row, output column per unit amount) of each neuron the gate rewrites: its own, and
-        its cap's, which reads cap_shift lower and writes the column negated, so that the pair writes
-        ``(act(r) - act(r - cap_shift))`` times the column: a ramp that stops growing past cap_shift."""
-        written = [(self.neuron, self.gate_row, self.up_row, self.down_column)]
-        if self.cap_neuron is not None:
-            capped = self.gate_row - self.cap_shift * self.up_row
-            written.append((self.cap_neuron, capped, self.up_row, -self.down_column))
-        return written
 
     def record(self, amount: float) -> dict[str, Any]:
         """What the adapter config keeps of the gate (``Steer2EditConfig.gates``), for ``steer2edit inspect``."""
         return {
             "layer": self.mlp.layer,
             "neuron": self.neuron,
-            "cap_neuron": self.cap_neuron,
             "gate_module": self.mlp.gate,
             "up_module": self.mlp.up,
             "row_width": len(self.gate_row),
@@ -246,18 +230,14 @@ def _fit_one(
     median = float(readings.median())
     if median <= 0:
         return None
-    least_used = neuron_usage(model, mlp, reference).argsort()
-    full = settings.gate_sharpness * (settings.gate_cap or 1.0)  # the reading that writes the whole amount
     return Gate(
         mlp,
-        int(least_used[0]),
+        int(neuron_usage(model, mlp, reference).argmin()),
         settings.gate_sharpness / median * detector,
         constant,
-        direction / full,
+        direction / settings.gate_sharpness,
         float((readings > 0).double().mean()),
         float((reference.double() @ detector > 0).double().mean()),
-        None if settings.gate_cap is None else int(least_used[1]),
-        0.0 if settings.gate_cap is None else full,
     )
 
 
@@ -269,14 +249,14 @@ def gates_written(model: nn.Module, gates: Sequence[Gate], amount: float) -> Ite
     with torch.no_grad():
         try:
             for gate in gates:
-                for n, gate_row, up_row, column in gate.neurons():
-                    for view, value in (
-                        (named[gate.mlp.gate].weight[n], gate_row),
-                        (named[gate.mlp.up].weight[n], up_row),
-                        (named[gate.mlp.down].weight[:, n], amount * column),
-                    ):
-                        saved.append((view, view.clone()))
-                        view.copy_(value.to(view))
+                n = gate.neuron
+                for view, value in (
+                    (named[gate.mlp.gate].weight[n], gate.gate_row),
+                    (named[gate.mlp.up].weight[n], gate.up_row),
+                    (named[gate.mlp.down].weight[:, n], amount * gate.down_column),
+                ):
+                    saved.append((view, view.clone()))
+                    view.copy_(value.to(view))
             yield
         finally:
             for view, value in reversed(saved):
@@ -357,13 +337,13 @@ def gate_edits(model: nn.Module, gates: Sequence[Gate], amount: float) -> list[M
     named = dict(decoder_model(model).named_modules())
     edits = []
     for gate in gates:
+        n = gate.neuron
         gate_weight, up_weight = named[gate.mlp.gate].weight, named[gate.mlp.up].weight
         down_weight = named[gate.mlp.down].weight
-        for n, gate_row, up_row, column in gate.neurons():  # a capped gate: each module edited twice, two terms
-            row = torch.zeros(gate_weight.shape[0], dtype=torch.float64)
-            row[n] = 1.0
-            edits.append(_outer_edit(gate.mlp.gate, row, 0, gate_row - gate_weight[n].double().cpu()))
-            edits.append(_outer_edit(gate.mlp.up, row, 0, up_row - up_weight[n].double().cpu()))
-            change = amount * column - down_weight[:, n].double().cpu()
-            edits.append(_outer_edit(gate.mlp.down, change, n, torch.ones(1)))
+        row = torch.zeros(gate_weight.shape[0], dtype=torch.float64)
+        row[n] = 1.0
+        edits.append(_outer_edit(gate.mlp.gate, row, 0, gate.gate_row - gate_weight[n].double().cpu()))
+        edits.append(_outer_edit(gate.mlp.up, row, 0, gate.up_row - up_weight[n].double().cpu()))
+        column = amount * gate.down_column - down_weight[:, n].double().cpu()
+        edits.append(_outer_edit(gate.mlp.down, column, n, torch.ones(1)))
     return edits

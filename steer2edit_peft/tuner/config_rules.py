@@ -79,7 +79,6 @@ def _components_problem(value: Any) -> str | None:
 GATE_RECORD: dict[str, Any] = {
     "layer": lambda v: _is_int(v) and v >= 0,
     "neuron": lambda v: _is_int(v) and v >= 0,
-    "cap_neuron": lambda v: v is None or (_is_int(v) and v >= 0),
     "gate_module": lambda v: isinstance(v, str) and bool(v),
     "up_module": lambda v: isinstance(v, str) and bool(v),
     "row_width": lambda v: _is_int(v) and v > 0,

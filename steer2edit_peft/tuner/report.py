@@ -108,26 +108,19 @@ class EditReport:
         return "\n".join(lines)
 
     def gate_table(self) -> str:
-        """Per gate: its neuron (and its cap's), amount, and the share of the probe's decision tokens and of the
-        reference's tokens its detector reads above the threshold (where the neuron starts to write), on the data it
-        was fitted on."""
-        header = (
-            f"{'layer':>5}  {'neuron':>6}  {'cap':>6}  {'amount':>6}  {'probe above threshold':>21}  "
-            "reference above threshold"
-        )
+        """Per gate: its neuron, amount, and the share of the probe's decision tokens and of the reference's tokens
+        its detector reads above the threshold (where the neuron starts to write), on the data it was fitted on."""
+        header = f"{'layer':>5}  {'neuron':>6}  {'amount':>6}  {'probe above threshold':>21}  reference above threshold"
         lines = [header, "-" * len(header)]
         for record in sorted(self.gates.values(), key=lambda r: r["layer"]):
-            cap = "-" if record["cap_neuron"] is None else record["cap_neuron"]
             lines.append(
-                f"{record['layer']:>5}  {record['neuron']:>6}  {cap:>6}  {record['amount']:>6g}  "
-                f"{record['probe_share']:>21.1%}  {record['reference_share']:.2%}"
+                f"{record['layer']:>5}  {record['neuron']:>6}  {record['amount']:>6g}  {record['probe_share']:>21.1%}  "
+                f"{record['reference_share']:.2%}"
             )
         lines.append("-" * len(header))
-        capped = any(record["cap_neuron"] is not None for record in self.gates.values())
         lines.append(
-            f"{len(self.gates)} gates: per layer one MLP neuron (two when capped) with its gate and up rows and its "
-            "output column rewritten; below its threshold a gate adds almost nothing"
-            + ("; past the cap's reading its push stops growing" if capped else "")
+            f"{len(self.gates)} gates: one MLP neuron per layer, its gate and up rows and its output column rewritten; "
+            "below its threshold a gate adds almost nothing"
         )
         return "\n".join(lines)
 
