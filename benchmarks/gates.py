@@ -55,8 +55,9 @@ SETS = ("harmful", "borderline", "benign")
 NEURONS = 32
 # The fitted gates selectivity.py measures on the report sets (a fit: variant, its first amount): on these
 # tuning sets, the most harmful refusal with borderline refusal at most one prompt over the default edit's and Alpaca
-# refusal at most the default's (BENCHMARKS.md, "Gates instead of slopes").
-CHOSEN = "fitorder:14:24:30:2:0.999"
+# refusal at most the default's (BENCHMARKS.md, "Gates instead of slopes"); the decision quantile (":1") added after
+# the report splits had been read (BENCHMARKS.md, "Decision tokens below threshold").
+CHOSEN = "fitorder:14:24:30:2:0.999:1"
 
 
 def mlp_statistics(run: TuningSets) -> dict[str, list[torch.Tensor]]:

@@ -178,7 +178,8 @@ PAPER = EditSettings(
     reference=("benign",),
 )
 
-GATES = replace(DEFAULTS, max_kl=None, gate_amount=2.0, gate_in_order=True)
-"""Gates instead of heads, as chosen on tuning data in BENCHMARKS.md ("In the package, fitted in order"): layers 14-24
-of the embedded model's 30, a threshold above 99.9% of the reference's tokens, amount 2, each layer fitted with the
-earlier gates in place."""
+GATES = replace(DEFAULTS, max_kl=None, gate_amount=2.0, gate_in_order=True, gate_decision_quantile=1.0)
+"""Gates instead of heads (BENCHMARKS.md, "In the package, fitted in order"): layers 14-24 of the embedded model's 30,
+a threshold above 99.9% of the reference's tokens and above every reference prompt's decision token, amount 2, each
+layer fitted with the earlier gates in place. The decision threshold was added after reading the report splits
+(BENCHMARKS.md says so)."""
