@@ -190,7 +190,7 @@ def reference_inputs(run: TuningSets, layers: Iterable[int]) -> dict[int, torch.
     decision token and the answer)."""
     data, names = run.reference(DEFAULTS.reference), {layer: f"model.layers.{layer}.mlp.gate_proj" for layer in layers}
     model, tokenizer = run.bench.model, run.bench.tokenizer
-    read = answer_inputs(model, tokenizer, data.prompts, data.responses, list(names.values()), data.system_prompt)
+    read, _ = answer_inputs(model, tokenizer, data.prompts, data.responses, list(names.values()), data.system_prompt)
     return {layer: read[name].double() for layer, name in names.items()}
 
 

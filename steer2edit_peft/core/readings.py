@@ -83,18 +83,24 @@ def answer_inputs(
     system_prompt: str | None = None,
     batch_size: int = 16,
     show_progress: bool = False,
-) -> dict[str, torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Each module's input at every token that predicts an answer token (each prompt's last token and the answer
-    but its last token), [tokens, in] float32."""
+    but its last token), [tokens, in] float32; and, from the same pass, its rows at each prompt's last token (where
+    the answer is decided), [prompts, in]."""
     predicting: dict[str, torch.Tensor] = {}
+    decisions: list[torch.Tensor] = []  # per batch: which of the rows read are a prompt's last token
 
     def mark(batch: tuple[torch.Tensor, ...]) -> None:
         answer = batch[3]
-        predicting["mask"] = torch.cat([answer[:, 1:], torch.zeros_like(answer[:, :1])], 1).bool()
+        mask = torch.cat([answer[:, 1:], torch.zeros_like(answer[:, :1])], 1).bool()
+        predicting["mask"] = mask
+        decisions.append((mask & (mask.cumsum(1) == 1))[mask])
 
     batches = response_batches(tokenizer, prompts, responses, batch_size, system_prompt)
     total = -(-len(prompts) // batch_size)
     with _reading(model, modules, lambda x: x[predicting["mask"].to(x.device)]) as captured:
         progress = tqdm(batches, total=total, desc="reading answers", unit="batch", disable=not show_progress)
         _run(model, progress, mark)
-    return {name: torch.cat(values) for name, values in captured.items()}
+    answers = {name: torch.cat(values) for name, values in captured.items()}
+    first = torch.cat(decisions) if decisions else torch.zeros(0, dtype=torch.bool)
+    return answers, {name: rows[first] for name, rows in answers.items()}

@@ -287,13 +287,10 @@ def fit_gates(
 
     def read(names: list[str], progress: bool = False) -> tuple[dict[str, torch.Tensor], ...]:
         probe = last_token_inputs(model, tokenizer, prompts, names, system_prompt, batch_size, progress)
-        reference = answer_inputs(
+        reference, decisions = answer_inputs(  # the decision tokens from the same pass as the answers
             model, tokenizer, utility.prompts, utility.responses, names, utility.system_prompt, batch_size, progress
         )
-        if settings.gate_decision_quantile is None:
-            return probe, reference, {}
-        decisions = last_token_inputs(model, tokenizer, utility.prompts, names, utility.system_prompt, batch_size)
-        return probe, reference, decisions
+        return probe, reference, decisions if settings.gate_decision_quantile is not None else {}
 
     gates: list[Gate] = []
     inputs = None if settings.gate_in_order else read([mlp.gate for mlp in mlps], show_progress)
