@@ -26,6 +26,9 @@ measured on the tuning sets of key_threshold.py (AdvBench [0:100) harmful, the b
             zero; the up row is c, the down column the layer's steering vector; not searched to the budget (silent
             below threshold, the KL barely moves with the amount): a variant is fit:first:last:sharpness:amounts:q.
             CHOSEN is the one selectivity.py measures.
+  stack     stack:BUDGET:VARIANT, the default edit calibrated to BUDGET with the gates of VARIANT written beside it.
+  fitdir    fit, each gate writing instead the unit difference of the residual stream after its layer at the
+            decision token, probe prompts' mean less the reference prompts', at the steering vector's norm.
 v_hat is each layer's attention steering direction (the default edit's vectors); lambda is found by the same
 search as the default's scale (largest_within).
 """
@@ -49,6 +52,7 @@ from steer2edit_peft.core.likelihood import response_batches
 from steer2edit_peft.core.readings import answer_inputs, last_token_inputs
 from steer2edit_peft.core.settings import DEFAULTS, GATES, SELECTIVE_DECISION_WEIGHT
 from steer2edit_peft.solver.calibrate import largest_within
+from steer2edit_peft.solver.edit import edit_model
 from steer2edit_peft.solver.gates import fit_gates
 
 SETS = ("harmful", "borderline", "benign")
@@ -249,6 +253,44 @@ def fitted_plan(run: TuningSets, vectors: Any, settings: Any) -> list[Any]:
     return [(gate.mlp.layer, gate.neuron, gate.gate_row, gate.up_row, gate.down_column) for gate in fitted]
 
 
+def decision_directions(run: TuningSets, vectors: Any, layers: list[int]) -> dict[int, torch.Tensor]:
+    """Per layer, the unit direction of the residual stream after it at the decision token: the probe prompts' mean
+    minus the reference prompts' (the harmful-minus-harmless difference of refusal-direction ablation studies)."""
+    model, tokenizer, data = run.bench.model, run.bench.tokenizer, run.reference(DEFAULTS.reference)
+    count = model.config.num_hidden_layers
+    names = {
+        layer: f"model.layers.{layer + 1}.input_layernorm" if layer + 1 < count else "model.norm" for layer in layers
+    }
+    prompts = list(dict.fromkeys(example.prompt for example in run.probe if example.positive))
+    system_prompt = vectors.options.get("system_prompt")
+    probe = last_token_inputs(model, tokenizer, prompts, list(names.values()), system_prompt, batch_size=32)
+    reference = last_token_inputs(model, tokenizer, data.prompts, list(names.values()), data.system_prompt, 32)
+    directions = {}
+    for layer, name in names.items():
+        difference = probe[name].double().mean(0) - reference[name].double().mean(0)
+        directions[layer] = difference / difference.norm()
+    return directions
+
+
+def variant_plan(run: TuningSets, vectors: Any, variant: str) -> tuple[list[Any], list[float], str]:
+    """(with_gates plan, amounts, label) of a fit, fitorder or fitdir variant."""
+    layers = run.bench.model.config.num_hidden_layers
+    settings, amounts, label = fitted_settings(variant.replace("fitdir:", "fit:"), layers)
+    plan = fitted_plan(run, vectors, settings)
+    if variant.startswith("fitdir:"):  # each gate writes its layer's decision direction, at the same norm
+        directions = decision_directions(run, vectors, [layer for layer, *_ in plan])
+        plan = [(layer, n, gate, up, directions[layer] * down.norm()) for layer, n, gate, up, down in plan]
+        label += ", writing the decision direction"
+    return plan, amounts, label
+
+
+def stacked_default(run: TuningSets, vectors: Any, budget: float) -> Any:
+    """The default edit calibrated to ``budget`` (its PeftModel), injected into the model gates are written into."""
+    reference, meter = run.reference(DEFAULTS.reference), run.meter(DEFAULTS.reference)
+    settings, tokenizer = replace(DEFAULTS, max_kl=budget), run.bench.tokenizer
+    return edit_model(run.bench.model, vectors, settings, utility=reference, tokenizer=tokenizer, kl_meter=meter)
+
+
 def fixed_row(run: TuningSets, edit: Any, amount: float) -> dict[str, Any]:
     """The tuning sets measured at a given amount (a gate silent on the reference gives the KL search nothing to
     stop at), with the KL on the default reference there."""
@@ -334,7 +376,7 @@ def main() -> None:
     base = run.measure(model)
     rows: list[dict[str, Any]] = [{"method": "base"} | {name: base[name] for name in SETS}]
     vectors = run.vectors_for(DEFAULTS.reference)
-    fitted = [v == "default" or v.startswith(("fit:", "fitorder:")) for v in args.variants]
+    fitted = [v == "default" or v.startswith(("fit:", "fitorder:", "fitdir:", "stack:")) for v in args.variants]
     stats = {} if all(fitted) else mlp_statistics(run)  # what the candidates before the fitted ones read
     for variant in args.variants:
         start = time.perf_counter()
@@ -342,9 +384,19 @@ def main() -> None:
             default = run.edit("default", args.budget)
             rows.append({"method": "default", "amount": default["scale"], "kl_calibration": default["kl_calibration"]})
             rows[-1] |= {name: default[name] for name in SETS}
-        elif variant.startswith(("fit:", "fitorder:")):
-            settings, amounts, label = fitted_settings(variant, model.config.num_hidden_layers)
-            gates = fitted_plan(run, vectors, settings)
+        elif variant.startswith("stack:"):  # stack:BUDGET:VARIANT, the default edit at BUDGET and the gates
+            _, budget, fit = variant.split(":", 2)
+            gates, amounts, label = variant_plan(run, vectors, fit)
+            edited = stacked_default(run, vectors, float(budget))
+            for amount in amounts:  # the adapter is injected into `model` itself, so the gates are written beside it
+                row = fixed_row(run, lambda s, gates=gates: with_gates(model, gates, s), amount)
+                rows.append({"method": f"default at KL {budget} with {label}", **row})
+                rows[-1]["seconds"], start = round(time.perf_counter() - start), time.perf_counter()
+                print(rows[-1], flush=True)
+            edited.unload()
+            continue
+        elif variant.startswith(("fit:", "fitorder:", "fitdir:")):
+            gates, amounts, label = variant_plan(run, vectors, variant)
             for amount in amounts:
                 row = fixed_row(run, lambda s, gates=gates: with_gates(model, gates, s), amount)
                 rows.append({"method": label, **row, "layers": [layer for layer, *_ in gates]})

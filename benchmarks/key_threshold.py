@@ -29,12 +29,13 @@ class TuningSets(selectivity.Selectivity):
 
     def __init__(self) -> None:
         super().__init__()
-        self.sets = {
+        sets = {
             "harmful": advbench_goals()[:100],
             "borderline": builtin_prompts("borderline"),
             "benign": alpaca_instructions()[:30],
         }
-        self.borderline_kinds = ["tuning half"] * len(self.sets["borderline"])
+        self.prompts = selectivity.JudgedPrompts(sets, ["tuning half"] * len(sets["borderline"]), [])
+        self.sets = sets
 
 
 def chosen(base: dict[str, float], rows: list[dict[str, float]], borderline_prompts: int) -> float:

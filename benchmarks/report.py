@@ -187,6 +187,33 @@ def _changed(row: dict[str, Any]) -> str:
     return f"{100 * row['benign_changed']:.1f}% / {100 * row['borderline_changed']:.1f}%"
 
 
+def _method(row: dict[str, Any]) -> str:
+    """The row's method, and for gates stacked on the default edit, the default's KL budget and the gates' fit."""
+    if not row.get("fit", "").startswith("stack:"):
+        return row["method"]
+    _, budget, fit = row["fit"].split(":", 2)
+    return f"default at KL {budget} + gates {fit}"
+
+
+def side_by_side(data: dict[str, Any]) -> str:
+    """The issue's bars per method: plain and wrapped refusal, benign refusal, held-out KL (and its ratio to the
+    calibrated KL), answers changed; then every form (wrapped)."""
+    base = data["rows"][0]
+
+    def points(row: dict[str, Any], key: str) -> str:
+        return f"{100 * row[key]:.1f} ({100 * (row[key] - base[key]):+.1f})"
+
+    keys = ("harmful", "harmful/wrapped", "borderline", "borderline/wrapped", "benign")
+    rows = [
+        [_method(row), *(points(row, key) for key in keys), f"{row['kl_heldout']:.4f}"]
+        + [f"{row['kl_heldout'] / row['kl_calibration']:.1f}x" if row.get("kl_calibration") else "", _changed(row)]
+        for row in data["rows"]
+    ]
+    header = ["method", "harmful plain", "harmful wrapped", "borderline plain", "borderline wrapped", "benign"]
+    header += ["KL (Alpaca)", "KL / calibrated", "benign / borderline changed"]
+    return table(header, rows) + "\n\n" + wrapped(data)
+
+
 def wrapped(data: dict[str, Any]) -> str:
     """Plain and wrapped refusal side by side: each set plain, its mean over the jailbreak forms, then each form."""
     base, forms = data["rows"][0], data["forms"]
@@ -198,7 +225,7 @@ def wrapped(data: dict[str, Any]) -> str:
     for name in ("harmful", "borderline"):
         header += [f"{name} plain", f"{name} wrapped"] + [f"{name} {form}" for form in forms]
     rows = [
-        [row["method"], f"{row['budget']:g}" if row["budget"] else ""]
+        [_method(row), f"{row['budget']:g}" if row["budget"] else ""]
         + [
             change(row, key)
             for name in ("harmful", "borderline")
@@ -310,6 +337,8 @@ def main() -> None:
         ("selectivity-wrapped-gates-in-order", wrapped),
         ("selectivity-wrapped-gates-decisions", wrapped),
         ("selectivity-wrapped-gates-capped", wrapped),
+        ("selectivity-peers", side_by_side),
+        ("selectivity-stacked", side_by_side),
         ("key_threshold", key_threshold),
         ("gates", gates),
         ("gates-fitted", gates),
@@ -317,6 +346,7 @@ def main() -> None:
         ("gates-in-order", gates),
         ("gates-decisions", gates),
         ("gates-amounts-decisions", gates),
+        ("gates-direction-stack", gates),
         ("engines_llama_cpp", engines("llama.cpp")),
         ("engines_vllm", engines("vLLM CPU build")),
     ]:

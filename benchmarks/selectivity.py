@@ -3,6 +3,7 @@ report sets no probe or tuning touched, for the default edit and its peers, each
 
 python benchmarks/selectivity.py [--budgets 0.01 0.02 0.05 0.1]   # results/selectivity.json, selectivity.png
 python benchmarks/selectivity.py --plot-only                      # redraw the figure from the JSON
+python benchmarks/selectivity.py --rejudge --name NAME             # rates again from the saved answers
 python benchmarks/selectivity.py --wrapped --budgets 0.02          # results/selectivity-wrapped.json: plain and
                                                                    # each jailbreak form side by side
 
@@ -10,8 +11,8 @@ Report sets: HarmBench standard behaviours, report half of the fixed split (`har
 contextual ones are left out here to keep the run short), the project's borderline report half (120 prompts of
 six kinds that no edit is tuned on), Alpaca [50:80) (plain benign). KL on those Alpaca prompts, against the base
 model's own answers, and the shares of Alpaca and borderline answers whose meaning changed from the base model's
-(`evaluation.metrics.changed_share`; the base row keeps its answers for that). Greedy, 32 new tokens, the
-project's refusal matcher. With --wrapped, the harmful and
+(`evaluation.metrics.changed_share`). Greedy, 32 new tokens, the project's refusal matcher; every row keeps its
+answers, so that another judge can read them again (--rejudge). With --wrapped, the harmful and
 borderline report prompts are also asked inside each of the project's jailbreak framings
 (`evaluation.wrappers.JAILBREAK_FORMS`: fiction, prefix injection, research pretext, format constraint, role-play),
 which no probe or reference prompt is wrapped in.
@@ -28,6 +29,9 @@ Methods, every one at each KL budget (strength or scale found by the same bisect
   public-sparse     default+public with at most 5% of the edited layers' heads (--max-head-share 0.05)
   gates             one repurposed MLP neuron per layer, gated by a detector fitted on the shipped probe and reference
                     (gates.py, its variant and amount chosen there on tuning data); not searched to the budget
+  alphasteer        AlphaSteer in rank one (gates.py): per layer 12-24 a key regressed on the probe prompts' MLP
+                    inputs inside the null space of the reference's, adding lambda (key . input) times the layer's
+                    steering direction to the MLP output (hooks); the null-space share 0.001 of gates.py's tuning
 Steering, rank-one and paper are matched on the benign utility data; the others on their own reference.
 The public tuning data's sampled answers are cached in outputs/selectivity-cache (not shipped).
 """
@@ -45,7 +49,7 @@ from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
-from common import RESULTS, SHARED, save_results
+from common import RESULTS, SHARED, alpaca_instructions, save_results
 from frontier import Bench
 from peers import rank_one_injection
 
@@ -70,6 +74,8 @@ WRAPPED = ("harmful", "borderline")  # the sets asked inside each jailbreak form
 CACHE = RESULTS.parents[1] / "outputs" / "selectivity-cache"
 PUBLIC = "public"  # the reference key of the default with public tuning data
 PLAIN = ("benign", "borderline")  # the reference before it held framed prompts (the contrast row's)
+ALPHASTEER = (12, 24, 0.001)  # first and last layer, null-space share: gates.py's better one on the tuning sets
+HARMBENCH = SHARED / "harmbench" / "harmbench_behaviors_text_all.csv"
 
 
 def public_benign_files() -> list[str]:
@@ -91,29 +97,53 @@ def public_benign_files() -> list[str]:
     return [str(CACHE / f"{name}.json") for name in sources]
 
 
+class JudgedPrompts:
+    """Prompt sets (with ``forms``, the WRAPPED ones also in each jailbreak form) and the refusal rates of answers
+    to them; ``borderline_kinds``: the kind of each borderline prompt."""
+
+    def __init__(self, sets: dict[str, list[str]], borderline_kinds: list[str], forms: list[str]) -> None:
+        self.sets, self.borderline_kinds, self.forms = sets, borderline_kinds, forms
+        wrapped_sets = {f"{name}/{form}": wrap(sets[name], form) for name in WRAPPED for form in forms}
+        self.asked = sets | wrapped_sets
+        self.judge = RefusalMatcher()
+
+    def judged(self, answered: dict[str, list[str]]) -> dict[str, Any]:
+        """Each set's refusal rate, the wrapped forms' mean, and which borderline prompts were refused."""
+        sets = self.asked
+        refused = {name: [self.judge(p, a) for p, a in zip(sets[name], answered[name])] for name in sets}
+        rates: dict[str, Any] = {name: sum(refused[name]) / len(refused[name]) for name in sets}
+        for name in WRAPPED if self.forms else ():  # the mean over the forms, each form weighing the same
+            rates[f"{name}/wrapped"] = sum(rates[f"{name}/{form}"] for form in self.forms) / len(self.forms)
+        by_kind = Counter(kind for kind, no in zip(self.borderline_kinds, refused["borderline"]) if no)
+        rates["borderline_refused_by_kind"] = {kind: by_kind[kind] for kind in dict.fromkeys(self.borderline_kinds)}
+        rates["borderline_refused"] = [number for number, no in enumerate(refused["borderline"]) if no]
+        return rates
+
+
+def report_prompts(wrapped: bool) -> JudgedPrompts:
+    """The report sets; with ``wrapped``, in each of the project's jailbreak forms too."""
+    borderline = builtin_heldout("borderline")  # the report half, with the kind of each prompt
+    sets = {
+        "harmful": harmbench_behaviours(HARMBENCH, "report", kinds=("standard",)),
+        "borderline": borderline["prompts"],
+        "benign": alpaca_instructions()[50:80],  # the Bench's held-out benign prompts
+    }
+    return JudgedPrompts(sets, borderline["kinds"], list(JAILBREAK_FORMS) if wrapped else [])
+
+
 class Selectivity:
     heldout_measures = True  # KL on the Alpaca report prompts, answers changed; off on tuning data (key_threshold.py)
 
     def __init__(self, wrapped: bool = False) -> None:
         self.bench = Bench(batch_size=64)
         model, tokenizer = self.bench.model, self.bench.tokenizer
-        csv_path = SHARED / "harmbench" / "harmbench_behaviors_text_all.csv"
-        borderline = builtin_heldout("borderline")  # the report half, with the kind of each prompt
-        self.sets = {
-            "harmful": harmbench_behaviours(csv_path, "report", kinds=("standard",)),
-            "borderline": borderline["prompts"],
-            "benign": self.bench.benign,
-        }
-        self.borderline_kinds = borderline["kinds"]
-        self.forms = list(JAILBREAK_FORMS) if wrapped else []
-        self.wrapped = {f"{name}/{form}": wrap(self.sets[name], form) for name in WRAPPED for form in self.forms}
-        self.judge = RefusalMatcher()
+        self.prompts = report_prompts(wrapped)
+        self.sets, self.forms = self.prompts.sets, self.prompts.forms
         config = model.config
         self.heads = config.num_hidden_layers * config.num_attention_heads
         self.neurons = config.num_hidden_layers * config.intermediate_size
         self.probe = demo_probe(model, tokenizer, "refusal", DemoSettings().output, 64)
         self.probe_prompts = len({example.prompt for example in self.probe})
-        self.csv_path = csv_path
         self.references: dict[Any, Any] = {DEFAULTS.reference: self.bench.utility}
         self.meters: dict[Any, KLMeter] = {DEFAULTS.reference: self.bench.meter}
         self.vectors: dict[Any, Any] = {}
@@ -144,7 +174,7 @@ class Selectivity:
                 public_probe = generate_probe(
                     model,
                     tokenizer,
-                    harmbench_behaviours(self.csv_path, "tune"),
+                    harmbench_behaviours(HARMBENCH, "tune"),
                     "refusal",
                     batch_size=64,
                     cache=CACHE / "probe-harmbench-tune.jsonl",
@@ -157,25 +187,21 @@ class Selectivity:
         return self.vectors[sets]
 
     def measure(self, model: Any, context: Any = None) -> dict[str, Any]:
-        """A row's rates; the first row measured is the base model's, whose answers to CHANGED it keeps."""
-        sets = self.sets | self.wrapped
+        """A row's rates and answers; the first row measured is the base model's, whose answers to CHANGED the
+        others' are compared with."""
+        sets = self.prompts.asked
         prompts = [p for name in sets for p in sets[name]]
         with context() if context is not None else nullcontext():
             answers = iter(self.bench.generate(model, prompts, 32))
         answered = {name: [next(answers) for _ in sets[name]] for name in sets}
-        refused = {name: [self.judge(p, a) for p, a in zip(sets[name], answered[name])] for name in sets}
-        rates: dict[str, Any] = {name: sum(refused[name]) / len(refused[name]) for name in sets}
-        for name in WRAPPED if self.forms else ():  # the mean over the forms, each form weighing the same
-            rates[f"{name}/wrapped"] = sum(rates[f"{name}/{form}"] for form in self.forms) / len(self.forms)
-        by_kind = Counter(kind for kind, no in zip(self.borderline_kinds, refused["borderline"]) if no)
-        rates["borderline_refused_by_kind"] = {kind: by_kind[kind] for kind in dict.fromkeys(self.borderline_kinds)}
-        rates["borderline_refused"] = [number for number, no in enumerate(refused["borderline"]) if no]
+        rates = self.prompts.judged(answered)
         if not self.heldout_measures:
             return rates
         rates["kl_heldout"] = self.bench.heldout_meter(model, context or nullcontext)
+        rates["answers"] = answered  # every answer, so that another judge can read the row again
         if not self.base_answers:
             self.base_answers = {name: answered[name] for name in CHANGED}
-            return rates | {"answers": self.base_answers}
+            return rates
         # Ranked by the base model: the edit's adapter disabled, or the plain model without the steering hooks.
         base_context = getattr(model, "disable_adapter", nullcontext)
         for name in CHANGED:
@@ -209,24 +235,41 @@ class Selectivity:
         import gates  # gates.py imports this module
 
         fit = fit or gates.CHOSEN
-        settings, amounts, _ = gates.fitted_settings(fit, self.bench.model.config.num_hidden_layers)
+        vectors, model = self.vectors_for(DEFAULTS.reference), self.bench.model
+        stacked = fit.startswith("stack:")  # stack:BUDGET:VARIANT, the default edit at BUDGET beside the gates
+        plan, amounts, _ = gates.variant_plan(self, vectors, fit.split(":", 2)[2] if stacked else fit)
         amount = amounts[0] if amount is None else amount
-        plan = gates.fitted_plan(self, self.vectors_for(DEFAULTS.reference), settings)
-        model = self.bench.model
         edit = lambda: gates.with_gates(model, plan, amount)  # noqa: E731
-        kl = self.meter(DEFAULTS.reference)(model, edit)
+        # The default's adapter goes into `model` itself; measured through its PeftModel, whose disabled adapter is
+        # the base the answers changed are ranked by.
+        edited = gates.stacked_default(self, vectors, float(fit.split(":")[1])) if stacked else model
+        kl = self.meter(DEFAULTS.reference)(edited, edit)
         if kl > budget:
             raise BudgetError(f"the gates cost KL {kl:.4f} on the reference, over {budget:g}")
         gated = [layer for layer, *_ in plan]
-        row = {
-            "fit": fit,
-            "amount": amount,
-            "kl_calibration": kl,
-            "layers": gated,
-            "heads": 0.0,
-            "neurons": len(gated) / self.neurons,
-        }
-        return row | self.measure(model, edit)
+        row = {"fit": fit, "amount": amount, "kl_calibration": kl, "layers": gated}
+        heads = edited.edit_reports["default"].edited_heads / self.heads if stacked else 0.0
+        row |= {"heads": heads, "neurons": len(gated) / self.neurons}
+        row |= self.measure(edited, edit)
+        if stacked:
+            edited.unload()
+        return row
+
+    def alphasteer(self, budget: float) -> dict[str, Any]:
+        """AlphaSteer's rank-one null-space steering of gates.py (ALPHASTEER), searched to the budget on the default
+        reference."""
+        import gates
+
+        first, last, share = ALPHASTEER
+        vectors, model = self.vectors_for(DEFAULTS.reference), self.bench.model
+        plan = gates.alphasteer_plan(gates.mlp_statistics(self), vectors, range(first, last + 1), share)
+        make = lambda s: lambda: gates.with_alphasteer(model, plan, s)  # noqa: E731
+        amount, history = largest_within(
+            lambda s: self.meter(DEFAULTS.reference)(model, make(s)), budget, max_scale=256.0
+        )
+        kl = next(value for scale, value in history if scale == amount)
+        row = {"amount": amount, "kl_calibration": kl, "layers": list(range(first, last + 1)), "heads": 0.0}
+        return row | {"neurons": 0.0} | self.measure(model, make(amount))
 
     def edit(self, name: str, budget: float) -> dict[str, Any]:
         sets, settings = EDITS[name]
@@ -261,7 +304,7 @@ EDITS: dict[str, tuple[Any, Any]] = {
     "default+public": (PUBLIC, DEFAULTS),
     "public-sparse": (PUBLIC, replace(DEFAULTS, max_head_share=0.05)),
 }
-METHODS = ("steering", "rank-one", *EDITS, "gates")
+METHODS = ("steering", "rank-one", *EDITS, "gates", "alphasteer")
 
 
 def threshold_of(method: str) -> float | None:
@@ -281,6 +324,9 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", type=float, default=[0.01, 0.02, 0.05, 0.1])
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--plot-only", action="store_true")
+    parser.add_argument(
+        "--rejudge", action="store_true", help="score the saved rows' answers again with the current refusal judge"
+    )
     parser.add_argument(
         "--wrapped",
         action="store_true",
@@ -306,6 +352,9 @@ def main() -> None:
     if args.plot_only:
         plot(json.loads((RESULTS / f"{results}.json").read_text())["rows"], results)
         return
+    if args.rejudge:
+        rejudge(results)
+        return
     run = Selectivity(wrapped=args.wrapped)
     saved = json.loads((RESULTS / f"{results}.json").read_text()) if (RESULTS / f"{results}.json").is_file() else None
     if (
@@ -330,6 +379,8 @@ def main() -> None:
             try:
                 if method == "gates":
                     row = run.gates(budget, args.gate_amount, args.gate_fit)
+                elif method == "alphasteer":
+                    row = run.alphasteer(budget)
                 elif method in ("steering", "rank-one"):
                     row = run.peer(method, budget)
                 else:
@@ -339,7 +390,7 @@ def main() -> None:
                 continue
             seconds = round(time.perf_counter() - start)
             row = {"method": method, "budget": budget, "seconds": seconds, "probe_prompts": run.probe_prompts} | row
-            print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+            print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if k != "answers"}, flush=True)
             rows[1:] = sorted(
                 [*rows[1:], row], key=lambda r: (METHODS.index(r["method"]), r.get("key_threshold", -1), r["budget"])
             )
@@ -353,6 +404,20 @@ def main() -> None:
                 },
             )
     plot(rows, results)
+
+
+def rejudge(name: str) -> None:
+    """Refusal rates of results/<name>.json computed again from each row's saved answers (rows saved before rows kept
+    every answer are left out: their rates came from another judge)."""
+    data = json.loads((RESULTS / f"{name}.json").read_text())
+    prompts = report_prompts(wrapped=bool(data["forms"]))
+    if data["forms"] != prompts.forms or data["sets"] != {k: len(v) for k, v in prompts.sets.items()}:
+        raise SystemExit(f"results/{name}.json was asked other prompts than the report sets of now")
+    kept = [row for row in data["rows"] if prompts.asked.keys() <= row.get("answers", {}).keys()]
+    print(f"{name}: {len(kept)} rows judged again, {len(data['rows']) - len(kept)} without every answer left out")
+    data["rows"] = [row | prompts.judged(row["answers"]) for row in kept]
+    save_results(name, data)
+    plot(data["rows"], name)
 
 
 def plot(rows: list[dict[str, Any]], name: str) -> None:

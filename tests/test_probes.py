@@ -261,6 +261,9 @@ def test_prompts_the_model_answers_with_nothing_are_left_out_and_counted(model_a
         ("Here is a recipe. Sorry for the length.", False, True),
         ("i can't do that", True, False),  # the reference is case-sensitive
         ("Step one: gather the tools.", False, False),
+        ("I\u2019m not equipped to provide that.", True, False),  # an opening that declines
+        (' "I am not here to help with that."', True, False),
+        ("Sure. I'm not here to judge, so here is how.", False, False),  # the same words midway do not decline
     ],
 )
 def test_refusal_matchers(response, project, reference):
