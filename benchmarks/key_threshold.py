@@ -35,7 +35,6 @@ class TuningSets(selectivity.Selectivity):
             "benign": alpaca_instructions()[:30],
         }
         self.prompts = selectivity.JudgedPrompts(sets, ["tuning half"] * len(sets["borderline"]), [])
-        self.sets = sets
 
 
 def chosen(base: dict[str, float], rows: list[dict[str, float]], borderline_prompts: int) -> float:

@@ -138,7 +138,6 @@ class Selectivity:
         self.bench = Bench(batch_size=64)
         model, tokenizer = self.bench.model, self.bench.tokenizer
         self.prompts = report_prompts(wrapped)
-        self.sets, self.forms = self.prompts.sets, self.prompts.forms
         config = model.config
         self.heads = config.num_hidden_layers * config.num_attention_heads
         self.neurons = config.num_hidden_layers * config.intermediate_size
@@ -148,6 +147,14 @@ class Selectivity:
         self.meters: dict[Any, KLMeter] = {DEFAULTS.reference: self.bench.meter}
         self.vectors: dict[Any, Any] = {}
         self.base_answers: dict[str, list[str]] = {}  # the base model's answers to CHANGED, set by the base row
+
+    @property
+    def sets(self) -> dict[str, list[str]]:
+        return self.prompts.sets
+
+    @property
+    def forms(self) -> list[str]:
+        return self.prompts.forms
 
     def reference(self, sets: Any) -> Any:
         """The reference data of ``sets`` (the default's, benign alone, or PUBLIC), made on first use: a run of some
@@ -237,12 +244,13 @@ class Selectivity:
         fit = fit or gates.CHOSEN
         vectors, model = self.vectors_for(DEFAULTS.reference), self.bench.model
         stacked = fit.startswith("stack:")  # stack:BUDGET:VARIANT, the default edit at BUDGET beside the gates
-        plan, amounts, _ = gates.variant_plan(self, vectors, fit.split(":", 2)[2] if stacked else fit)
+        stack_budget, variant = fit.split(":", 2)[1:] if stacked else ("", fit)
+        plan, amounts, _ = gates.variant_plan(self, vectors, variant)
         amount = amounts[0] if amount is None else amount
         edit = lambda: gates.with_gates(model, plan, amount)  # noqa: E731
         # The default's adapter goes into `model` itself; measured through its PeftModel, whose disabled adapter is
         # the base the answers changed are ranked by.
-        edited = gates.stacked_default(self, vectors, float(fit.split(":")[1])) if stacked else model
+        edited = gates.stacked_default(self, vectors, float(stack_budget)) if stacked else model
         kl = self.meter(DEFAULTS.reference)(edited, edit)
         if kl > budget:
             raise BudgetError(f"the gates cost KL {kl:.4f} on the reference, over {budget:g}")
