@@ -188,9 +188,11 @@ def _changed(row: dict[str, Any]) -> str:
 
 
 def _method(row: dict[str, Any]) -> str:
-    """The row's method, and for gates stacked on the default edit, the default's KL budget and the gates' fit."""
-    if not row.get("fit", "").startswith("stack:"):
+    """The row's method, and for gates their fit (stacked on the default edit: its KL budget and the gates' fit)."""
+    if "fit" not in row:
         return row["method"]
+    if not row["fit"].startswith("stack:"):
+        return f"{row['method']} {row['fit']}"
     _, budget, fit = row["fit"].split(":", 2)
     return f"default at KL {budget} + gates {fit}"
 
@@ -203,14 +205,16 @@ def side_by_side(data: dict[str, Any]) -> str:
     def points(row: dict[str, Any], key: str) -> str:
         return f"{100 * row[key]:.1f} ({100 * (row[key] - base[key]):+.1f})"
 
-    keys = ("harmful", "harmful/wrapped", "borderline", "borderline/wrapped", "benign")
+    imperative = ("imperative",) if "imperative" in base else ()  # the borderline orders, in runs that asked them
+    keys = ("harmful", "harmful/wrapped", "borderline", "borderline/wrapped", *imperative, "benign")
     rows = [
         [_method(row), *(points(row, key) for key in keys), f"{row['kl_heldout']:.4f}"]
         + [f"{row['kl_heldout'] / row['kl_calibration']:.1f}x" if row.get("kl_calibration") else "", _changed(row)]
         for row in data["rows"]
     ]
-    header = ["method", "harmful plain", "harmful wrapped", "borderline plain", "borderline wrapped", "benign"]
-    header += ["KL (Alpaca)", "KL / calibrated", "benign / borderline changed"]
+    header = ["method", "harmful plain", "harmful wrapped", "borderline plain", "borderline wrapped"]
+    header += ["borderline imperative"] * bool(imperative) + ["benign", "KL (Alpaca)", "KL / calibrated"]
+    header += ["benign / borderline changed"]
     return table(header, rows) + "\n\n" + wrapped(data)
 
 
@@ -307,6 +311,51 @@ def gates(data: dict[str, Any]) -> str:
     return table(header, rows) + f"\n\nPrompts: {sizes}; {kl} on the default reference answers."
 
 
+def ceiling(data: dict[str, Any]) -> str:
+    """Per layer, how the two detectors of ceiling.py read the report split: AUC, the shares above the threshold
+    set on the tuning reference, and the shares above the report split's own 3% / 5% borderline threshold."""
+    percent = lambda value: f"{100 * value:.0f}%"  # noqa: E731
+    logistic = {row["layer"]: row for row in data["detectors"]["logistic"]}
+    rows = []
+    for row in data["detectors"]["mean difference"]:
+        fitted = logistic[row["layer"]]
+        rows.append(
+            [
+                row["layer"],
+                *(f"{row[key]:.3f} / {fitted[key]:.3f}" for key in ("auc_plain", "auc_wrapped", "auc_imperative")),
+                *(
+                    f"{percent(row[key])} / {percent(fitted[key])}"
+                    for key in (
+                        "probe_above_tuned",
+                        "harmful_above_tuned",
+                        "harmful_wrapped_above_tuned",
+                        "borderline_above_tuned",
+                        "borderline_wrapped_above_tuned",
+                        "harmful_above_oracle",
+                        "harmful_wrapped_above_oracle",
+                        "harmful_above_imperative_oracle",
+                    )
+                ),
+            ]
+        )
+    header = [
+        "layer",
+        "AUC harmful vs borderline, plain",
+        "AUC wrapped",
+        "AUC vs the imperative borderline",
+        "probe above tuned threshold",
+        "harmful above it, plain",
+        "wrapped",
+        "borderline above it, plain",
+        "wrapped",
+        "harmful above the report's 3% borderline threshold",
+        "wrapped (5%)",
+        "harmful above the imperative borderline's 3% threshold",
+    ]
+    sizes = ", ".join(f"{name} {count}" for name, count in data["sets"].items() if "/" not in name)
+    return table(header, rows) + f"\n\nEach cell: mean difference / logistic detector. Prompts: {sizes}."
+
+
 def engines(name: str) -> Any:
     def render(data: dict[str, Any]) -> str:
         rows = [
@@ -339,6 +388,7 @@ def main() -> None:
         ("selectivity-wrapped-gates-capped", wrapped),
         ("selectivity-peers", side_by_side),
         ("selectivity-stacked", side_by_side),
+        ("ceiling", ceiling),
         ("key_threshold", key_threshold),
         ("gates", gates),
         ("gates-fitted", gates),
@@ -347,6 +397,9 @@ def main() -> None:
         ("gates-decisions", gates),
         ("gates-amounts-decisions", gates),
         ("gates-direction-stack", gates),
+        ("gates-mean-difference", gates),
+        ("gates-mean-difference-2", gates),
+        ("selectivity-imperative", side_by_side),
         ("engines_llama_cpp", engines("llama.cpp")),
         ("engines_vllm", engines("vLLM CPU build")),
     ]:

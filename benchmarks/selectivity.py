@@ -120,12 +120,15 @@ class JudgedPrompts:
         return rates
 
 
-def report_prompts(wrapped: bool) -> JudgedPrompts:
-    """The report sets; with ``wrapped``, in each of the project's jailbreak forms too."""
+def report_prompts(wrapped: bool, imperative: bool = True) -> JudgedPrompts:
+    """The report sets; with ``wrapped``, in each of the project's jailbreak forms too; with ``imperative``, the
+    borderline report half's imperative requests ("Write ...", "Give detailed instructions ...") as a set of their
+    own, since its 120 prompts are questions and HarmBench's behaviours orders (results from before have none)."""
     borderline = builtin_heldout("borderline")  # the report half, with the kind of each prompt
     sets = {
         "harmful": harmbench_behaviours(HARMBENCH, "report", kinds=("standard",)),
         "borderline": borderline["prompts"],
+        **({"imperative": borderline["imperative"]} if imperative else {}),
         "benign": alpaca_instructions()[50:80],  # the Bench's held-out benign prompts
     }
     return JudgedPrompts(sets, borderline["kinds"], list(JAILBREAK_FORMS) if wrapped else [])
@@ -344,7 +347,12 @@ def main() -> None:
     parser.add_argument(
         "--gate-amount", type=float, help="the gates' amount instead of the one chosen in gates.py (gates.CHOSEN)"
     )
-    parser.add_argument("--gate-fit", help="the gates' variant (see gates.py) instead of gates.CHOSEN")
+    parser.add_argument(
+        "--gate-fit",
+        nargs="+",
+        default=[None],
+        help="the gates' variants (see gates.py), a row each, instead of gates.CHOSEN",
+    )
     parser.add_argument(
         "--append",
         action="store_true",
@@ -381,36 +389,36 @@ def main() -> None:
     if args.append and saved is not None:
         rerun = {(method, budget, threshold_of(method)) for method in args.methods for budget in args.budgets}
         rows += [row for row in saved["rows"] if row["method"] in METHODS and variant(row) not in rerun]
-    for method in args.methods:
-        for budget in args.budgets:
-            start = time.perf_counter()
-            try:
-                if method == "gates":
-                    row = run.gates(budget, args.gate_amount, args.gate_fit)
-                elif method == "alphasteer":
-                    row = run.alphasteer(budget)
-                elif method in ("steering", "rank-one"):
-                    row = run.peer(method, budget)
-                else:
-                    row = run.edit(method, budget)
-            except BudgetError as error:
-                print(f"{method} at KL {budget}: {error}", flush=True)
-                continue
-            seconds = round(time.perf_counter() - start)
-            row = {"method": method, "budget": budget, "seconds": seconds, "probe_prompts": run.probe_prompts} | row
-            print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if k != "answers"}, flush=True)
-            rows[1:] = sorted(
-                [*rows[1:], row], key=lambda r: (METHODS.index(r["method"]), r.get("key_threshold", -1), r["budget"])
-            )
-            save_results(
-                results,
-                {
-                    "command": shlex.join(["python", "benchmarks/selectivity.py", *sys.argv[1:]]),
-                    "sets": {k: len(v) for k, v in run.sets.items()},
-                    "forms": run.forms,
-                    "rows": rows,
-                },
-            )
+    fits = {method: args.gate_fit if method == "gates" else [None] for method in args.methods}
+    for method, budget, fit in [(m, b, f) for m in args.methods for b in args.budgets for f in fits[m]]:
+        start = time.perf_counter()
+        try:
+            if method == "gates":
+                row = run.gates(budget, args.gate_amount, fit)
+            elif method == "alphasteer":
+                row = run.alphasteer(budget)
+            elif method in ("steering", "rank-one"):
+                row = run.peer(method, budget)
+            else:
+                row = run.edit(method, budget)
+        except BudgetError as error:
+            print(f"{method} at KL {budget}: {error}", flush=True)
+            continue
+        seconds = round(time.perf_counter() - start)
+        row = {"method": method, "budget": budget, "seconds": seconds, "probe_prompts": run.probe_prompts} | row
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if k != "answers"}, flush=True)
+        rows[1:] = sorted(
+            [*rows[1:], row], key=lambda r: (METHODS.index(r["method"]), r.get("key_threshold", -1), r["budget"])
+        )
+        save_results(
+            results,
+            {
+                "command": shlex.join(["python", "benchmarks/selectivity.py", *sys.argv[1:]]),
+                "sets": {k: len(v) for k, v in run.sets.items()},
+                "forms": run.forms,
+                "rows": rows,
+            },
+        )
     plot(rows, results)
 
 
@@ -418,7 +426,7 @@ def rejudge(name: str) -> None:
     """Refusal rates of results/<name>.json computed again from each row's saved answers (rows saved before rows kept
     every answer are left out: their rates came from another judge)."""
     data = json.loads((RESULTS / f"{name}.json").read_text())
-    prompts = report_prompts(wrapped=bool(data["forms"]))
+    prompts = report_prompts(wrapped=bool(data["forms"]), imperative="imperative" in data["sets"])
     if data["forms"] != prompts.forms or data["sets"] != {k: len(v) for k, v in prompts.sets.items()}:
         raise SystemExit(f"results/{name}.json was asked other prompts than the report sets of now")
     kept = [row for row in data["rows"] if prompts.asked.keys() <= row.get("answers", {}).keys()]
@@ -440,12 +448,13 @@ def plot(rows: list[dict[str, Any]], name: str) -> None:
     figure, axes = plt.subplots(1, len(panels), figsize=(4.3 + 4.3 * len(panels), 4.6), squeeze=False)
     for axis, (suffix, title) in zip(axes[0], panels):
         harmful, borderline = f"harmful{suffix}", f"borderline{suffix}"
-        for method, threshold in dict.fromkeys((r["method"], r.get("key_threshold")) for r in rows[1:]):
-            points = [r for r in rows[1:] if (r["method"], r.get("key_threshold")) == (method, threshold)]
+        curve = lambda r: (r["method"], r.get("key_threshold"), r.get("fit"))  # noqa: E731
+        for method, threshold, fit in dict.fromkeys(map(curve, rows[1:])):
+            points = [r for r in rows[1:] if curve(r) == (method, threshold, fit)]
             points.sort(key=lambda r: r["budget"])
             x = [100 * (r[borderline] - base[borderline]) for r in points]
             y = [100 * (r[harmful] - base[harmful]) for r in points]
-            label, style = method, "-"
+            label, style = f"{method} {fit}" if fit else method, "-"
             if threshold_of(method) is not None:  # selective rows from before the keys' threshold are drawn dotted
                 label = f"{method}, threshold {threshold:g}" if threshold is not None else f"{method}, before threshold"
                 style = "-" if threshold is not None else ":"

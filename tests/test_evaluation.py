@@ -264,7 +264,7 @@ def test_probe_prompt_sets_never_appear_in_the_held_out_sets(prompt_set):
 
     prompts = [p.strip().lower() for p in builtin_prompts(prompt_set)]
     held_out = {p.strip().lower() for b in ("refusal", "concise") for ps in builtin_heldout(b).values() for p in ps}
-    held_out |= {p.strip().lower() for p in borderline_prompts()}
+    held_out |= {p.strip().lower() for p in [*borderline_prompts(), *builtin_heldout("borderline")["imperative"]]}
     assert prompts and len(set(prompts)) == len(prompts)
     assert not set(prompts) & held_out
 
