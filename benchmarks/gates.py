@@ -226,11 +226,9 @@ def quantile_plan(
 
 
 def fitted_settings(variant: str, num_layers: int) -> tuple[Any, list[float], str]:
-    """(EditSettings, amounts, label) of a variant fit:first:last:sharpness:amounts:q[:qd][:mW] or fitorder:... (fitted
+    """(EditSettings, amounts, label) of a variant fit:first:last:sharpness:amounts:q[:qd] or fitorder:... (fitted
     in order at the first amount)."""
     kind, first, last, sharpness, amounts, *shares = variant.split(":")
-    blend = [float(share[1:]) for share in shares if share.startswith("m")]  # mW: gate_mean_difference W
-    shares = [share for share in shares if not share.startswith("m")]
     values = [float(amount) for amount in amounts.split(",")]
     share, decision = float((shares or ["1"])[0]), float(shares[1]) if len(shares) > 1 else None
     settings = replace(
@@ -241,11 +239,10 @@ def fitted_settings(variant: str, num_layers: int) -> tuple[Any, list[float], st
         gate_amount=values[0],
         gate_in_order=kind == "fitorder",
         gate_decision_quantile=decision,
-        gate_mean_difference=blend[0] if blend else 0.0,
     )
     label = f"{'in order, ' * (kind == 'fitorder')}fitted gates {first}:{last}:{sharpness}:q{share}"
     label += f":decisions q{decision}" if decision is not None else ""
-    return settings, values, label + (f", plus {blend[0]:g} x the mean difference" if blend else "")
+    return settings, values, label
 
 
 def fitted_plan(run: TuningSets, vectors: Any, settings: Any) -> list[Any]:

@@ -21,7 +21,6 @@ from steer2edit_peft.core.errors import AdapterValidationError, Steer2EditError
 from steer2edit_peft.evaluation.selectivity import gate_selectivity
 from steer2edit_peft.export.lora import to_lora
 from steer2edit_peft.solver.gates import (
-    blended,
     constant_direction,
     fit_detector,
     fit_gates,
@@ -104,22 +103,6 @@ def test_the_constant_direction_is_the_ridge_least_squares_solution():
     assert abs(float((inputs.double() @ found).mean()) - 1) < 0.05
 
 
-def test_the_blended_detector_adds_the_decision_tokens_mean_difference_at_unit_spread_on_the_probe():
-    generator = torch.Generator().manual_seed(3)
-    probe = torch.randn(40, 5, generator=generator) + 2.0
-    decisions = torch.randn(30, 5, generator=generator)
-    detector = torch.randn(5, generator=generator)
-    rows, others = probe.double().numpy(), decisions.double().numpy()
-    difference = rows.mean(0) - others.mean(0)
-    found = blended(detector, probe, decisions, 0.7).numpy()
-    # Written out: each direction over the sample standard deviation of its readings on the probe rows.
-    expected = detector.double().numpy() / np.std(rows @ detector.double().numpy(), ddof=1)
-    expected = expected + 0.7 * difference / np.std(rows @ difference, ddof=1)
-    np.testing.assert_allclose(found, expected, rtol=1e-10)
-    alone = detector.double().numpy() / np.std(rows @ detector.double().numpy(), ddof=1)
-    np.testing.assert_allclose(blended(detector, probe, decisions, 0.0).numpy(), alone, rtol=1e-10)
-
-
 @pytest.mark.parametrize("share", [0.5, 0.9, 0.999, 1.0])
 def test_the_shifted_detector_reads_below_zero_on_the_share_of_the_reference(share):
     generator = torch.Generator().manual_seed(2)
@@ -140,8 +123,6 @@ def test_gate_settings_are_checked():
         replace(GATES, gate_quantile=0.0)
     with pytest.raises(ValueError, match="gate_amount"):
         replace(GATES, gate_amount=-1.0)
-    with pytest.raises(ValueError, match="gate_mean_difference"):
-        replace(GATES, gate_mean_difference=-0.5)
     assert list(GATES.gated_layers(30)) == list(range(14, 25))
 
 
@@ -259,30 +240,6 @@ def test_a_decision_quantile_keeps_every_reference_prompt_below_its_gates_thresh
         # The fit reads these tokens in the answers' pass (right-padded): float32 rounding of a reading of order
         # gate_sharpness, no more, may separate it from this prompt-only pass.
         assert (readings <= 1e-5 * settings.gate_sharpness).all()
-
-
-def test_a_mean_difference_weight_blends_the_decision_tokens_difference_into_each_detector(probed):
-    from steer2edit_peft.core.readings import answer_inputs, last_token_inputs
-
-    model, tokenizer, vectors = probed
-    prompts = vectors.options["probe_prompts"]
-    # Fitted together, so every layer's inputs are the base model's, read here once.
-    settings = replace(TINY_GATES, gate_in_order=False, gate_decision_quantile=1.0, gate_mean_difference=2.0)
-    gates = fit_gates(model, tokenizer, prompts, UTILITY, vectors, settings)
-    names = [gate.mlp.gate for gate in gates]
-    probe = last_token_inputs(model, tokenizer, list(dict.fromkeys(prompts)), names)
-    reference, decisions = answer_inputs(
-        model, tokenizer, UTILITY.prompts, UTILITY.responses, names, UTILITY.system_prompt
-    )
-    plain = fit_gates(model, tokenizer, prompts, UTILITY, vectors, replace(settings, gate_mean_difference=0.0))
-    for gate, unblended in zip(gates, plain):
-        name = gate.mlp.gate
-        detector = blended(fit_detector(probe[name], reference[name]), probe[name], decisions[name], 2.0)
-        constant = constant_direction(reference[name])
-        expected = shifted_detector(detector, constant, (reference[name], 0.9), (decisions[name], 1.0))
-        expected = settings.gate_sharpness / float((probe[name].double() @ expected).median()) * expected
-        torch.testing.assert_close(gate.gate_row, expected, rtol=1e-4, atol=1e-6)
-        assert not torch.allclose(gate.gate_row, unblended.gate_row)
 
 
 def test_the_cli_makes_the_same_gates_as_the_python_api():

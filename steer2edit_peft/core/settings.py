@@ -102,10 +102,6 @@ class EditSettings:
     gate_sharpness: float = 30.0
     gate_in_order: bool = False  # each layer's detector fitted with the earlier layers' gates in place
     gate_decision_quantile: float | None = None  # and silent on this share of the reference prompts' decision tokens
-    # The detector plus this weight of the decision tokens' mean difference (the probe prompts' less the reference
-    # prompts'), each scaled to unit spread on the probe: the fit against every reference token is dominated by the
-    # answers' tokens, the mean difference tells harmful from borderline prompts best (BENCHMARKS.md, "ceiling").
-    gate_mean_difference: float = 0.0
 
     def __post_init__(self) -> None:
         if self.key_direction not in KEY_DIRECTIONS:
@@ -133,8 +129,6 @@ class EditSettings:
                 raise ValueError(f"{name} must lie in (0, 1], got {value}")
         if not self.gate_sharpness > 0:
             raise ValueError(f"gate_sharpness must be positive, got {self.gate_sharpness}")
-        if not 0.0 <= self.gate_mean_difference < float("inf"):
-            raise ValueError(f"gate_mean_difference must be a number >= 0, got {self.gate_mean_difference}")
 
     @property
     def needs_reference(self) -> bool:

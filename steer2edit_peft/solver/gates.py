@@ -167,15 +167,6 @@ def fit_detector(probe: torch.Tensor, reference: torch.Tensor, ridge: float = GA
     return weights.detach() / spread
 
 
-def blended(detector: torch.Tensor, probe: torch.Tensor, decisions: torch.Tensor, weight: float) -> torch.Tensor:
-    """The detector plus ``weight`` times the mean difference of the probe's and the reference's decision tokens,
-    each divided by the standard deviation of its readings on the probe, in float64."""
-    probe = probe.double()
-    difference = probe.mean(0) - decisions.double().mean(0)
-    unit = lambda direction: direction / (probe @ direction).std()  # noqa: E731
-    return unit(detector.double()) + weight * unit(difference)
-
-
 def constant_direction(inputs: torch.Tensor, ridge: float = GATE_CONSTANT_RIDGE) -> torch.Tensor:
     """c minimizing mean (c . x - 1)^2 + ridge m |c|^2 over the rows x of ``inputs`` (m the mean of their second
     moment's diagonal), in float64."""
@@ -234,10 +225,7 @@ def _fit_one(
     sets = [(reference, settings.gate_quantile)]
     if settings.gate_decision_quantile is not None and decisions is not None:
         sets.append((decisions, settings.gate_decision_quantile))
-    detector = fit_detector(probe, reference).double()
-    if settings.gate_mean_difference and decisions is not None:
-        detector = blended(detector, probe, decisions, settings.gate_mean_difference)
-    detector = shifted_detector(detector, constant, *sets)
+    detector = shifted_detector(fit_detector(probe, reference), constant, *sets)
     readings = probe.double() @ detector
     median = float(readings.median())
     if median <= 0:
@@ -302,8 +290,7 @@ def fit_gates(
         reference, decisions = answer_inputs(  # the decision tokens from the same pass as the answers
             model, tokenizer, utility.prompts, utility.responses, names, utility.system_prompt, batch_size, progress
         )
-        wanted = settings.gate_decision_quantile is not None or settings.gate_mean_difference
-        return probe, reference, decisions if wanted else {}
+        return probe, reference, decisions if settings.gate_decision_quantile is not None else {}
 
     gates: list[Gate] = []
     inputs = None if settings.gate_in_order else read([mlp.gate for mlp in mlps], show_progress)
