@@ -249,7 +249,7 @@ def fitted_plan(run: TuningSets, vectors: Any, settings: Any) -> list[Any]:
     """The package's gates (solver.gates.fit_gates) of these settings, as with_gates plans: (layer, neuron, gate row,
     up row, down column per unit amount)."""
     prompts = [example.prompt for example in run.probe if example.positive]
-    reference = run.reference(DEFAULTS.reference)
+    reference = run.reference(run.gate_reference)
     fitted = fit_gates(run.bench.model, run.bench.tokenizer, prompts, reference, vectors, settings, batch_size=32)
     return [(gate.mlp.layer, gate.neuron, gate.gate_row, gate.up_row, gate.down_column) for gate in fitted]
 

@@ -6,6 +6,7 @@ python benchmarks/report.py > /tmp/tables.md
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from common import RESULTS
@@ -192,7 +193,8 @@ def _method(row: dict[str, Any]) -> str:
     if "fit" not in row:
         return row["method"]
     if not row["fit"].startswith("stack:"):
-        return f"{row['method']} {row['fit']}"
+        extra = [Path(name).stem for name in row.get("gate_reference", []) if Path(name).suffix]
+        return f"{row['method']} {row['fit']}" + "".join(f", fitted against {name} too" for name in extra)
     _, budget, fit = row["fit"].split(":", 2)
     return f"default at KL {budget} + gates {fit}"
 

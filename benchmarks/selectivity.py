@@ -150,6 +150,9 @@ class Selectivity:
         self.meters: dict[Any, KLMeter] = {DEFAULTS.reference: self.bench.meter}
         self.vectors: dict[Any, Any] = {}
         self.base_answers: dict[str, list[str]] = {}  # the base model's answers to CHANGED, set by the base row
+        self.gate_reference: tuple[str, ...] = (
+            DEFAULTS.reference
+        )  # what the gates are fitted against (--gate-reference)
 
     @property
     def sets(self) -> dict[str, list[str]]:
@@ -259,6 +262,7 @@ class Selectivity:
             raise BudgetError(f"the gates cost KL {kl:.4f} on the reference, over {budget:g}")
         gated = [layer for layer, *_ in plan]
         row = {"fit": fit, "amount": amount, "kl_calibration": kl, "layers": gated}
+        row |= {"gate_reference": list(self.gate_reference)} if self.gate_reference != DEFAULTS.reference else {}
         heads = edited.edit_reports["default"].edited_heads / self.heads if stacked else 0.0
         row |= {"heads": heads, "neurons": len(gated) / self.neurons}
         row |= self.measure(edited, edit)
@@ -354,6 +358,13 @@ def main() -> None:
         help="the gates' variants (see gates.py), a row each, instead of gates.CHOSEN",
     )
     parser.add_argument(
+        "--gate-reference",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="prompt files whose answers join the default reference the gates are fitted against (a tuning experiment)",
+    )
+    parser.add_argument(
         "--append",
         action="store_true",
         help="keep the saved rows of other methods and budgets (rows carry probe_prompts), and the base row",
@@ -372,6 +383,7 @@ def main() -> None:
         rejudge(results)
         return
     run = Selectivity(wrapped=args.wrapped)
+    run.gate_reference += tuple(args.gate_reference)
     saved = json.loads((RESULTS / f"{results}.json").read_text()) if (RESULTS / f"{results}.json").is_file() else None
     if (
         args.append
