@@ -27,6 +27,7 @@ import torch
 from common import save_results
 from selectivity import WRAPPED, Selectivity
 
+from steer2edit_peft.core.architectures import decoder_layers
 from steer2edit_peft.core.readings import last_token_inputs
 from steer2edit_peft.core.settings import DEFAULTS
 from steer2edit_peft.solver.gates import fit_detector
@@ -72,8 +73,8 @@ def layer_row(readings: dict[str, torch.Tensor], forms: list[str]) -> dict[str, 
 def main() -> None:
     run = Selectivity(wrapped=True)
     model, tokenizer = run.bench.model, run.bench.tokenizer
-    layers = model.config.num_hidden_layers
-    names = [f"model.layers.{layer}" for layer in range(layers)]
+    prefix, layers = decoder_layers(model)  # found by structure, as the gates find theirs
+    names = [f"{prefix}.{layer}" for layer in range(len(layers))]
     reference = run.reference(DEFAULTS.reference)
     asked = {
         "probe": list(dict.fromkeys(example.prompt for example in run.probe if example.positive)),

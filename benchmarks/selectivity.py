@@ -150,9 +150,8 @@ class Selectivity:
         self.meters: dict[Any, KLMeter] = {DEFAULTS.reference: self.bench.meter}
         self.vectors: dict[Any, Any] = {}
         self.base_answers: dict[str, list[str]] = {}  # the base model's answers to CHANGED, set by the base row
-        self.gate_reference: tuple[str, ...] = (
-            DEFAULTS.reference
-        )  # what the gates are fitted against (--gate-reference)
+        # What the gates are fitted against (--gate-reference adds prompt files).
+        self.gate_reference: tuple[str, ...] = DEFAULTS.reference
 
     @property
     def sets(self) -> dict[str, list[str]]:
